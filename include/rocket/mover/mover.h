@@ -1,0 +1,121 @@
+// Data movers: one interface over every engine that can copy bytes.
+//
+// An engine declares what it can do (MoverCapabilities) and what it costs
+// (CostModel: L = fixed_us + us_per_mib * MiB, fitted by calibration); the
+// runtime and the policy layer read both to choose an engine per request.
+// Copies are asynchronous by interface even where an engine runs them inline:
+//
+//   rocket::CopyOp op{dst, src, n};
+//   auto t = mover->submit({&op, 1}, rocket::Cache::kAuto);
+//   if (!t.ok()) return t.status();
+//   overlap_other_work();
+//   ROCKET_RETURN_IF_ERROR(mover->wait(*t));
+//
+// or, synchronously, `mover->execute({&op, 1}, rocket::Cache::kAuto)`.
+//
+// Thread safety: every Mover is safe for concurrent use from multiple threads.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "rocket/status.h"
+
+namespace rocket {
+
+// Which engine moves the bytes. kAuto lets the runtime choose.
+enum class MoverKind : uint8_t { kAuto, kCpu, kCpuStream, kThreads, kKernel, kDsa, kCuda };
+
+// Where the destination should end up: in the cache for a consumer that reads
+// it next (kInject), or in memory without evicting the cache (kBypass).
+enum class Cache : uint8_t { kAuto, kInject, kBypass };
+
+std::string_view mover_kind_name(MoverKind kind) noexcept;
+Result<MoverKind> parse_mover_kind(std::string_view name);
+std::string_view cache_name(Cache cache) noexcept;
+Result<Cache> parse_cache(std::string_view name);
+
+// One contiguous copy. Source and destination must not overlap.
+struct CopyOp {
+  std::byte* dst = nullptr;
+  const std::byte* src = nullptr;
+  size_t size = 0;
+};
+
+struct MoverCapabilities {
+  bool async = false;                    // submit() returns before the copy is done
+  bool batch = false;                    // several ops in one submission are run together
+  bool cache_control = false;            // honours kInject / kBypass
+  bool needs_registered_memory = false;  // buffers must be registered/pinned first
+  bool cross_process = false;            // can copy from/to another process's private memory
+  size_t max_op_bytes = SIZE_MAX;        // larger ops are split by the engine
+  size_t alignment = 1;                  // required alignment of src, dst and size
+};
+
+// Predicted service time of one submission: fixed_us + us_per_mib * MiB.
+struct CostModel {
+  double fixed_us = 0;
+  double us_per_mib = 0;
+  double predict_us(size_t bytes) const noexcept {
+    return fixed_us + us_per_mib * static_cast<double>(bytes) / (1024.0 * 1024.0);
+  }
+};
+
+// Handle of one submission. `done` is set when submit() finished the work
+// inline, so poll() and wait() need not ask the engine.
+struct Ticket {
+  uint64_t id = 0;
+  bool done = false;
+};
+
+class Mover {
+ public:
+  virtual ~Mover() = default;
+
+  virtual MoverKind kind() const noexcept = 0;
+  std::string_view name() const noexcept { return mover_kind_name(kind()); }
+  virtual const MoverCapabilities& capabilities() const noexcept = 0;
+  virtual CostModel cost() const noexcept = 0;
+
+  // Starts the copies. The buffers must stay valid until poll() reports done
+  // or wait() returns. kInvalidArgument for null or overlapping ranges;
+  // kUnavailable when the engine's queue is full (retry).
+  virtual Result<Ticket> submit(std::span<const CopyOp> ops, Cache cache) = 0;
+  // true once the submission is complete (and its status is OK); the error of
+  // a failed copy otherwise. A ticket is retired once reported complete.
+  virtual Result<bool> poll(Ticket ticket) = 0;
+  // Blocks until the submission completes.
+  virtual Status wait(Ticket ticket) = 0;
+
+  // submit() + wait().
+  Status execute(std::span<const CopyOp> ops, Cache cache);
+
+  // Checks what every engine requires of a submission.
+  static Status validate(std::span<const CopyOp> ops) noexcept;
+};
+
+// What `rocket doctor` reports for each engine.
+struct MoverInfo {
+  MoverKind kind;
+  bool usable = false;
+  std::string reason;  // why not, or what was found
+};
+
+struct MoverConfig {
+  // Reserved for engine settings (worker counts, device selection) that the
+  // data-mover engines read; the cpu engine needs none.
+  unsigned threads = 0;
+};
+
+// Creates an engine of `kind`. kUnavailable, with the reason, where the engine
+// cannot run on this machine or is not part of this build.
+Result<std::unique_ptr<Mover>> make_mover(MoverKind kind, const MoverConfig& config = {});
+// Every engine and whether it is usable here.
+std::vector<MoverInfo> probe_movers();
+
+}  // namespace rocket

@@ -1,0 +1,8 @@
+// Umbrella header: everything a Rocket application needs.
+#pragma once
+
+#include "rocket/mover/mover.h"
+#include "rocket/runtime/client.h"
+#include "rocket/runtime/policy.h"
+#include "rocket/runtime/server.h"
+#include "rocket/status.h"

@@ -1,0 +1,185 @@
+// rocket::Client: a frontend's session with a Rocket server.
+//
+//   auto client = rocket::Client::connect("/run/rocket/demo.sock");
+//   if (!client.ok()) return client.status();
+//
+//   // Zero-copy: build the request straight in the client pool.
+//   auto buf = client->alloc(120 << 20);
+//   fill(buf->data());
+//   auto reply = client->call("classify", *buf);        // reply views the server pool
+//
+//   // Copy path: the runtime copies private bytes into the pool with a mover.
+//   auto fut = client->call_async("classify", std::span{bytes});
+//   overlap_other_work();
+//   auto r2 = fut.get();
+//
+//   // Pipelined: many jobs in flight, collected by id.
+//   for (auto& s : batch) ids.push_back(*client->submit("classify", s));
+//   for (auto id : ids) results.push_back(client->query(id));
+//   r2->copy_to(dst);
+//
+// Buffers and replies keep the session's memory mapped for as long as they
+// live, even after the Client is destroyed; a reply's server-pool block is
+// returned to the server when the Reply is destroyed.
+//
+// When the server dies, blocked calls return kUnavailable within about 20 ms
+// and the session stays failed; connect again.
+//
+// Thread safety: a Client is safe for concurrent use from multiple threads.
+// Buffer, Reply and Future are values owned by one thread at a time.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "rocket/mover/mover.h"
+#include "rocket/runtime/policy.h"
+#include "rocket/status.h"
+
+namespace rocket {
+
+namespace detail {
+class ClientCore;
+struct PoolBlock;
+struct ReplyBlock;
+}  // namespace detail
+
+using JobId = uint64_t;
+
+struct ClientOptions {
+  std::string tenant = "default";
+  // 0: the server's defaults. The largest request is bounded by the client
+  // pool, the largest response by the server pool.
+  size_t client_pool_bytes = 0;
+  size_t server_pool_bytes = 0;
+  uint32_t ring_entries = 0;
+  // Spin this long for a response before sleeping on the futex.
+  std::chrono::microseconds spin{50};
+  std::chrono::milliseconds connect_timeout{5000};
+  bool prefault = true;
+  // Engine for the copy path when a call's policy says kAuto.
+  MoverKind default_mover = MoverKind::kCpu;
+};
+
+// A block of the client pool that a request can be built in (zero-copy path).
+class Buffer {
+ public:
+  Buffer() = default;
+  std::byte* data() const noexcept;
+  size_t size() const noexcept;
+  std::span<std::byte> span() const noexcept { return {data(), size()}; }
+  explicit operator bool() const noexcept { return block_ != nullptr; }
+
+ private:
+  friend class Client;
+  friend class detail::ClientCore;
+  explicit Buffer(std::shared_ptr<detail::PoolBlock> block) : block_(std::move(block)) {}
+  std::shared_ptr<detail::PoolBlock> block_;
+};
+
+struct CopyOptions {
+  MoverKind mover = MoverKind::kAuto;
+  Cache cache = Cache::kAuto;
+};
+
+// A response. Views the server pool (or, for in-place responses, the request
+// buffer) without copying.
+class Reply {
+ public:
+  Reply() = default;
+  std::span<const std::byte> data() const noexcept;
+  size_t size() const noexcept { return data().size(); }
+  // Handler time on the server.
+  std::chrono::nanoseconds service_time() const noexcept;
+  // Copies the payload into `dst` (which must hold size() bytes) with a mover.
+  Status copy_to(std::span<std::byte> dst, const CopyOptions& options = {}) const;
+  std::vector<std::byte> to_vector() const;
+
+ private:
+  friend class detail::ClientCore;
+  explicit Reply(std::shared_ptr<detail::ReplyBlock> block) : block_(std::move(block)) {}
+  std::shared_ptr<detail::ReplyBlock> block_;
+};
+
+// The result of call_async(). get() may be called once.
+class Future {
+ public:
+  Future() = default;
+  Future(Future&& other) noexcept = default;
+  Future& operator=(Future&& other) noexcept;
+  // A future dropped before get() abandons its job: the response is
+  // discarded (and its pool block freed) when it arrives.
+  ~Future();
+  JobId id() const noexcept { return id_; }
+  // Blocks until the response arrives.
+  Result<Reply> get(std::chrono::milliseconds timeout = std::chrono::milliseconds{0});
+  // True once get() would not block.
+  bool ready() const;
+
+ private:
+  friend class Client;
+  Future(std::shared_ptr<detail::ClientCore> core, JobId id, Status early)
+      : core_(std::move(core)), id_(id), early_(std::move(early)) {}
+  std::shared_ptr<detail::ClientCore> core_;
+  JobId id_ = 0;
+  Status early_;  // a failure before the request was posted
+};
+
+struct ClientStats {
+  uint64_t requests = 0;
+  uint64_t inflight = 0;
+  uint64_t futex_sleeps = 0;   // times a waiter slept in the kernel
+  uint64_t server_wakeups = 0; // eventfd writes to wake the server
+  size_t client_pool_bytes = 0;
+  size_t client_pool_in_use = 0;
+  size_t server_pool_bytes = 0;
+};
+
+class Client {
+ public:
+  static Result<Client> connect(std::string_view socket_path, const ClientOptions& options = {});
+
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
+  ~Client();
+
+  // A buffer of `bytes` in the client pool. kResourceExhausted when the pool
+  // is full now; kInvalidArgument when it could never fit.
+  Result<Buffer> alloc(size_t bytes);
+
+  // Synchronous call on a pool buffer (zero-copy) or on private bytes (copied
+  // into the pool with the policy's mover).
+  Result<Reply> call(std::string_view op, const Buffer& request, const CallOptions& options = {});
+  Result<Reply> call(std::string_view op, std::span<const std::byte> request,
+                     const CallOptions& options = {});
+  // Returns at once; the copy-in and the request proceed while the caller works.
+  Future call_async(std::string_view op, std::span<const std::byte> request,
+                    const CallOptions& options = {});
+  // Pipelined: posts the request and returns its job id. kUnavailable when as
+  // many jobs are in flight as the completion ring holds (query some first).
+  Result<JobId> submit(std::string_view op, const Buffer& request, const CallOptions& options = {});
+  Result<JobId> submit(std::string_view op, std::span<const std::byte> request,
+                       const CallOptions& options = {});
+  // The response of a job this client submitted, waiting for it if needed.
+  // kNotFound for an id this session did not issue or already collected.
+  Result<Reply> query(JobId id, std::chrono::milliseconds timeout = std::chrono::milliseconds{0});
+
+  // Ops the server offered in the handshake.
+  std::vector<std::string> ops() const;
+  uint64_t session_id() const noexcept;
+  ClientStats stats() const;
+  // Ends the session. Outstanding buffers and replies stay readable.
+  void close() noexcept;
+
+ private:
+  explicit Client(std::shared_ptr<detail::ClientCore> core) : core_(std::move(core)) {}
+  std::shared_ptr<detail::ClientCore> core_;
+};
+
+}  // namespace rocket

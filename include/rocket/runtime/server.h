@@ -1,0 +1,163 @@
+// rocket::Server: the backend process that serves many frontends over shared
+// memory.
+//
+//   rocket::Server server({.socket_path = "/run/rocket/demo.sock"});
+//   server.handle("classify", [](const rocket::Request& req, rocket::Response& resp) {
+//     auto out = resp.alloc(4000);            // written straight into the server pool
+//     if (!out.ok()) return out.status();
+//     run_model(req.data(), *out);
+//     return rocket::ok_status();
+//   });
+//   if (auto s = server.run(); !s.ok()) die(s);   // until stop()
+//
+// Each session (one connected client) gets private rings and pools; the
+// session socket carries only the handshake and liveness. Dispatcher threads
+// poll their sessions' submission rings, spin briefly when idle, then sleep in
+// epoll on per-session eventfds. Every descriptor from a client is validated; a
+// bad one fails that request only. A client that dies, or violates the ring
+// protocol, loses its session and nothing else.
+//
+// Handlers run on dispatcher threads; a handler registered with handle() must
+// be safe to call concurrently; handle_per_thread() gives each dispatcher its
+// own instance instead. Handlers may throw: the exception becomes an INTERNAL
+// error for that request and does not leave the server.
+//
+// Thread safety: handle*() before start()/run(); stop() and stats() from any
+// thread (stop() is also async-signal-safe).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "rocket/status.h"
+
+namespace rocket {
+
+namespace detail {
+struct ServerSession;
+}
+
+// The request as the handler sees it. `data()` views the client's pool: it
+// stays valid for the handler's call only, and the client can change it
+// concurrently (only to its own detriment), so copy what must be stable.
+class Request {
+ public:
+  std::string_view op() const noexcept { return op_; }
+  std::span<const std::byte> data() const noexcept { return data_; }
+  std::string_view tenant() const noexcept { return tenant_; }
+  uid_t uid() const noexcept { return uid_; }
+  pid_t pid() const noexcept { return pid_; }
+  uint64_t job_id() const noexcept { return job_id_; }
+
+ private:
+  friend class Server;
+  std::string_view op_;
+  std::span<const std::byte> data_;
+  std::string_view tenant_;
+  uid_t uid_ = 0;
+  pid_t pid_ = 0;
+  uint64_t job_id_ = 0;
+};
+
+// The response under construction. Exactly one of: alloc() (write the output
+// straight into the server pool), write() (copy bytes in), reply_in_place()
+// (answer with a range of the request's own bytes; no copy at all), or
+// nothing (an empty response).
+class Response {
+ public:
+  // A block of the session's server pool for the output. A second call
+  // replaces the first. kResourceExhausted when the pool is full.
+  Result<std::span<std::byte>> alloc(size_t bytes);
+  Status write(std::span<const std::byte> bytes);
+  // The response is request bytes [offset, offset+length).
+  Status reply_in_place(size_t offset, size_t length);
+
+  Response(const Response&) = delete;
+  Response& operator=(const Response&) = delete;
+  ~Response();
+
+ private:
+  friend class Server;
+  explicit Response(detail::ServerSession* session, size_t request_bytes) noexcept
+      : session_(session), request_bytes_(request_bytes) {}
+  void release() noexcept;
+
+  detail::ServerSession* session_;
+  size_t request_bytes_;
+  enum class Kind : uint8_t { kEmpty, kPool, kInPlace } kind_ = Kind::kEmpty;
+  uint64_t offset_ = 0;
+  uint64_t length_ = 0;
+  bool committed_ = false;
+};
+
+using Handler = std::function<Status(const Request&, Response&)>;
+
+struct ServerOptions {
+  std::string socket_path;
+  unsigned dispatchers = 1;
+  // How long an idle dispatcher polls before it sleeps in epoll.
+  std::chrono::microseconds spin{50};
+  // Who may connect: the server's own uid always; also these uids and gids.
+  std::vector<uid_t> allowed_uids;
+  std::vector<gid_t> allowed_gids;
+  // Pool sizes for clients that do not ask, and the most a client may ask.
+  size_t default_client_pool_bytes = size_t{192} << 20;
+  size_t default_server_pool_bytes = size_t{192} << 20;
+  size_t max_pool_bytes = size_t{2} << 30;
+  uint32_t default_ring_entries = 1024;
+  unsigned max_sessions = 256;
+  bool prefault = true;
+  std::chrono::milliseconds handshake_timeout{2000};
+};
+
+struct ServerStats {
+  uint64_t sessions_open = 0;
+  uint64_t sessions_total = 0;
+  uint64_t sessions_refused = 0;
+  uint64_t requests = 0;
+  uint64_t request_errors = 0;   // requests answered with a non-OK status
+  uint64_t protocol_errors = 0;  // corrupt rings, forged frees, garbage descriptors
+  uint64_t bytes_mapped = 0;     // segments currently mapped for sessions
+};
+
+class Server {
+ public:
+  explicit Server(ServerOptions options);
+  Server(std::string socket_path, ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Registers `op`. kInvalidArgument for a bad or duplicate name;
+  // kFailedPrecondition after start().
+  Status handle(std::string_view op, Handler handler);
+  Status handle_per_thread(std::string_view op, std::function<Handler()> factory);
+
+  // Binds the socket and starts the acceptor and dispatcher threads.
+  Status start();
+  // start(), then blocks until stop().
+  Status run();
+  // Asks every thread to finish; returns at once. Sessions are closed when
+  // the threads exit (in run() or the destructor).
+  void stop() noexcept;
+  // Joins all threads and closes every session. Idempotent.
+  void wait();
+
+  ServerStats stats() const;
+  const ServerOptions& options() const noexcept;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace rocket

@@ -1,0 +1,657 @@
+#include "rocket/runtime/client.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "rocket/shm/pool.h"
+#include "rocket/shm/segment.h"
+#include "runtime/futex.h"
+#include "runtime/protocol.h"
+#include "runtime/socket.h"
+
+namespace rocket {
+namespace detail {
+
+using Clock = std::chrono::steady_clock;
+
+// How long one futex sleep lasts before the waiter checks that the server is
+// still alive. Bounds how late a dead server is noticed.
+constexpr auto kLivenessSlice = std::chrono::milliseconds(20);
+
+// A block of the client pool; returned to the allocator when the last
+// reference (Buffer, in-flight job, in-place Reply) goes away.
+struct PoolBlock {
+  PoolBlock(std::shared_ptr<ClientCore> c, uint64_t off, uint64_t len)
+      : core(std::move(c)), offset(off), size(len) {}
+  ~PoolBlock();
+  std::shared_ptr<ClientCore> core;
+  uint64_t offset;
+  uint64_t size;
+};
+
+struct ReplyBlock {
+  ~ReplyBlock();
+  std::shared_ptr<ClientCore> core;
+  PayloadPool pool = PayloadPool::kNone;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uint64_t service_ns = 0;
+  std::shared_ptr<PoolBlock> request;  // in-place replies view the request bytes
+};
+
+// The session. Shared by the Client handle and every Buffer, Reply and
+// Future, so the mappings outlive any of them.
+//
+// Thread safety: all mutable state is guarded by mu_; the shared-memory
+// indices are owned by the ring ends it guards.
+class ClientCore : public std::enable_shared_from_this<ClientCore> {
+ public:
+  static Result<std::shared_ptr<ClientCore>> connect(const std::string& path, const ClientOptions& opts);
+  ~ClientCore();
+
+  Result<std::shared_ptr<PoolBlock>> alloc_block(size_t bytes);
+  void free_block(uint64_t offset) noexcept;
+  void free_reply(uint64_t offset) noexcept;
+
+  Result<uint32_t> op_id(std::string_view op) const;
+  // Posts a request for [offset, offset+length) of the client pool. `block`
+  // stays referenced until the job completes. `abandoned` jobs are discarded
+  // on completion.
+  Result<JobId> post(uint32_t op, std::shared_ptr<PoolBlock> block, uint64_t offset, uint64_t length,
+                     bool wait_for_space);
+  // Copies `bytes` into a fresh pool block with the policy's mover.
+  Result<std::shared_ptr<PoolBlock>> copy_in(std::span<const std::byte> bytes, const Policy& policy);
+  Result<Reply> wait_job(JobId id, std::chrono::milliseconds timeout);
+  bool job_done(JobId id);
+  void abandon(JobId id) noexcept;
+  Result<Mover*> mover(MoverKind kind);
+  void close() noexcept;
+
+  std::byte* client_data() const noexcept { return cpool_.data(); }
+  const std::byte* server_data() const noexcept { return spool_.data(); }
+  std::vector<std::string> ops() const { return op_names_; }
+  uint64_t session_id() const noexcept { return session_id_; }
+  ClientStats stats();
+
+ private:
+  struct Job {
+    std::shared_ptr<PoolBlock> request;
+    uint64_t req_offset = 0;
+    uint64_t req_length = 0;
+    bool done = false;
+    bool abandoned = false;
+    CompDesc comp{};
+  };
+
+  ClientCore() = default;
+  // Caller holds mu_.
+  void drain_locked();
+  void flush_frees_locked();
+  void fail_locked(Status why);
+  Result<Reply> take_locked(std::unordered_map<uint64_t, Job>::iterator it);
+  void wake_server();
+
+  ClientOptions opts_;
+  int sock_ = -1;
+  int server_wake_fd_ = -1;
+  uint64_t session_id_ = 0;
+  shm::Segment control_, cpool_, spool_;
+  ControlBlock* cb_ = nullptr;
+  std::vector<std::string> op_names_;
+
+  std::mutex mu_;
+  shm::RingProducer<SubDesc> tx_;                // guarded by mu_
+  shm::RingConsumer<CompDesc> rx_;               // guarded by mu_
+  shm::PoolAllocator alloc_{0};                  // guarded by mu_
+  std::vector<uint64_t> pending_frees_;          // guarded by mu_
+  std::unordered_map<uint64_t, Job> jobs_;       // guarded by mu_
+  uint64_t next_job_ = 1;                        // guarded by mu_
+  uint64_t outstanding_ = 0;                     // posted, completion not yet read; guarded by mu_
+  Status failure_;                               // guarded by mu_
+  std::atomic<bool> failed_{false};              // mirrors !failure_.ok() for lock-free checks
+
+  std::mutex movers_mu_;
+  std::unique_ptr<Mover> movers_[8];             // by MoverKind; guarded by movers_mu_
+
+  // Statistics; relaxed: reported only.
+  std::atomic<uint64_t> requests_{0}, futex_sleeps_{0}, server_wakeups_{0};
+};
+
+PoolBlock::~PoolBlock() { core->free_block(offset); }
+
+ReplyBlock::~ReplyBlock() {
+  if (pool == PayloadPool::kServer) core->free_reply(offset);
+}
+
+Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path, const ClientOptions& opts) {
+  if (opts.tenant.empty() || opts.tenant.size() >= kTenantNameBytes) {
+    return invalid_argument("tenant name must be 1..63 bytes");
+  }
+  ROCKET_ASSIGN_OR_RETURN(int fd, connect_unix(path));
+  std::shared_ptr<ClientCore> core(new ClientCore());
+  core->sock_ = fd;  // closed by ~ClientCore on every failure below
+  core->opts_ = opts;
+
+  Hello hello{};
+  hello.magic = kProtocolMagic;
+  hello.version = kProtocolVersion;
+  set_fixed_string(hello.tenant, sizeof(hello.tenant), opts.tenant);
+  hello.client_pool_bytes = opts.client_pool_bytes;
+  hello.server_pool_bytes = opts.server_pool_bytes;
+  hello.sub_ring_entries = opts.ring_entries;
+  hello.comp_ring_entries = opts.ring_entries;
+  ROCKET_RETURN_IF_ERROR(send_message(fd, &hello, sizeof(hello), {}));
+
+  auto w = std::make_unique<Welcome>();
+  std::vector<int> fds;
+  auto n = recv_message(fd, w.get(), sizeof(Welcome), &fds, kHandshakeFds, opts.connect_timeout);
+  if (!n.ok()) return n.status();
+  struct FdGuard {
+    std::vector<int>& v;
+    ~FdGuard() { close_all(v); }
+  } guard{fds};
+  if (*n == 0) return unavailable("server closed the connection during the handshake");
+  if (*n < kWelcomeHeaderBytes || w->magic != kProtocolMagic) return data_loss("server sent a malformed handshake reply");
+  if (w->status_code != 0) {
+    int32_t code = w->status_code;
+    if (code < 0 || code > kMaxStatusCode) code = static_cast<int32_t>(StatusCode::kUnknown);
+    std::string_view msg = fixed_string(w->message, sizeof(w->message));
+    return Status(static_cast<StatusCode>(code), "server refused the session: " + std::string(msg));
+  }
+  if (w->version != kProtocolVersion) {
+    return failed_precondition("server speaks protocol version " + std::to_string(w->version) + ", this client " +
+                               std::to_string(kProtocolVersion));
+  }
+  if (fds.size() != kHandshakeFds) return data_loss("server sent " + std::to_string(fds.size()) + " descriptors, expected 4");
+  if (w->op_count > kMaxOps || *n != kWelcomeHeaderBytes + w->op_count * sizeof(OpEntry)) {
+    return data_loss("server's op table is malformed");
+  }
+  if (!shm::valid_ring_capacity(w->sub_ring_entries) || !shm::valid_ring_capacity(w->comp_ring_entries) ||
+      w->sub_ring_entries > kMaxRingEntries || w->comp_ring_entries > kMaxRingEntries) {
+    return data_loss("server sent invalid ring sizes");
+  }
+  constexpr uint64_t kMaxPool = uint64_t{1} << 40;
+  if (w->client_pool_bytes == 0 || w->server_pool_bytes == 0 || w->client_pool_bytes > kMaxPool ||
+      w->server_pool_bytes > kMaxPool || w->client_pool_bytes % 4096 != 0 || w->server_pool_bytes % 4096 != 0) {
+    return data_loss("server sent invalid pool sizes");
+  }
+  for (uint32_t i = 0; i < w->op_count; ++i) {
+    std::string_view name = fixed_string(w->ops[i].name, sizeof(w->ops[i].name));
+    if (w->ops[i].id != i || name.empty()) return data_loss("server's op table is malformed");
+    core->op_names_.emplace_back(name);
+  }
+
+  shm::SegmentOptions rw{.prefault = opts.prefault, .lock = false, .writable = true};
+  shm::SegmentOptions ro{.prefault = opts.prefault, .lock = false, .writable = false};
+  // attach() takes ownership of each descriptor, success or failure.
+  int cfd = fds[kFdControl], cpfd = fds[kFdClientPool], spfd = fds[kFdServerPool];
+  core->server_wake_fd_ = fds[kFdServerWake];
+  fds.clear();
+  auto control = shm::Segment::attach(cfd, shm::SegmentKind::kControl,
+                                      control_data_bytes(w->sub_ring_entries, w->comp_ring_entries), rw);
+  auto cpool = shm::Segment::attach(cpfd, shm::SegmentKind::kClientPool, w->client_pool_bytes, rw);
+  auto spool = shm::Segment::attach(spfd, shm::SegmentKind::kServerPool, w->server_pool_bytes, ro);
+  if (!control.ok()) return control.status();
+  if (!cpool.ok()) return cpool.status();
+  if (!spool.ok()) return spool.status();
+  core->control_ = std::move(*control);
+  core->cpool_ = std::move(*cpool);
+  core->spool_ = std::move(*spool);
+  core->session_id_ = w->session_id;
+  auto view = control_view(core->control_.data(), w->sub_ring_entries);
+  core->cb_ = view.block;
+  core->tx_ = shm::RingProducer<SubDesc>(&core->cb_->sub, view.sub_slots, w->sub_ring_entries);
+  core->rx_ = shm::RingConsumer<CompDesc>(&core->cb_->comp, view.comp_slots, w->comp_ring_entries);
+  core->alloc_ = shm::PoolAllocator(core->cpool_.data_bytes());
+  return core;
+}
+
+ClientCore::~ClientCore() {
+  if (sock_ >= 0) ::close(sock_);
+  if (server_wake_fd_ >= 0) ::close(server_wake_fd_);
+}
+
+void ClientCore::close() noexcept {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sock_ >= 0) ::shutdown(sock_, SHUT_RDWR);  // the server sees the hang-up
+  fail_locked(failed_precondition("session closed"));
+}
+
+void ClientCore::fail_locked(Status why) {
+  if (!failure_.ok()) return;
+  failure_ = std::move(why);
+  // release: a thread that sees failed_ also sees failure_ once it takes mu_.
+  failed_.store(true, std::memory_order_release);
+  pending_frees_.clear();
+}
+
+Result<std::shared_ptr<PoolBlock>> ClientCore::alloc_block(size_t bytes) {
+  uint64_t off;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!failure_.ok()) return failure_;
+    auto r = alloc_.allocate(bytes);
+    if (!r.ok()) {
+      if (r.status().code() == StatusCode::kInvalidArgument) {
+        return invalid_argument("request of " + std::to_string(bytes) + " bytes exceeds the client pool of " +
+                                std::to_string(alloc_.capacity()) +
+                                " bytes; connect with ClientOptions::client_pool_bytes larger");
+      }
+      return r.status();
+    }
+    off = *r;
+  }
+  return std::make_shared<PoolBlock>(shared_from_this(), off, bytes);
+}
+
+void ClientCore::free_block(uint64_t offset) noexcept {
+  std::lock_guard<std::mutex> lock(mu_);
+  alloc_.free(offset).ignore_error();  // our own bookkeeping: cannot be forged
+}
+
+void ClientCore::free_reply(uint64_t offset) noexcept {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!failure_.ok()) return;
+  pending_frees_.push_back(offset);
+  flush_frees_locked();
+}
+
+void ClientCore::flush_frees_locked() {
+  size_t i = 0;
+  for (; i < pending_frees_.size(); ++i) {
+    SubDesc d{};
+    d.kind = static_cast<uint16_t>(SubKind::kFreeReply);
+    d.offset = pending_frees_[i];
+    shm::RingResult r = tx_.try_push(d);
+    if (r == shm::RingResult::kFull) break;
+    if (r == shm::RingResult::kCorrupt) {
+      fail_locked(data_loss("submission ring indices corrupted by the server"));
+      return;
+    }
+  }
+  // Frees are not urgent: they ride along until the server next wakes.
+  pending_frees_.erase(pending_frees_.begin(), pending_frees_.begin() + static_cast<ptrdiff_t>(i));
+}
+
+Result<uint32_t> ClientCore::op_id(std::string_view op) const {
+  for (size_t i = 0; i < op_names_.size(); ++i) {
+    if (op_names_[i] == op) return static_cast<uint32_t>(i);
+  }
+  return not_found("server has no op '" + std::string(op) + "'");
+}
+
+void ClientCore::wake_server() {
+  // seq_cst fence: pairs with the dispatcher's fence between setting
+  // server_sleeping and re-checking the ring (Dekker): either it sees our
+  // request or we see that it sleeps.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (cb_->server_sleeping.load(std::memory_order_relaxed) != 0) {
+    uint64_t one = 1;
+    ssize_t r = ::write(server_wake_fd_, &one, sizeof(one));
+    (void)r;  // a full eventfd counter still wakes the server
+    server_wakeups_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, uint64_t offset, uint64_t length,
+                               bool wait_for_space) {
+  JobId id;
+  for (;;) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!failure_.ok()) return failure_;
+    flush_frees_locked();
+    if (outstanding_ >= rx_.capacity()) {
+      if (!wait_for_space) {
+        return unavailable(std::to_string(outstanding_) + " jobs in flight fill the completion ring; query some first");
+      }
+    } else {
+      SubDesc d{};
+      d.kind = static_cast<uint16_t>(SubKind::kRequest);
+      d.op_id = op;
+      d.job_id = next_job_;
+      d.offset = offset;
+      d.length = length;
+      shm::RingResult r = tx_.try_push(d);
+      if (r == shm::RingResult::kCorrupt) {
+        fail_locked(data_loss("submission ring indices corrupted by the server"));
+        return failure_;
+      }
+      if (r == shm::RingResult::kOk) {
+        id = next_job_++;
+        ++outstanding_;
+        jobs_.emplace(id, Job{std::move(block), offset, length, false, false, {}});
+        break;
+      }
+      if (!wait_for_space) return unavailable("submission ring is full; retry");
+    }
+    // Full: completions we drain free credits; the server frees ring slots.
+    drain_locked();
+    lock.unlock();
+    wake_server();
+    if (peer_hung_up(sock_)) {
+      std::lock_guard<std::mutex> relock(mu_);
+      fail_locked(unavailable("server closed the session"));
+      return failure_;
+    }
+    std::this_thread::yield();
+  }
+  requests_.fetch_add(1, std::memory_order_relaxed);
+  wake_server();
+  return id;
+}
+
+void ClientCore::drain_locked() {
+  CompDesc c;
+  for (;;) {
+    shm::RingResult r = rx_.try_pop(&c);
+    if (r == shm::RingResult::kEmpty) return;
+    if (r == shm::RingResult::kCorrupt) {
+      fail_locked(data_loss("completion ring indices corrupted by the server"));
+      return;
+    }
+    // Validate everything the server sent before acting on it.
+    auto it = jobs_.find(c.job_id);
+    bool valid = it != jobs_.end() && !it->second.done && c.status >= 0 && c.status <= kMaxStatusCode;
+    if (valid) {
+      switch (static_cast<PayloadPool>(c.pool)) {
+        case PayloadPool::kNone:
+          break;
+        case PayloadPool::kServer:
+          valid = c.offset <= spool_.data_bytes() && c.length <= spool_.data_bytes() - c.offset;
+          break;
+        case PayloadPool::kClient:
+          valid = c.status == 0 && c.offset >= it->second.req_offset &&
+                  c.offset - it->second.req_offset <= it->second.req_length &&
+                  c.length <= it->second.req_length - (c.offset - it->second.req_offset);
+          break;
+        default:
+          valid = false;
+      }
+    }
+    if (!valid) {
+      fail_locked(data_loss("server sent an invalid completion (job " + std::to_string(c.job_id) + ")"));
+      return;
+    }
+    --outstanding_;
+    if (it->second.abandoned) {
+      if (static_cast<PayloadPool>(c.pool) == PayloadPool::kServer) pending_frees_.push_back(c.offset);
+      jobs_.erase(it);
+      continue;
+    }
+    it->second.done = true;
+    it->second.comp = c;
+  }
+}
+
+Result<Reply> ClientCore::take_locked(std::unordered_map<uint64_t, Job>::iterator it) {
+  Job job = std::move(it->second);
+  jobs_.erase(it);
+  const CompDesc& c = job.comp;
+  auto pool = static_cast<PayloadPool>(c.pool);
+  if (c.status != 0) {
+    std::string msg;
+    if (pool == PayloadPool::kServer) {
+      msg.assign(reinterpret_cast<const char*>(spool_.data() + c.offset),
+                 std::min<uint64_t>(c.length, kMaxErrorMessage));
+      pending_frees_.push_back(c.offset);
+      flush_frees_locked();
+    }
+    return Status(static_cast<StatusCode>(c.status), msg.empty() ? "request failed on the server" : msg);
+  }
+  auto rb = std::make_shared<ReplyBlock>();
+  rb->core = shared_from_this();
+  rb->pool = pool;
+  rb->offset = c.offset;
+  rb->length = c.length;
+  rb->service_ns = c.service_ns;
+  if (pool == PayloadPool::kClient) rb->request = std::move(job.request);
+  return Reply(std::move(rb));
+}
+
+Result<Reply> ClientCore::wait_job(JobId id, std::chrono::milliseconds timeout) {
+  const auto start = Clock::now();
+  const auto deadline = timeout.count() > 0 ? start + timeout : Clock::time_point::max();
+  const auto spin_until = start + opts_.spin;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = jobs_.find(id);
+      if (it == jobs_.end()) return not_found("no job " + std::to_string(id) + " in this session");
+      if (!it->second.done) drain_locked();
+      if (it->second.done) return take_locked(it);
+      if (!failure_.ok()) return failure_;
+    }
+    auto now = Clock::now();
+    if (now >= deadline) return deadline_exceeded("no response to job " + std::to_string(id) + " in time");
+    if (now < spin_until) {
+      cpu_relax();
+      continue;
+    }
+    // Sleep: advertise, then re-check so a completion posted before the server
+    // could see us is not missed.
+    cb_->client_waiters.fetch_add(1, std::memory_order_relaxed);
+    // seq_cst fence: pairs with the server's fence between pushing a
+    // completion and reading client_waiters.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    uint32_t seen = cb_->comp_futex.load(std::memory_order_relaxed);
+    bool ready;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      drain_locked();
+      auto it = jobs_.find(id);
+      ready = it == jobs_.end() || it->second.done || !failure_.ok();
+    }
+    if (!ready) {
+      auto slice = std::min<Clock::duration>(kLivenessSlice, deadline - Clock::now());
+      futex_sleeps_.fetch_add(1, std::memory_order_relaxed);
+      futex_wait(&cb_->comp_futex, seen, std::chrono::duration_cast<std::chrono::nanoseconds>(slice));
+    }
+    cb_->client_waiters.fetch_sub(1, std::memory_order_relaxed);
+    if (!ready && cb_->comp_futex.load(std::memory_order_relaxed) == seen && peer_hung_up(sock_)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      drain_locked();  // a completion may have landed just before the server died
+      fail_locked(unavailable("server closed the session"));
+    }
+  }
+}
+
+bool ClientCore::job_done(JobId id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  drain_locked();
+  auto it = jobs_.find(id);
+  return it == jobs_.end() || it->second.done || !failure_.ok();
+}
+
+void ClientCore::abandon(JobId id) noexcept {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return;
+  if (it->second.done) {
+    if (static_cast<PayloadPool>(it->second.comp.pool) == PayloadPool::kServer && failure_.ok()) {
+      pending_frees_.push_back(it->second.comp.offset);
+      flush_frees_locked();
+    }
+    jobs_.erase(it);
+  } else {
+    it->second.abandoned = true;
+  }
+}
+
+Result<Mover*> ClientCore::mover(MoverKind kind) {
+  if (kind == MoverKind::kAuto) kind = opts_.default_mover;
+  if (kind == MoverKind::kAuto) kind = MoverKind::kCpu;
+  std::lock_guard<std::mutex> lock(movers_mu_);
+  auto& slot = movers_[static_cast<size_t>(kind)];
+  if (!slot) {
+    ROCKET_ASSIGN_OR_RETURN(slot, make_mover(kind));
+  }
+  return slot.get();
+}
+
+Result<std::shared_ptr<PoolBlock>> ClientCore::copy_in(std::span<const std::byte> bytes, const Policy& policy) {
+  if (bytes.empty()) return std::shared_ptr<PoolBlock>();
+  ROCKET_ASSIGN_OR_RETURN(Mover * m, mover(policy.mover));
+  ROCKET_ASSIGN_OR_RETURN(auto block, alloc_block(bytes.size()));
+  CopyOp op{client_data() + block->offset, bytes.data(), bytes.size()};
+  ROCKET_RETURN_IF_ERROR(m->execute({&op, 1}, policy.cache));
+  return block;
+}
+
+ClientStats ClientCore::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ClientStats s;
+  s.requests = requests_.load(std::memory_order_relaxed);
+  s.inflight = outstanding_;
+  s.futex_sleeps = futex_sleeps_.load(std::memory_order_relaxed);
+  s.server_wakeups = server_wakeups_.load(std::memory_order_relaxed);
+  s.client_pool_bytes = alloc_.capacity();
+  s.client_pool_in_use = alloc_.bytes_in_use();
+  s.server_pool_bytes = spool_.data_bytes();
+  return s;
+}
+
+}  // namespace detail
+
+// --- Buffer, Reply, Future --------------------------------------------------------
+
+std::byte* Buffer::data() const noexcept {
+  return block_ ? block_->core->client_data() + block_->offset : nullptr;
+}
+size_t Buffer::size() const noexcept { return block_ ? block_->size : 0; }
+
+std::span<const std::byte> Reply::data() const noexcept {
+  if (!block_) return {};
+  switch (block_->pool) {
+    case detail::PayloadPool::kServer:
+      return {block_->core->server_data() + block_->offset, block_->length};
+    case detail::PayloadPool::kClient:
+      return {block_->core->client_data() + block_->offset, block_->length};
+    default:
+      return {};
+  }
+}
+
+std::chrono::nanoseconds Reply::service_time() const noexcept {
+  return std::chrono::nanoseconds(block_ ? block_->service_ns : 0);
+}
+
+Status Reply::copy_to(std::span<std::byte> dst, const CopyOptions& options) const {
+  auto src = data();
+  if (dst.size() < src.size()) {
+    return invalid_argument("destination holds " + std::to_string(dst.size()) + " bytes, reply has " +
+                            std::to_string(src.size()));
+  }
+  if (src.empty()) return ok_status();
+  ROCKET_ASSIGN_OR_RETURN(Mover * m, block_->core->mover(options.mover));
+  CopyOp op{dst.data(), src.data(), src.size()};
+  return m->execute({&op, 1}, options.cache);
+}
+
+std::vector<std::byte> Reply::to_vector() const {
+  auto d = data();
+  return {d.begin(), d.end()};
+}
+
+Result<Reply> Future::get(std::chrono::milliseconds timeout) {
+  if (!early_.ok()) return early_;
+  if (!core_) return failed_precondition("future has no job (default-constructed or already consumed)");
+  auto core = std::move(core_);
+  auto r = core->wait_job(id_, timeout);
+  if (!r.ok() && r.status().code() == StatusCode::kDeadlineExceeded) core_ = std::move(core);  // may retry
+  return r;
+}
+
+Future& Future::operator=(Future&& other) noexcept {
+  if (this != &other) {
+    if (core_) core_->abandon(id_);
+    core_ = std::move(other.core_);
+    id_ = other.id_;
+    early_ = std::move(other.early_);
+  }
+  return *this;
+}
+
+Future::~Future() {
+  if (core_) core_->abandon(id_);
+}
+
+bool Future::ready() const { return !early_.ok() || !core_ || core_->job_done(id_); }
+
+// --- Client ----------------------------------------------------------------------
+
+Result<Client> Client::connect(std::string_view socket_path, const ClientOptions& options) {
+  ROCKET_ASSIGN_OR_RETURN(auto core, detail::ClientCore::connect(std::string(socket_path), options));
+  return Client(std::move(core));
+}
+
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+Client::~Client() {
+  if (core_) core_->close();
+}
+
+Result<Buffer> Client::alloc(size_t bytes) {
+  if (bytes == 0) return invalid_argument("alloc of zero bytes");
+  ROCKET_ASSIGN_OR_RETURN(auto block, core_->alloc_block(bytes));
+  return Buffer(std::move(block));
+}
+
+Result<JobId> Client::submit(std::string_view op, const Buffer& request, const CallOptions& options) {
+  (void)options;
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  if (request.block_ && request.block_->core != core_) {
+    return invalid_argument("buffer belongs to another session");
+  }
+  uint64_t off = request.block_ ? request.block_->offset : 0;
+  return core_->post(id, request.block_, off, request.size(), /*wait_for_space=*/false);
+}
+
+Result<JobId> Client::submit(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  ROCKET_ASSIGN_OR_RETURN(auto block, core_->copy_in(request, options.policy));
+  uint64_t off = block ? block->offset : 0;
+  return core_->post(id, std::move(block), off, request.size(), /*wait_for_space=*/false);
+}
+
+Result<Reply> Client::call(std::string_view op, const Buffer& request, const CallOptions& options) {
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  if (request.block_ && request.block_->core != core_) {
+    return invalid_argument("buffer belongs to another session");
+  }
+  uint64_t off = request.block_ ? request.block_->offset : 0;
+  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, request.block_, off, request.size(), true));
+  return core_->wait_job(job, options.timeout);
+}
+
+Result<Reply> Client::call(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  ROCKET_ASSIGN_OR_RETURN(auto block, core_->copy_in(request, options.policy));
+  uint64_t off = block ? block->offset : 0;
+  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, std::move(block), off, request.size(), true));
+  return core_->wait_job(job, options.timeout);
+}
+
+Future Client::call_async(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
+  auto job = submit(op, request, options);
+  if (!job.ok()) return Future(nullptr, 0, job.status());
+  return Future(core_, *job, ok_status());
+}
+
+Result<Reply> Client::query(JobId id, std::chrono::milliseconds timeout) { return core_->wait_job(id, timeout); }
+
+std::vector<std::string> Client::ops() const { return core_->ops(); }
+uint64_t Client::session_id() const noexcept { return core_->session_id(); }
+ClientStats Client::stats() const { return core_->stats(); }
+void Client::close() noexcept {
+  if (core_) core_->close();
+}
+
+}  // namespace rocket

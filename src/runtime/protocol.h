@@ -1,0 +1,150 @@
+// Wire formats shared by client and server: the handshake messages on the
+// session socket, the layout of the control segment, and the 64-byte ring
+// descriptors. Everything here crosses a process boundary, so every reader
+// validates every field before use (see validate_* below and the server's
+// descriptor checks).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+
+#include "rocket/shm/ring.h"
+
+namespace rocket::detail {
+
+inline constexpr uint32_t kProtocolMagic = 0x31544b52;  // "RKT1"
+inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr size_t kTenantNameBytes = 64;   // NUL-terminated
+inline constexpr size_t kOpNameBytes = 48;       // NUL-terminated
+inline constexpr uint32_t kMaxOps = 256;
+inline constexpr size_t kMessageBytes = 192;     // NUL-terminated
+inline constexpr uint32_t kMaxRingEntries = 1u << 16;
+inline constexpr size_t kMaxErrorMessage = 1024;  // error text carried in the server pool
+
+// Descriptors the handshake passes with SCM_RIGHTS, in this order.
+enum HandshakeFd : int { kFdControl = 0, kFdClientPool = 1, kFdServerPool = 2, kFdServerWake = 3, kHandshakeFds = 4 };
+
+// Client -> server, the first message on a new connection.
+struct Hello {
+  uint32_t magic;
+  uint32_t version;
+  char tenant[kTenantNameBytes];
+  uint64_t client_pool_bytes;  // 0: server default
+  uint64_t server_pool_bytes;  // 0: server default
+  uint32_t sub_ring_entries;   // 0: server default
+  uint32_t comp_ring_entries;  // 0: server default
+};
+
+struct OpEntry {
+  uint32_t id;
+  char name[kOpNameBytes];
+};
+
+// Server -> client. status_code != 0 means refused: `message` says why and no
+// descriptors are attached. Only the first op_count entries of `ops` are sent.
+struct Welcome {
+  uint32_t magic;
+  uint32_t version;
+  int32_t status_code;
+  char message[kMessageBytes];
+  uint64_t session_id;
+  uint64_t client_pool_bytes;
+  uint64_t server_pool_bytes;
+  uint32_t sub_ring_entries;
+  uint32_t comp_ring_entries;
+  uint32_t op_count;
+  uint32_t reserved;
+  OpEntry ops[kMaxOps];
+};
+inline constexpr size_t kWelcomeHeaderBytes = offsetof(Welcome, ops);
+
+// --- ring descriptors --------------------------------------------------------
+
+enum class SubKind : uint16_t {
+  kRequest = 1,    // run op `op_id` on [offset, offset+length) of the client pool
+  kFreeReply = 2,  // the client is done with the server-pool block at `offset`
+};
+
+struct SubDesc {
+  uint16_t kind;
+  uint16_t flags;
+  uint32_t op_id;
+  uint64_t job_id;
+  uint64_t offset;
+  uint64_t length;
+  uint64_t reserved[4];
+};
+static_assert(sizeof(SubDesc) == 64);
+
+// Where a response payload lives.
+enum class PayloadPool : uint16_t {
+  kNone = 0,
+  kServer = 1,  // a block of the server pool; the client frees it with kFreeReply
+  kClient = 2,  // a sub-range of the request's own bytes (in-place response)
+};
+
+// Server -> client: the outcome of one request. For an error, the payload (if
+// any) is the error text in the server pool.
+struct CompDesc {
+  uint64_t job_id;
+  int32_t status;   // StatusCode
+  uint16_t pool;    // PayloadPool
+  uint16_t flags;
+  uint64_t offset;  // pool offset of the payload
+  uint64_t length;
+  uint64_t service_ns;  // time the handler took, for statistics and policy
+  uint64_t reserved[3];
+};
+static_assert(sizeof(CompDesc) == 64);
+
+// --- control segment ----------------------------------------------------------
+
+// At the start of the control segment's data area; the rings' entries follow.
+struct ControlBlock {
+  // Written by the dispatcher that owns the session: nonzero while it sleeps
+  // in epoll and must be woken through the session's eventfd.
+  alignas(shm::kCacheLine) std::atomic<uint32_t> server_sleeping;
+  // Written by client threads: how many are (about to be) asleep on comp_futex.
+  alignas(shm::kCacheLine) std::atomic<uint32_t> client_waiters;
+  // Futex word: the server bumps it after posting completions if waiters != 0.
+  std::atomic<uint32_t> comp_futex;
+  alignas(shm::kCacheLine) shm::RingIndices sub;
+  shm::RingIndices comp;
+};
+static_assert(sizeof(ControlBlock) % shm::kCacheLine == 0);
+static_assert(std::atomic<uint32_t>::is_always_lock_free);
+
+inline size_t control_data_bytes(uint32_t sub_entries, uint32_t comp_entries) {
+  return sizeof(ControlBlock) + (size_t{sub_entries} + comp_entries) * 64;
+}
+
+struct ControlView {
+  ControlBlock* block;
+  SubDesc* sub_slots;
+  CompDesc* comp_slots;
+};
+
+inline ControlView control_view(std::byte* data, uint32_t sub_entries) {
+  auto* block = reinterpret_cast<ControlBlock*>(data);
+  auto* sub = reinterpret_cast<SubDesc*>(data + sizeof(ControlBlock));
+  auto* comp = reinterpret_cast<CompDesc*>(data + sizeof(ControlBlock) + size_t{sub_entries} * 64);
+  return {block, sub, comp};
+}
+
+// Copies a fixed-size name field to a string_view, if it is NUL-terminated
+// and non-empty; an empty view otherwise (the caller rejects it).
+inline std::string_view fixed_string(const char* field, size_t cap) {
+  const void* nul = std::memchr(field, '\0', cap);
+  if (nul == nullptr) return {};
+  return {field, static_cast<size_t>(static_cast<const char*>(nul) - field)};
+}
+
+inline void set_fixed_string(char* field, size_t cap, std::string_view s) {
+  std::memset(field, 0, cap);
+  std::memcpy(field, s.data(), s.size() < cap ? s.size() : cap - 1);
+}
+
+}  // namespace rocket::detail

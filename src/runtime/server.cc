@@ -1,0 +1,732 @@
+#include "rocket/runtime/server.h"
+
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <thread>
+
+#include "rocket/shm/pool.h"
+#include "rocket/shm/segment.h"
+#include "runtime/futex.h"
+#include "runtime/protocol.h"
+#include "runtime/socket.h"
+
+namespace rocket {
+namespace detail {
+
+using Clock = std::chrono::steady_clock;
+
+struct OpSpec {
+  std::string name;
+  Handler shared;
+  std::function<Handler()> factory;
+};
+
+// Statistics; relaxed: counters read for reporting, no ordering needed.
+struct ServerCounters {
+  std::atomic<uint64_t> sessions_open{0}, sessions_total{0}, sessions_refused{0};
+  std::atomic<uint64_t> requests{0}, request_errors{0}, protocol_errors{0}, bytes_mapped{0};
+};
+
+// Tags let one epoll set tell a session's socket from its eventfd.
+struct EpollTag {
+  ServerSession* session;
+  bool is_socket;
+};
+
+// One connected client. Owned and touched only by its dispatcher thread after
+// the handshake (the acceptor builds it, then hands it over under a mutex).
+struct ServerSession {
+  ServerSession(ServerCounters* c, uint64_t sid) : counters(c), id(sid), alloc(0) {}
+  ~ServerSession();
+
+  ServerCounters* counters;
+  uint64_t id;
+  int sock = -1;
+  int wake_fd = -1;  // the client writes here to wake our dispatcher
+  std::string tenant;
+  ucred cred{};
+  shm::Segment control, client_pool, server_pool;
+  ControlBlock* cb = nullptr;
+  shm::RingConsumer<SubDesc> rx;
+  shm::RingProducer<CompDesc> tx;
+  shm::PoolAllocator alloc;  // the server pool's allocator
+  std::optional<CompDesc> backlog;  // a completion the full ring could not take
+  bool dead = false;
+  EpollTag sock_tag{this, true};
+  EpollTag wake_tag{this, false};
+};
+
+}  // namespace detail
+
+struct Server::Impl {
+  explicit Impl(ServerOptions o) : opts(std::move(o)) {}
+
+  class Dispatcher;
+
+  ServerOptions opts;
+  std::vector<detail::OpSpec> ops;
+  bool started = false;
+  bool joined = false;
+  int listen_fd = -1;
+  int stop_fd = -1;
+  std::atomic<bool> stopping{false};
+  std::thread acceptor;
+  std::vector<std::unique_ptr<Dispatcher>> dispatchers;
+  std::atomic<uint64_t> next_session_id{1};
+  unsigned next_dispatcher = 0;  // acceptor thread only
+
+  detail::ServerCounters counters;
+
+  void accept_loop();
+  void handshake(int fd);
+  void refuse(int fd, const Status& why);
+  void protocol_error(detail::ServerSession& s, const char* what);
+};
+
+detail::ServerSession::~ServerSession() {
+  if (sock >= 0) ::close(sock);
+  if (wake_fd >= 0) ::close(wake_fd);
+  uint64_t mapped = control.total_bytes() + client_pool.total_bytes() + server_pool.total_bytes();
+  counters->bytes_mapped.fetch_sub(mapped, std::memory_order_relaxed);
+  counters->sessions_open.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// --- Response -----------------------------------------------------------------
+
+Result<std::span<std::byte>> Response::alloc(size_t bytes) {
+  release();
+  if (bytes == 0) return std::span<std::byte>{};
+  ROCKET_ASSIGN_OR_RETURN(uint64_t off, session_->alloc.allocate(bytes));
+  kind_ = Kind::kPool;
+  offset_ = off;
+  length_ = bytes;
+  return std::span<std::byte>(session_->server_pool.data() + off, bytes);
+}
+
+Status Response::write(std::span<const std::byte> bytes) {
+  ROCKET_ASSIGN_OR_RETURN(std::span<std::byte> out, alloc(bytes.size()));
+  if (!bytes.empty()) std::memcpy(out.data(), bytes.data(), bytes.size());
+  return ok_status();
+}
+
+Status Response::reply_in_place(size_t offset, size_t length) {
+  if (offset > request_bytes_ || length > request_bytes_ - offset) {
+    return invalid_argument("in-place reply range lies outside the request");
+  }
+  release();
+  kind_ = Kind::kInPlace;
+  offset_ = offset;
+  length_ = length;
+  return ok_status();
+}
+
+void Response::release() noexcept {
+  if (kind_ == Kind::kPool && !committed_) session_->alloc.free(offset_).ignore_error();
+  kind_ = Kind::kEmpty;
+  offset_ = length_ = 0;
+}
+
+Response::~Response() { release(); }
+
+// --- Dispatcher -----------------------------------------------------------------
+
+class Server::Impl::Dispatcher {
+ public:
+  Dispatcher(Impl* server, std::vector<Handler> handlers)
+      : server_(server), handlers_(std::move(handlers)) {}
+  ~Dispatcher() {
+    if (epfd_ >= 0) ::close(epfd_);
+    if (wake_fd_ >= 0) ::close(wake_fd_);
+  }
+
+  Status init() {
+    epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    if (epfd_ < 0) return errno_status("epoll_create1", errno);
+    wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0) return errno_status("eventfd", errno);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.ptr = nullptr;
+    if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, wake_fd_, &ev) != 0) return errno_status("epoll_ctl", errno);
+    return ok_status();
+  }
+
+  void start() { thread_ = std::thread([this] { run(); }); }
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Called by the acceptor thread.
+  void adopt(std::unique_ptr<detail::ServerSession> s) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      incoming_.push_back(std::move(s));
+    }
+    kick();
+  }
+  // Async-signal-safe.
+  void kick() noexcept {
+    uint64_t one = 1;
+    ssize_t r = ::write(wake_fd_, &one, sizeof(one));
+    (void)r;
+  }
+
+ private:
+  static constexpr int kBatch = 64;  // descriptors per session per pass: fairness
+
+  void run();
+  void take_incoming();
+  bool poll_events(int timeout_ms);
+  void reap();
+  size_t service(detail::ServerSession& s);
+  void handle_request(detail::ServerSession& s, const detail::SubDesc& d);
+  void fail_request(detail::ServerSession& s, uint64_t job, const Status& st);
+  bool post(detail::ServerSession& s, const detail::CompDesc& c);
+
+  Impl* server_;
+  std::vector<Handler> handlers_;  // this thread's instances, by op id
+  int epfd_ = -1;
+  int wake_fd_ = -1;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<detail::ServerSession>> incoming_;  // guarded by mu_
+  std::vector<std::unique_ptr<detail::ServerSession>> sessions_;  // this thread only
+};
+
+void Server::Impl::Dispatcher::take_incoming() {
+  std::vector<std::unique_ptr<detail::ServerSession>> fresh;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fresh.swap(incoming_);
+  }
+  for (auto& s : fresh) {
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.ptr = &s->sock_tag;
+    epoll_event wev{};
+    wev.events = EPOLLIN;
+    wev.data.ptr = &s->wake_tag;
+    if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, s->sock, &ev) != 0 ||
+        ::epoll_ctl(epfd_, EPOLL_CTL_ADD, s->wake_fd, &wev) != 0) {
+      std::fprintf(stderr, "rocket: dispatcher cannot watch session %llu: %s\n",
+                   static_cast<unsigned long long>(s->id), std::strerror(errno));
+      ::epoll_ctl(epfd_, EPOLL_CTL_DEL, s->sock, nullptr);
+      continue;  // destroyed here: the client sees the hang-up
+    }
+    sessions_.push_back(std::move(s));
+  }
+}
+
+bool Server::Impl::Dispatcher::poll_events(int timeout_ms) {
+  epoll_event evs[64];
+  int n = ::epoll_wait(epfd_, evs, 64, timeout_ms);
+  for (int i = 0; i < n; ++i) {
+    auto* tag = static_cast<detail::EpollTag*>(evs[i].data.ptr);
+    if (tag == nullptr) {
+      uint64_t v;
+      while (::read(wake_fd_, &v, sizeof(v)) > 0) {
+      }
+      take_incoming();
+      continue;
+    }
+    detail::ServerSession& s = *tag->session;
+    if (!tag->is_socket) {
+      uint64_t v;
+      while (::read(s.wake_fd, &v, sizeof(v)) > 0) {
+      }
+      continue;
+    }
+    if ((evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) != 0) {
+      s.dead = true;
+    } else if ((evs[i].events & EPOLLIN) != 0) {
+      // After the handshake the only message a client sends is "close".
+      char buf[64];
+      ssize_t r = ::recv(s.sock, buf, sizeof(buf), MSG_DONTWAIT);
+      if (r >= 0 || (errno != EAGAIN && errno != EINTR)) s.dead = true;
+    }
+  }
+  return n > 0;
+}
+
+void Server::Impl::Dispatcher::reap() {
+  auto dead = std::partition(sessions_.begin(), sessions_.end(), [](auto& s) { return !s->dead; });
+  for (auto it = dead; it != sessions_.end(); ++it) {
+    // The client holds its own reference to the eventfd's file, so closing our
+    // descriptor would not drop it from the epoll set: remove it explicitly.
+    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, (*it)->wake_fd, nullptr);
+    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, (*it)->sock, nullptr);
+  }
+  sessions_.erase(dead, sessions_.end());
+}
+
+void Server::Impl::Dispatcher::run() {
+  const auto spin = server_->opts.spin;
+  auto last_work = detail::Clock::now();
+  auto last_events = last_work;
+  // acquire: pairs with the release store in stop().
+  while (!server_->stopping.load(std::memory_order_acquire)) {
+    size_t work = 0;
+    for (auto& s : sessions_) {
+      if (!s->dead) work += service(*s);
+    }
+    auto now = detail::Clock::now();
+    // Hang-ups and new sessions are noticed at least every 2 ms even when busy.
+    if (now - last_events > std::chrono::milliseconds(2) || (work == 0 && now - last_events > spin / 4)) {
+      poll_events(0);
+      last_events = now;
+    }
+    reap();
+    if (work != 0) {
+      last_work = now;
+      continue;
+    }
+    if (now - last_work < spin) {
+      detail::cpu_relax();
+      continue;
+    }
+    // Going to sleep: advertise it, then look once more so that a request
+    // pushed before the client could see the flag is not missed.
+    for (auto& s : sessions_) s->cb->server_sleeping.store(1, std::memory_order_relaxed);
+    // seq_cst fence: pairs with the client's fence between publishing its ring
+    // tail and reading server_sleeping (Dekker): one side sees the other.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    bool pending = false, backlog = false;
+    for (auto& s : sessions_) {
+      if (s->rx.peek() != shm::RingResult::kEmpty) pending = true;
+      if (s->backlog) backlog = true;
+    }
+    // A backlog drains when the client reads its completion ring, which sends
+    // no signal: re-check on a short timer then.
+    if (!pending) poll_events(backlog ? 1 : -1);
+    for (auto& s : sessions_) s->cb->server_sleeping.store(0, std::memory_order_relaxed);
+    last_work = last_events = detail::Clock::now();
+    reap();
+  }
+  sessions_.clear();
+  std::lock_guard<std::mutex> lock(mu_);
+  incoming_.clear();
+}
+
+size_t Server::Impl::Dispatcher::service(detail::ServerSession& s) {
+  if (s.backlog) {
+    if (!post(s, *s.backlog)) return 0;
+    s.backlog.reset();
+  }
+  size_t n = 0;
+  for (; n < kBatch; ++n) {
+    detail::SubDesc d;
+    shm::RingResult r = s.rx.try_pop(&d);
+    if (r == shm::RingResult::kEmpty) break;
+    if (r == shm::RingResult::kCorrupt) {
+      server_->protocol_error(s, "submission ring indices are corrupt");
+      return n;
+    }
+    switch (static_cast<detail::SubKind>(d.kind)) {
+      case detail::SubKind::kRequest:
+        handle_request(s, d);
+        break;
+      case detail::SubKind::kFreeReply:
+        if (!s.alloc.free(d.offset).ok()) server_->protocol_error(s, nullptr);
+        break;
+      default:
+        server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        fail_request(s, d.job_id, invalid_argument("unknown descriptor kind " + std::to_string(d.kind)));
+        break;
+    }
+    if (s.dead || s.backlog) return n + 1;
+  }
+  return n;
+}
+
+void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const detail::SubDesc& d) {
+  server_->counters.requests.fetch_add(1, std::memory_order_relaxed);
+  if (d.op_id >= handlers_.size()) {
+    server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+    fail_request(s, d.job_id, invalid_argument("unknown op id " + std::to_string(d.op_id)));
+    return;
+  }
+  const uint64_t cap = s.client_pool.data_bytes();
+  if (d.offset > cap || d.length > cap - d.offset) {
+    server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+    fail_request(s, d.job_id,
+                 invalid_argument("request range [" + std::to_string(d.offset) + ", +" +
+                                  std::to_string(d.length) + ") lies outside the client pool of " +
+                                  std::to_string(cap) + " bytes"));
+    return;
+  }
+  Request req;
+  req.op_ = server_->ops[d.op_id].name;
+  req.data_ = {s.client_pool.data() + d.offset, d.length};
+  req.tenant_ = s.tenant;
+  req.uid_ = s.cred.uid;
+  req.pid_ = s.cred.pid;
+  req.job_id_ = d.job_id;
+  Response resp(&s, d.length);
+  auto t0 = detail::Clock::now();
+  Status st;
+  try {
+    st = handlers_[d.op_id](req, resp);
+  } catch (const std::exception& e) {
+    st = internal_error(std::string("handler threw: ") + e.what());
+  } catch (...) {
+    st = internal_error("handler threw a non-standard exception");
+  }
+  auto service_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(detail::Clock::now() - t0);
+  if (!st.ok()) {
+    fail_request(s, d.job_id, st);
+    return;
+  }
+  detail::CompDesc c{};
+  c.job_id = d.job_id;
+  c.status = 0;
+  c.service_ns = static_cast<uint64_t>(service_ns.count());
+  switch (resp.kind_) {
+    case Response::Kind::kEmpty:
+      c.pool = static_cast<uint16_t>(detail::PayloadPool::kNone);
+      break;
+    case Response::Kind::kPool:
+      c.pool = static_cast<uint16_t>(detail::PayloadPool::kServer);
+      c.offset = resp.offset_;
+      c.length = resp.length_;
+      resp.committed_ = true;  // the client owns it now and frees it by message
+      break;
+    case Response::Kind::kInPlace:
+      c.pool = static_cast<uint16_t>(detail::PayloadPool::kClient);
+      c.offset = d.offset + resp.offset_;
+      c.length = resp.length_;
+      break;
+  }
+  post(s, c);
+}
+
+void Server::Impl::Dispatcher::fail_request(detail::ServerSession& s, uint64_t job, const Status& st) {
+  server_->counters.request_errors.fetch_add(1, std::memory_order_relaxed);
+  detail::CompDesc c{};
+  c.job_id = job;
+  c.status = static_cast<int32_t>(st.code() == StatusCode::kOk ? StatusCode::kUnknown : st.code());
+  // The text travels in the server pool; if that is full the code goes alone.
+  size_t len = std::min(st.message().size(), detail::kMaxErrorMessage);
+  if (len > 0) {
+    auto off = s.alloc.allocate(len);
+    if (off.ok()) {
+      std::memcpy(s.server_pool.data() + *off, st.message().data(), len);
+      c.pool = static_cast<uint16_t>(detail::PayloadPool::kServer);
+      c.offset = *off;
+      c.length = len;
+    }
+  }
+  post(s, c);
+}
+
+bool Server::Impl::Dispatcher::post(detail::ServerSession& s, const detail::CompDesc& c) {
+  shm::RingResult r = s.tx.try_push(c);
+  if (r == shm::RingResult::kFull) {
+    s.backlog = c;  // stop reading this session's requests until it drains
+    return false;
+  }
+  if (r == shm::RingResult::kCorrupt) {
+    server_->protocol_error(s, "completion ring indices are corrupt");
+    return false;
+  }
+  // seq_cst fence: pairs with the client's fence between incrementing
+  // client_waiters and re-checking the ring before it sleeps.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (s.cb->client_waiters.load(std::memory_order_relaxed) != 0) {
+    s.cb->comp_futex.fetch_add(1, std::memory_order_relaxed);
+    detail::futex_wake_all(&s.cb->comp_futex);
+  }
+  return true;
+}
+
+// --- Impl ---------------------------------------------------------------------
+
+void Server::Impl::protocol_error(detail::ServerSession& s, const char* what) {
+  counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+  if (what != nullptr) {
+    std::fprintf(stderr, "rocket: session %llu (tenant '%s', pid %d): %s; closing it\n",
+                 static_cast<unsigned long long>(s.id), s.tenant.c_str(), static_cast<int>(s.cred.pid), what);
+    s.dead = true;
+  }
+}
+
+void Server::Impl::refuse(int fd, const Status& why) {
+  counters.sessions_refused.fetch_add(1, std::memory_order_relaxed);
+  auto w = std::make_unique<detail::Welcome>();
+  std::memset(w.get(), 0, sizeof(*w));
+  w->magic = detail::kProtocolMagic;
+  w->version = detail::kProtocolVersion;
+  w->status_code = static_cast<int32_t>(why.code());
+  detail::set_fixed_string(w->message, sizeof(w->message), why.message());
+  detail::send_message(fd, w.get(), detail::kWelcomeHeaderBytes, {}).ignore_error();
+  ::close(fd);
+}
+
+void Server::Impl::handshake(int fd) {
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return refuse(fd, errno_status("SO_PEERCRED", errno));
+  }
+  detail::Hello hello{};
+  auto n = detail::recv_message(fd, &hello, sizeof(hello), nullptr, 0, opts.handshake_timeout);
+  if (!n.ok()) return refuse(fd, n.status());
+  if (*n != sizeof(hello) || hello.magic != detail::kProtocolMagic) {
+    return refuse(fd, invalid_argument("not a Rocket handshake"));
+  }
+  if (hello.version != detail::kProtocolVersion) {
+    return refuse(fd, failed_precondition("protocol version " + std::to_string(hello.version) +
+                                          " not supported; server speaks " +
+                                          std::to_string(detail::kProtocolVersion)));
+  }
+  bool allowed = cred.uid == ::geteuid() ||
+                 std::find(opts.allowed_uids.begin(), opts.allowed_uids.end(), cred.uid) != opts.allowed_uids.end() ||
+                 std::find(opts.allowed_gids.begin(), opts.allowed_gids.end(), cred.gid) != opts.allowed_gids.end();
+  if (!allowed) {
+    return refuse(fd, permission_denied("uid " + std::to_string(cred.uid) + " is not in the server's access list"));
+  }
+  std::string_view tenant = detail::fixed_string(hello.tenant, sizeof(hello.tenant));
+  if (tenant.empty() || !std::all_of(tenant.begin(), tenant.end(), [](char c) { return c > ' ' && c < 127; })) {
+    return refuse(fd, invalid_argument("tenant name must be 1..63 printable characters"));
+  }
+  uint64_t cp = hello.client_pool_bytes != 0 ? hello.client_pool_bytes : opts.default_client_pool_bytes;
+  uint64_t sp = hello.server_pool_bytes != 0 ? hello.server_pool_bytes : opts.default_server_pool_bytes;
+  if (cp > opts.max_pool_bytes || sp > opts.max_pool_bytes) {
+    return refuse(fd, resource_exhausted("requested pool exceeds the server's limit of " +
+                                         std::to_string(opts.max_pool_bytes) + " bytes"));
+  }
+  uint32_t sub_n = hello.sub_ring_entries != 0 ? hello.sub_ring_entries : opts.default_ring_entries;
+  uint32_t comp_n = hello.comp_ring_entries != 0 ? hello.comp_ring_entries : opts.default_ring_entries;
+  if (!shm::valid_ring_capacity(sub_n) || !shm::valid_ring_capacity(comp_n) ||
+      sub_n > detail::kMaxRingEntries || comp_n > detail::kMaxRingEntries) {
+    return refuse(fd, invalid_argument("ring entries must be a power of two in [2, 65536]"));
+  }
+  if (counters.sessions_open.load(std::memory_order_relaxed) >= opts.max_sessions) {
+    return refuse(fd, unavailable("server has its maximum of " + std::to_string(opts.max_sessions) + " sessions"));
+  }
+
+  const uint64_t sid = next_session_id.fetch_add(1, std::memory_order_relaxed);
+  shm::SegmentOptions so{.prefault = opts.prefault, .lock = false, .writable = true};
+  auto control = shm::Segment::create("rocket-control", shm::SegmentKind::kControl,
+                                      detail::control_data_bytes(sub_n, comp_n), sid, so);
+  if (!control.ok()) return refuse(fd, control.status());
+  auto cpool = shm::Segment::create("rocket-client-pool", shm::SegmentKind::kClientPool, cp, sid, so);
+  if (!cpool.ok()) return refuse(fd, cpool.status());
+  auto spool = shm::Segment::create("rocket-server-pool", shm::SegmentKind::kServerPool, sp, sid, so);
+  if (!spool.ok()) return refuse(fd, spool.status());
+  int wake = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake < 0) return refuse(fd, errno_status("eventfd", errno));
+
+  counters.sessions_open.fetch_add(1, std::memory_order_relaxed);
+  counters.sessions_total.fetch_add(1, std::memory_order_relaxed);
+  auto s = std::make_unique<detail::ServerSession>(&counters, sid);
+  s->sock = fd;
+  s->wake_fd = wake;
+  s->tenant = std::string(tenant);
+  s->cred = cred;
+  s->control = std::move(*control);
+  s->client_pool = std::move(*cpool);
+  s->server_pool = std::move(*spool);
+  counters.bytes_mapped.fetch_add(s->control.total_bytes() + s->client_pool.total_bytes() + s->server_pool.total_bytes(),
+                         std::memory_order_relaxed);
+  auto view = detail::control_view(s->control.data(), sub_n);
+  s->cb = new (view.block) detail::ControlBlock();  // the memfd is zeroed; this starts the atomics' lifetime
+  s->rx = shm::RingConsumer<detail::SubDesc>(&s->cb->sub, view.sub_slots, sub_n);
+  s->tx = shm::RingProducer<detail::CompDesc>(&s->cb->comp, view.comp_slots, comp_n);
+  s->alloc = shm::PoolAllocator(s->server_pool.data_bytes());
+
+  auto w = std::make_unique<detail::Welcome>();
+  std::memset(w.get(), 0, sizeof(*w));
+  w->magic = detail::kProtocolMagic;
+  w->version = detail::kProtocolVersion;
+  w->session_id = sid;
+  w->client_pool_bytes = s->client_pool.data_bytes();
+  w->server_pool_bytes = s->server_pool.data_bytes();
+  w->sub_ring_entries = sub_n;
+  w->comp_ring_entries = comp_n;
+  w->op_count = static_cast<uint32_t>(ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) {
+    w->ops[i].id = static_cast<uint32_t>(i);
+    detail::set_fixed_string(w->ops[i].name, sizeof(w->ops[i].name), ops[i].name);
+  }
+  int fds[detail::kHandshakeFds] = {s->control.fd(), s->client_pool.fd(), s->server_pool.fd(), s->wake_fd};
+  Status sent = detail::send_message(fd, w.get(), detail::kWelcomeHeaderBytes + ops.size() * sizeof(detail::OpEntry),
+                                     fds);
+  if (!sent.ok()) return;  // `s` closes the socket and unmaps
+  Dispatcher& d = *dispatchers[next_dispatcher++ % dispatchers.size()];
+  d.adopt(std::move(s));
+}
+
+void Server::Impl::accept_loop() {
+  pollfd p[2] = {{listen_fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+  // acquire: pairs with the release store in stop().
+  while (!stopping.load(std::memory_order_acquire)) {
+    int r = ::poll(p, 2, -1);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      std::fprintf(stderr, "rocket: accept loop: poll: %s\n", std::strerror(errno));
+      return;
+    }
+    if ((p[1].revents & POLLIN) != 0) return;
+    if ((p[0].revents & POLLIN) == 0) continue;
+    int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE) {  // back off instead of spinning
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        continue;
+      }
+      std::fprintf(stderr, "rocket: accept: %s\n", std::strerror(errno));
+      continue;
+    }
+    handshake(fd);
+  }
+}
+
+// --- Server -----------------------------------------------------------------------
+
+Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Server::Server(std::string socket_path, ServerOptions options) : Server([&] {
+    options.socket_path = std::move(socket_path);
+    return std::move(options);
+  }()) {}
+
+Server::~Server() {
+  stop();
+  wait();
+}
+
+namespace {
+Status check_op_name(std::string_view op, const std::vector<detail::OpSpec>& ops) {
+  if (op.empty() || op.size() >= detail::kOpNameBytes) {
+    return invalid_argument("op name must be 1.." + std::to_string(detail::kOpNameBytes - 1) + " bytes");
+  }
+  if (op.find('\0') != std::string_view::npos) return invalid_argument("op name contains NUL");
+  if (ops.size() >= detail::kMaxOps) return resource_exhausted("at most 256 ops per server");
+  for (const auto& o : ops) {
+    if (o.name == op) return invalid_argument("op '" + std::string(op) + "' is already registered");
+  }
+  return ok_status();
+}
+}  // namespace
+
+Status Server::handle(std::string_view op, Handler handler) {
+  if (impl_->started) return failed_precondition("handle() after start()");
+  if (!handler) return invalid_argument("empty handler");
+  ROCKET_RETURN_IF_ERROR(check_op_name(op, impl_->ops));
+  impl_->ops.push_back({std::string(op), std::move(handler), nullptr});
+  return ok_status();
+}
+
+Status Server::handle_per_thread(std::string_view op, std::function<Handler()> factory) {
+  if (impl_->started) return failed_precondition("handle_per_thread() after start()");
+  if (!factory) return invalid_argument("empty handler factory");
+  ROCKET_RETURN_IF_ERROR(check_op_name(op, impl_->ops));
+  impl_->ops.push_back({std::string(op), nullptr, std::move(factory)});
+  return ok_status();
+}
+
+Status Server::start() {
+  Impl& m = *impl_;
+  if (m.started) return failed_precondition("server already started");
+  if (m.opts.dispatchers == 0) return invalid_argument("at least one dispatcher thread");
+  if (!shm::valid_ring_capacity(m.opts.default_ring_entries) || m.opts.default_ring_entries > detail::kMaxRingEntries) {
+    return invalid_argument("default_ring_entries must be a power of two in [2, 65536]");
+  }
+  std::vector<std::unique_ptr<Impl::Dispatcher>> dispatchers;
+  for (unsigned i = 0; i < m.opts.dispatchers; ++i) {
+    std::vector<Handler> handlers;
+    for (const auto& op : m.ops) {
+      if (op.shared) {
+        handlers.push_back(op.shared);
+        continue;
+      }
+      Handler h;
+      try {
+        h = op.factory();
+      } catch (const std::exception& e) {
+        return internal_error("handler factory for '" + op.name + "' threw: " + e.what());
+      }
+      if (!h) return invalid_argument("handler factory for '" + op.name + "' returned an empty handler");
+      handlers.push_back(std::move(h));
+    }
+    auto d = std::make_unique<Impl::Dispatcher>(&m, std::move(handlers));
+    ROCKET_RETURN_IF_ERROR(d->init());
+    dispatchers.push_back(std::move(d));
+  }
+  int stop_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (stop_fd < 0) return errno_status("eventfd", errno);
+  auto lfd = detail::listen_unix(m.opts.socket_path, 128);
+  if (!lfd.ok()) {
+    ::close(stop_fd);
+    return lfd.status();
+  }
+  m.listen_fd = *lfd;
+  m.stop_fd = stop_fd;
+  m.dispatchers = std::move(dispatchers);
+  m.started = true;
+  for (auto& d : m.dispatchers) d->start();
+  m.acceptor = std::thread([&m] { m.accept_loop(); });
+  return ok_status();
+}
+
+Status Server::run() {
+  ROCKET_RETURN_IF_ERROR(start());
+  impl_->acceptor.join();
+  wait();
+  return ok_status();
+}
+
+void Server::stop() noexcept {
+  Impl& m = *impl_;
+  // release: pairs with the acquire loads in the thread loops.
+  m.stopping.store(true, std::memory_order_release);
+  if (!m.started) return;
+  uint64_t one = 1;
+  ssize_t r = ::write(m.stop_fd, &one, sizeof(one));
+  (void)r;
+  for (auto& d : m.dispatchers) d->kick();
+}
+
+void Server::wait() {
+  Impl& m = *impl_;
+  if (!m.started || m.joined) return;
+  // Returns once stop() woke the acceptor; run() may have joined it already.
+  if (m.acceptor.joinable()) m.acceptor.join();
+  for (auto& d : m.dispatchers) d->join();
+  m.dispatchers.clear();
+  m.joined = true;
+  ::close(m.listen_fd);
+  ::close(m.stop_fd);
+  ::unlink(m.opts.socket_path.c_str());
+}
+
+ServerStats Server::stats() const {
+  const Impl& m = *impl_;
+  ServerStats s;
+  s.sessions_open = m.counters.sessions_open.load(std::memory_order_relaxed);
+  s.sessions_total = m.counters.sessions_total.load(std::memory_order_relaxed);
+  s.sessions_refused = m.counters.sessions_refused.load(std::memory_order_relaxed);
+  s.requests = m.counters.requests.load(std::memory_order_relaxed);
+  s.request_errors = m.counters.request_errors.load(std::memory_order_relaxed);
+  s.protocol_errors = m.counters.protocol_errors.load(std::memory_order_relaxed);
+  s.bytes_mapped = m.counters.bytes_mapped.load(std::memory_order_relaxed);
+  return s;
+}
+
+const ServerOptions& Server::options() const noexcept { return impl_->opts; }
+
+}  // namespace rocket
