@@ -110,7 +110,11 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   std::mutex mu_;
   shm::RingProducer<SubDesc> tx_;                // guarded by mu_
   shm::RingConsumer<CompDesc> rx_;               // guarded by mu_
-  shm::PoolAllocator alloc_{0};                  // guarded by mu_
+  // The client pool's allocator has its own lock because blocks are freed by
+  // PoolBlock destructors, which can run while mu_ is held (a job's request
+  // released in drain_locked/take_locked). Lock order: mu_, then alloc_mu_.
+  std::mutex alloc_mu_;
+  shm::PoolAllocator alloc_{0};                  // guarded by alloc_mu_
   std::vector<uint64_t> pending_frees_;          // guarded by mu_
   std::unordered_map<uint64_t, Job> jobs_;       // guarded by mu_
   uint64_t next_job_ = 1;                        // guarded by mu_
@@ -231,13 +235,22 @@ void ClientCore::fail_locked(Status why) {
   // release: a thread that sees failed_ also sees failure_ once it takes mu_.
   failed_.store(true, std::memory_order_release);
   pending_frees_.clear();
+  // No job can complete now. Dropping them also breaks the reference cycle
+  // core -> job -> request block -> core.
+  jobs_.clear();
+  outstanding_ = 0;
 }
 
 Result<std::shared_ptr<PoolBlock>> ClientCore::alloc_block(size_t bytes) {
+  // acquire: pairs with the release store in fail_locked(); re-checked under
+  // mu_ when the request is posted.
+  if (failed_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return failure_;
+  }
   uint64_t off;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!failure_.ok()) return failure_;
+    std::lock_guard<std::mutex> lock(alloc_mu_);
     auto r = alloc_.allocate(bytes);
     if (!r.ok()) {
       if (r.status().code() == StatusCode::kInvalidArgument) {
@@ -253,7 +266,7 @@ Result<std::shared_ptr<PoolBlock>> ClientCore::alloc_block(size_t bytes) {
 }
 
 void ClientCore::free_block(uint64_t offset) noexcept {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(alloc_mu_);
   alloc_.free(offset).ignore_error();  // our own bookkeeping: cannot be forged
 }
 
@@ -424,10 +437,15 @@ Result<Reply> ClientCore::wait_job(JobId id, std::chrono::milliseconds timeout) 
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = jobs_.find(id);
-      if (it == jobs_.end()) return not_found("no job " + std::to_string(id) + " in this session");
-      if (!it->second.done) drain_locked();
+      if (it != jobs_.end() && !it->second.done) {
+        drain_locked();
+        it = jobs_.find(id);  // a failure while draining drops every job
+      }
+      if (it == jobs_.end()) {
+        if (!failure_.ok()) return failure_;
+        return not_found("no job " + std::to_string(id) + " in this session");
+      }
       if (it->second.done) return take_locked(it);
-      if (!failure_.ok()) return failure_;
     }
     auto now = Clock::now();
     if (now >= deadline) return deadline_exceeded("no response to job " + std::to_string(id) + " in time");
@@ -458,7 +476,10 @@ Result<Reply> ClientCore::wait_job(JobId id, std::chrono::milliseconds timeout) 
     if (!ready && cb_->comp_futex.load(std::memory_order_relaxed) == seen && peer_hung_up(sock_)) {
       std::lock_guard<std::mutex> lock(mu_);
       drain_locked();  // a completion may have landed just before the server died
+      auto it = jobs_.find(id);
+      if (it != jobs_.end() && it->second.done) return take_locked(it);
       fail_locked(unavailable("server closed the session"));
+      return failure_;
     }
   }
 }
@@ -512,6 +533,7 @@ ClientStats ClientCore::stats() {
   s.inflight = outstanding_;
   s.futex_sleeps = futex_sleeps_.load(std::memory_order_relaxed);
   s.server_wakeups = server_wakeups_.load(std::memory_order_relaxed);
+  std::lock_guard<std::mutex> alloc_lock(alloc_mu_);
   s.client_pool_bytes = alloc_.capacity();
   s.client_pool_in_use = alloc_.bytes_in_use();
   s.server_pool_bytes = spool_.data_bytes();

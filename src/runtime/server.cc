@@ -101,6 +101,11 @@ detail::ServerSession::~ServerSession() {
   if (sock >= 0) ::close(sock);
   if (wake_fd >= 0) ::close(wake_fd);
   uint64_t mapped = control.total_bytes() + client_pool.total_bytes() + server_pool.total_bytes();
+  // Unmap before the counters drop, so whoever watches them (tests, `rocket
+  // top`) never sees a closed session that still holds memory.
+  control = shm::Segment();
+  client_pool = shm::Segment();
+  server_pool = shm::Segment();
   counters->bytes_mapped.fetch_sub(mapped, std::memory_order_relaxed);
   counters->sessions_open.fetch_sub(1, std::memory_order_relaxed);
 }

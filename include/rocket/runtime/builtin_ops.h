@@ -1,0 +1,28 @@
+// Ops every `rocket serve` offers, for smoke tests, integrity checks and the
+// echo benchmark:
+//
+//   echo        the response is the request's own bytes, in place (no copy on
+//               the server: what a transform-in-place handler costs)
+//   echo_copy   the response is a copy of the request in the server pool (what
+//               a handler that produces fresh output costs)
+//   checksum    the response is checksum64() of the request, 8 bytes
+//
+//   rocket::Server server({.socket_path = path});
+//   if (auto s = rocket::register_builtin_ops(server); !s.ok()) die(s);
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "rocket/runtime/server.h"
+#include "rocket/status.h"
+
+namespace rocket {
+
+Status register_builtin_ops(Server& server);
+
+// A fast 64-bit checksum (not cryptographic) for end-to-end integrity checks.
+uint64_t checksum64(std::span<const std::byte> bytes) noexcept;
+
+}  // namespace rocket

@@ -1,0 +1,180 @@
+#include <sys/socket.h>
+
+#include <thread>
+
+#include "test_util.h"
+
+namespace rocket::testing {
+namespace {
+
+TEST(Handshake, WrongVersionIsRefused) {
+  TestServer srv;
+  Status why;
+  auto raw = RawSession::open(srv.path, detail::kProtocolVersion + 7, &why);
+  EXPECT_EQ(raw, nullptr);
+  EXPECT_EQ(why.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(why.message().find("version"), std::string::npos);
+  EXPECT_EQ(srv.server->stats().sessions_refused, 1u);
+  EXPECT_TRUE(srv.connect().call("echo", bytes_of("x")).ok());  // others unaffected
+}
+
+TEST(Handshake, UidNotInAccessListIsRefused) {
+  // A server always admits its own uid, so the refused client must run under
+  // another uid than the server: a child drops to uid 65534 and serves with
+  // an access list of {4242}; we connect as root (uid 0), which is not listed.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run the server under another uid";
+  ServerOptions o;
+  o.socket_path = unique_socket_path("acl");
+  o.allowed_uids = {4242};
+  o.default_client_pool_bytes = o.default_server_pool_bytes = 1 << 20;
+  // Child process: become uid 65534 and serve; we (root, uid 0) are not listed.
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) _exit(3);
+    Server s(o);
+    if (!register_builtin_ops(s).ok()) _exit(4);
+    if (!s.start().ok()) _exit(5);
+    ::pause();
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  // The socket is created by uid 65534; root may still connect.
+  Result<Client> c = unavailable("not tried");
+  for (int i = 0; i < 200; ++i) {
+    c = Client::connect(o.socket_path);
+    if (c.ok() || c.status().code() == StatusCode::kPermissionDenied) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  ::unlink(o.socket_path.c_str());
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kPermissionDenied) << c.status().to_string();
+  EXPECT_NE(c.status().message().find("access list"), std::string::npos);
+}
+
+TEST(Handshake, ListedUidIsAccepted) {
+  TestServer srv({.allowed_uids = {::geteuid(), 4242}});
+  EXPECT_TRUE(srv.connect().call("echo", bytes_of("x")).ok());
+}
+
+TEST(Handshake, BadRequestsAreRefusedWithReasons) {
+  TestServer srv({.max_pool_bytes = 4 << 20});
+  auto too_big = Client::connect(srv.path, {.client_pool_bytes = 64 << 20});
+  EXPECT_EQ(too_big.status().code(), StatusCode::kResourceExhausted);
+  auto bad_ring = Client::connect(srv.path, {.client_pool_bytes = 1 << 20, .server_pool_bytes = 1 << 20,
+                                             .ring_entries = 1000});
+  EXPECT_EQ(bad_ring.status().code(), StatusCode::kInvalidArgument);
+  auto bad_tenant = Client::connect(srv.path, {.tenant = "has space", .client_pool_bytes = 1 << 20,
+                                               .server_pool_bytes = 1 << 20});
+  EXPECT_EQ(bad_tenant.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(Handshake, SessionLimitIsUnavailable) {
+  TestServer srv({.max_sessions = 2});
+  Client a = srv.connect();
+  Client b = srv.connect();
+  auto c = Client::connect(srv.path);
+  EXPECT_EQ(c.status().code(), StatusCode::kUnavailable);
+  a.close();
+  ASSERT_TRUE(srv.wait_sessions(1));
+  EXPECT_TRUE(Client::connect(srv.path).ok());
+}
+
+TEST(Handshake, GarbageAndSilentPeersDoNotBlockOthers) {
+  TestServer srv({.handshake_timeout = std::chrono::milliseconds(200)});
+  auto junk = detail::connect_unix(srv.path);
+  ASSERT_TRUE(junk.ok());
+  char garbage[17] = "not a handshake!";
+  ASSERT_TRUE(detail::send_message(*junk, garbage, sizeof(garbage), {}).ok());
+  auto silent = detail::connect_unix(srv.path);  // says nothing: times out
+  ASSERT_TRUE(silent.ok());
+  EXPECT_TRUE(srv.connect().call("echo", bytes_of("x")).ok());
+  ::close(*junk);
+  ::close(*silent);
+}
+
+TEST(Handshake, NoServerIsUnavailable) {
+  auto c = Client::connect("/tmp/rocket-test-nobody-listens.sock");
+  EXPECT_EQ(c.status().code(), StatusCode::kUnavailable);
+}
+
+// A test double of a server that answers the handshake with crafted segments.
+struct FakeServer {
+  explicit FakeServer(std::function<void(int)> answer) : path(unique_socket_path("fake")) {
+    auto l = detail::listen_unix(path, 4);
+    EXPECT_TRUE(l.ok());
+    lfd = *l;
+    th = std::thread([this, answer] {
+      int fd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) return;
+      detail::Hello h;
+      (void)detail::recv_message(fd, &h, sizeof(h), nullptr, 0, std::chrono::milliseconds(2000));
+      answer(fd);
+      ::close(fd);
+    });
+  }
+  ~FakeServer() {
+    th.join();
+    ::close(lfd);
+    ::unlink(path.c_str());
+  }
+  std::string path;
+  int lfd = -1;
+  std::thread th;
+};
+
+void send_welcome(int fd, bool corrupt_header, bool unsealed) {
+  auto control = shm::Segment::create("c", shm::SegmentKind::kControl, detail::control_data_bytes(64, 64), 1, {});
+  auto cpool = shm::Segment::create("p", shm::SegmentKind::kClientPool, 1 << 20, 1, {});
+  auto spool = shm::Segment::create("s", shm::SegmentKind::kServerPool, 1 << 20, 1, {});
+  ASSERT_TRUE(control.ok() && cpool.ok() && spool.ok());
+  if (corrupt_header) reinterpret_cast<shm::SegmentHeader*>(cpool->base())->magic = 0xdeadbeef;
+  int pool_fd = cpool->fd();
+  int plain = -1;
+  if (unsealed) {
+    plain = ::memfd_create("plain", MFD_CLOEXEC);
+    ASSERT_EQ(::ftruncate(plain, static_cast<off_t>(shm::segment_total_bytes(1 << 20))), 0);
+    pool_fd = plain;
+  }
+  int efd = ::eventfd(0, EFD_CLOEXEC);
+  auto w = std::make_unique<detail::Welcome>();
+  std::memset(w.get(), 0, sizeof(*w));
+  w->magic = detail::kProtocolMagic;
+  w->version = detail::kProtocolVersion;
+  w->client_pool_bytes = w->server_pool_bytes = 1 << 20;
+  w->sub_ring_entries = w->comp_ring_entries = 64;
+  int fds[4] = {control->fd(), pool_fd, spool->fd(), efd};
+  ASSERT_TRUE(detail::send_message(fd, w.get(), detail::kWelcomeHeaderBytes, fds).ok());
+  ::close(efd);
+  if (plain >= 0) ::close(plain);
+}
+
+TEST(Handshake, ClientRejectsBadSegmentHeader) {
+  int before = open_fd_count();
+  {
+    FakeServer fake([](int fd) { send_welcome(fd, /*corrupt_header=*/true, false); });
+    auto c = Client::connect(fake.path);
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.status().code(), StatusCode::kDataLoss);
+    EXPECT_NE(c.status().message().find("magic"), std::string::npos) << c.status().message();
+  }
+  EXPECT_EQ(open_fd_count(), before);  // every received descriptor was closed
+}
+
+TEST(Handshake, ClientRejectsUnsealedSegment) {
+  FakeServer fake([](int fd) { send_welcome(fd, false, /*unsealed=*/true); });
+  auto c = Client::connect(fake.path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(c.status().message().find("sealed"), std::string::npos) << c.status().message();
+}
+
+TEST(Handshake, ClientRejectsServerThatHangsUp) {
+  FakeServer fake([](int) {});
+  auto c = Client::connect(fake.path);
+  EXPECT_EQ(c.status().code(), StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace rocket::testing

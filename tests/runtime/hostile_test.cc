@@ -1,0 +1,168 @@
+// Descriptors from a misbehaving client: every bad one fails that request (or
+// that session), never the server or another session.
+#include <cstring>
+#include <random>
+
+#include "test_util.h"
+
+namespace rocket::testing {
+namespace {
+
+detail::SubDesc request(uint32_t op, uint64_t job, uint64_t off, uint64_t len) {
+  detail::SubDesc d{};
+  d.kind = static_cast<uint16_t>(detail::SubKind::kRequest);
+  d.op_id = op;
+  d.job_id = job;
+  d.offset = off;
+  d.length = len;
+  return d;
+}
+
+class Hostile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    bystander_ = std::make_unique<Client>(srv_.connect({.tenant = "bystander"}));
+    raw_ = RawSession::open(srv_.path);
+    ASSERT_NE(raw_, nullptr);
+  }
+  // The bystander's traffic is intact.
+  void expect_bystander_ok() {
+    auto data = pattern(50000, 99);
+    auto r = bystander_->call("echo_copy", std::span<const std::byte>(data));
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    EXPECT_EQ(r->to_vector(), data);
+  }
+  detail::CompDesc expect_error(const detail::SubDesc& d, StatusCode code) {
+    raw_->push(d);
+    detail::CompDesc c{};
+    EXPECT_TRUE(raw_->pop(&c));
+    EXPECT_EQ(c.job_id, d.job_id);
+    EXPECT_EQ(c.status, static_cast<int32_t>(code));
+    return c;
+  }
+  TestServer srv_;
+  std::unique_ptr<Client> bystander_;
+  std::unique_ptr<RawSession> raw_;
+};
+
+TEST_F(Hostile, UnknownOpFailsThatRequest) {
+  expect_error(request(999, 1, 0, 10), StatusCode::kInvalidArgument);
+  expect_bystander_ok();
+}
+
+TEST_F(Hostile, OutOfBoundsRangesFailThatRequest) {
+  const uint64_t pool = raw_->welcome->client_pool_bytes;
+  uint32_t echo = raw_->op("echo");
+  expect_error(request(echo, 1, pool, 1), StatusCode::kInvalidArgument);            // starts at the end
+  expect_error(request(echo, 2, pool - 10, 11), StatusCode::kInvalidArgument);      // runs past the end
+  expect_error(request(echo, 3, 8, UINT64_MAX), StatusCode::kInvalidArgument);      // wraps
+  expect_error(request(echo, 4, UINT64_MAX - 4, 16), StatusCode::kInvalidArgument); // wraps
+  auto c = expect_error(request(echo, 5, pool + 4096, 0), StatusCode::kInvalidArgument);
+  // The error text is readable in the server pool.
+  ASSERT_EQ(c.pool, static_cast<uint16_t>(detail::PayloadPool::kServer));
+  std::string msg(reinterpret_cast<const char*>(raw_->spool.data() + c.offset), c.length);
+  EXPECT_NE(msg.find("outside the client pool"), std::string::npos) << msg;
+  // A valid request on the same session still works.
+  std::memcpy(raw_->cpool.data(), "abc", 3);
+  raw_->push(request(echo, 6, 0, 3));
+  ASSERT_TRUE(raw_->pop(&c));
+  EXPECT_EQ(c.status, 0);
+  EXPECT_EQ(c.pool, static_cast<uint16_t>(detail::PayloadPool::kClient));
+  EXPECT_EQ(c.length, 3u);
+  expect_bystander_ok();
+}
+
+TEST_F(Hostile, GarbageDescriptorsFailWithoutHarm) {
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < 500; ++i) {
+    detail::SubDesc d;
+    uint64_t words[8];
+    for (auto& w : words) w = rng();
+    std::memcpy(&d, words, sizeof(d));
+    if (d.kind == static_cast<uint16_t>(detail::SubKind::kRequest) ||
+        d.kind == static_cast<uint16_t>(detail::SubKind::kFreeReply)) {
+      d.kind = 0x7777;
+    }
+    raw_->push(d);
+    detail::CompDesc c{};
+    ASSERT_TRUE(raw_->pop(&c));
+    EXPECT_EQ(c.status, static_cast<int32_t>(StatusCode::kInvalidArgument));
+    // Free the error text so the 1 MiB server pool does not fill up.
+    if (c.pool == static_cast<uint16_t>(detail::PayloadPool::kServer)) {
+      detail::SubDesc f{};
+      f.kind = static_cast<uint16_t>(detail::SubKind::kFreeReply);
+      f.offset = c.offset;
+      raw_->push(f);
+    }
+  }
+  expect_bystander_ok();
+  EXPECT_GE(srv_.server->stats().protocol_errors, 500u);
+}
+
+TEST_F(Hostile, ForgedFreesAreIgnored) {
+  // Make the bystander hold a reply in its own server pool, then have the raw
+  // session "free" offsets: its pool is separate, so nothing of the
+  // bystander's can be touched, and its own pool's bookkeeping rejects them.
+  auto data = pattern(4096, 1);
+  auto held = bystander_->call("echo_copy", std::span<const std::byte>(data));
+  ASSERT_TRUE(held.ok());
+  uint64_t before = srv_.server->stats().protocol_errors;
+  for (uint64_t off : {uint64_t{0}, uint64_t{64}, uint64_t{4096}, UINT64_MAX}) {
+    detail::SubDesc f{};
+    f.kind = static_cast<uint16_t>(detail::SubKind::kFreeReply);
+    f.offset = off;
+    raw_->push(f);
+  }
+  // A request after the frees proves they were processed.
+  uint32_t echo = raw_->op("echo");
+  raw_->push(request(echo, 1, 0, 0));
+  detail::CompDesc c{};
+  ASSERT_TRUE(raw_->pop(&c));
+  EXPECT_EQ(srv_.server->stats().protocol_errors, before + 4);
+  EXPECT_EQ(held->to_vector(), data);
+  expect_bystander_ok();
+}
+
+TEST_F(Hostile, AnotherSessionsJobIdIsJustANumberHere) {
+  // The bystander has a job in flight; the raw session reuses its id. Job ids
+  // are per session, so each gets its own answer and nothing crosses over.
+  uint32_t ms = 30;
+  auto id = bystander_->submit("sleep", std::as_bytes(std::span{&ms, 1}));
+  ASSERT_TRUE(id.ok());
+  std::memcpy(raw_->cpool.data(), "mine", 4);
+  raw_->push(request(raw_->op("echo_copy"), *id, 0, 4));
+  detail::CompDesc c{};
+  ASSERT_TRUE(raw_->pop(&c));
+  EXPECT_EQ(c.job_id, *id);
+  EXPECT_EQ(std::memcmp(raw_->spool.data() + c.offset, "mine", 4), 0);
+  auto r = bystander_->query(*id);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->size(), 0u);  // the sleep op's empty reply, not "mine"
+}
+
+TEST_F(Hostile, CorruptRingIndicesCloseOnlyThatSession) {
+  raw_->cb->sub.tail.value.store(1'000'000, std::memory_order_release);
+  uint64_t one = 1;
+  ASSERT_EQ(::write(raw_->wake_fd, &one, 8), 8);
+  ASSERT_TRUE(srv_.wait_sessions(1));  // the raw session was closed
+  EXPECT_TRUE(detail::peer_hung_up(raw_->sock) || srv_.server->stats().sessions_open == 1);
+  expect_bystander_ok();
+}
+
+TEST_F(Hostile, CompletionRingLeftFullStallsOnlyThatSession) {
+  // The raw client never reads completions: after 64 the server must hold
+  // back (backlog) instead of overwriting or blocking its dispatcher.
+  uint32_t echo = raw_->op("echo");
+  for (uint64_t j = 0; j < 64; ++j) raw_->push(request(echo, j, 0, 0));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (uint64_t j = 64; j < 70; ++j) raw_->push(request(echo, j, 0, 0));
+  expect_bystander_ok();
+  detail::CompDesc c{};
+  for (uint64_t j = 0; j < 70; ++j) {
+    ASSERT_TRUE(raw_->pop(&c)) << j;
+    EXPECT_EQ(c.job_id, j);
+  }
+}
+
+}  // namespace
+}  // namespace rocket::testing

@@ -1,0 +1,122 @@
+#include "rocket/shm/segment.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <gtest/gtest.h>
+
+#include "shm/os.h"
+
+namespace rocket::shm {
+namespace {
+
+int dup_fd(const Segment& s) { return ::fcntl(s.fd(), F_DUPFD_CLOEXEC, 0); }
+
+TEST(Segment, CreateThenAttachSeesTheSameBytes) {
+  auto a = Segment::create("t", SegmentKind::kClientPool, 1 << 20, 7, {});
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  EXPECT_EQ(a->header().magic, kSegmentMagic);
+  EXPECT_EQ(a->header().session_id, 7u);
+  EXPECT_EQ(a->data_bytes(), 1u << 20);
+  auto b = Segment::attach(dup_fd(*a), SegmentKind::kClientPool, 1 << 20, {});
+  ASSERT_TRUE(b.ok()) << b.status().to_string();
+  std::memcpy(a->data(), "hello", 5);
+  EXPECT_EQ(std::memcmp(b->data(), "hello", 5), 0);
+}
+
+TEST(Segment, IsSealedAgainstResizing) {
+  auto a = Segment::create("t", SegmentKind::kClientPool, 1 << 16, 1, {});
+  ASSERT_TRUE(a.ok());
+  EXPECT_NE(::ftruncate(a->fd(), 4096), 0);  // a peer cannot shrink it into SIGBUS
+  EXPECT_EQ(errno, EPERM);
+}
+
+TEST(Segment, AttachRejectsUnsealedMemfd) {
+  int fd = ::memfd_create("unsealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(segment_total_bytes(4096))), 0);
+  auto b = Segment::attach(fd, SegmentKind::kClientPool, 4096, {});
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), StatusCode::kDataLoss);
+}
+
+TEST(Segment, AttachRejectsWrongSize) {
+  auto a = Segment::create("t", SegmentKind::kClientPool, 1 << 16, 1, {});
+  ASSERT_TRUE(a.ok());
+  auto b = Segment::attach(dup_fd(*a), SegmentKind::kClientPool, 1 << 20, {});
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), StatusCode::kDataLoss);
+}
+
+TEST(Segment, AttachRejectsBadHeader) {
+  auto a = Segment::create("t", SegmentKind::kClientPool, 1 << 16, 1, {});
+  ASSERT_TRUE(a.ok());
+  auto* h = reinterpret_cast<SegmentHeader*>(a->base());
+  h->magic ^= 1;
+  EXPECT_EQ(Segment::attach(dup_fd(*a), SegmentKind::kClientPool, 1 << 16, {}).status().code(),
+            StatusCode::kDataLoss);
+  h->magic ^= 1;
+  h->layout_version = 99;
+  EXPECT_EQ(Segment::attach(dup_fd(*a), SegmentKind::kClientPool, 1 << 16, {}).status().code(),
+            StatusCode::kFailedPrecondition);
+  h->layout_version = kLayoutVersion;
+  EXPECT_EQ(Segment::attach(dup_fd(*a), SegmentKind::kServerPool, 1 << 16, {}).status().code(),
+            StatusCode::kDataLoss);
+  EXPECT_TRUE(Segment::attach(dup_fd(*a), SegmentKind::kClientPool, 1 << 16, {}).ok());
+}
+
+TEST(Segment, ReadOnlyAttachCannotWrite) {
+  auto a = Segment::create("t", SegmentKind::kServerPool, 4096, 1, {});
+  ASSERT_TRUE(a.ok());
+  auto b = Segment::attach(dup_fd(*a), SegmentKind::kServerPool, 4096, {.prefault = true, .lock = false, .writable = false});
+  ASSERT_TRUE(b.ok());
+  EXPECT_DEATH({ b->data()[0] = std::byte{1}; }, "");
+}
+
+// Fault injection through the OS seam (test double).
+class FailingOs : public detail::OsCalls {
+ public:
+  int memfd_calls = 0;
+  bool fail_memfd = false, fail_mmap = false;
+  int memfd_create(const char* name, unsigned flags) override {
+    ++memfd_calls;
+    if (fail_memfd) {
+      errno = EMFILE;
+      return -1;
+    }
+    return OsCalls::memfd_create(name, flags);
+  }
+  void* mmap(void* addr, size_t len, int prot, int flags, int fd, off_t off) override {
+    if (fail_mmap) {
+      errno = ENOMEM;
+      return MAP_FAILED;
+    }
+    return OsCalls::mmap(addr, len, prot, flags, fd, off);
+  }
+};
+
+TEST(Segment, OsFailuresBecomeStatusesWithoutLeaks) {
+  FailingOs os;
+  detail::set_os_for_testing(&os);
+  os.fail_memfd = true;
+  auto a = Segment::create("t", SegmentKind::kControl, 4096, 1, {});
+  EXPECT_EQ(a.status().code(), StatusCode::kResourceExhausted);
+  os.fail_memfd = false;
+  os.fail_mmap = true;
+  int before = ::fcntl(0, F_DUPFD_CLOEXEC, 0);  // lowest free descriptor
+  ::close(before);
+  auto b = Segment::create("t", SegmentKind::kControl, 4096, 1, {});
+  EXPECT_EQ(b.status().code(), StatusCode::kResourceExhausted);
+  int after = ::fcntl(0, F_DUPFD_CLOEXEC, 0);
+  ::close(after);
+  EXPECT_EQ(before, after);  // the memfd was closed on the failure path
+  detail::set_os_for_testing(nullptr);
+  EXPECT_TRUE(Segment::create("t", SegmentKind::kControl, 4096, 1, {}).ok());
+}
+
+}  // namespace
+}  // namespace rocket::shm
