@@ -222,8 +222,11 @@ void Server::Impl::Dispatcher::take_incoming() {
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
     ev.data.ptr = &s->sock_tag;
+    // Edge-triggered: every client write() is a new edge, so the dispatcher
+    // never has to read() the counter back -- one system call less per wake-up.
+    // (The counter cannot overflow in practice: 2^64 - 2 writes.)
     epoll_event wev{};
-    wev.events = EPOLLIN;
+    wev.events = EPOLLIN | EPOLLET;
     wev.data.ptr = &s->wake_tag;
     if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, s->sock, &ev) != 0 ||
         ::epoll_ctl(epfd_, EPOLL_CTL_ADD, s->wake_fd, &wev) != 0) {
@@ -249,12 +252,7 @@ bool Server::Impl::Dispatcher::poll_events(int timeout_ms) {
       continue;
     }
     detail::ServerSession& s = *tag->session;
-    if (!tag->is_socket) {
-      uint64_t v;
-      while (::read(s.wake_fd, &v, sizeof(v)) > 0) {
-      }
-      continue;
-    }
+    if (!tag->is_socket) continue;  // a wake-up (edge-triggered; nothing to drain)
     if ((evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) != 0) {
       s.dead = true;
     } else if ((evs[i].events & EPOLLIN) != 0) {

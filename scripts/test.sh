@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's test command: installs dependencies, builds the ASan+UBSan and
+# TSan configurations, runs the whole suite under ASan+UBSan and the
+# concurrency-labelled tests under TSan, then builds the release tool and runs
+# a short benchmark smoke test (correctness of the bench path, not a timing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+bash scripts/setup.sh
+
+echo "== ASan + UBSan: all tests"
+cmake --preset asan >/dev/null
+cmake --build --preset asan -j "$jobs"
+ctest --preset asan -j "$jobs"
+
+echo "== ThreadSanitizer: concurrency tests"
+cmake --preset tsan >/dev/null
+cmake --build --preset tsan -j "$jobs"
+ctest --preset tsan -j "$jobs"
+
+echo "== Release: rocket tool smoke test"
+cmake --preset release >/dev/null
+cmake --build --preset release -j "$jobs"
+./build/release/rocket doctor
+./build/release/rocket bench echo --sizes 64,1M --modes sync,pipelined --clients 1 --budget-ms 20 --json >/dev/null
+echo "smoke: rocket bench echo ran"

@@ -1,0 +1,595 @@
+#include "bench_echo.h"
+
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "process.h"
+#include "rocket/rocket.h"
+#include "stats.h"
+
+namespace rocket::tools {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+double us_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+}
+
+double cpu_us_now() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+Result<size_t> parse_size(const std::string& s) {
+  if (s.empty()) return invalid_argument("empty size");
+  size_t mult = 1;
+  std::string num = s;
+  char last = static_cast<char>(std::toupper(static_cast<unsigned char>(s.back())));
+  if (last == 'K' || last == 'M' || last == 'G') {
+    mult = last == 'K' ? 1024 : last == 'M' ? 1024 * 1024 : size_t{1} << 30;
+    num = s.substr(0, s.size() - 1);
+  }
+  try {
+    size_t pos = 0;
+    unsigned long long v = std::stoull(num, &pos);
+    if (pos != num.size()) return invalid_argument("bad size '" + s + "'");
+    return static_cast<size_t>(v) * mult;
+  } catch (...) {
+    return invalid_argument("bad size '" + s + "'");
+  }
+}
+
+std::string human_size(size_t n) {
+  if (n >= (size_t{1} << 20) && n % (size_t{1} << 20) == 0) return std::to_string(n >> 20) + "M";
+  if (n >= 1024 && n % 1024 == 0) return std::to_string(n >> 10) + "K";
+  return std::to_string(n);
+}
+
+// --- worker side ----------------------------------------------------------------
+
+struct WorkerArgs {
+  std::string transport, socket, mode, path;
+  size_t size = 64;
+  int iters = 100, warmup = 10, depth = 1;
+  long spin_us = 50;
+  long gap_us = 0;  // idle time between round trips (not measured) so the server falls asleep
+};
+
+std::vector<std::byte> random_bytes(size_t n, uint64_t seed) {
+  std::vector<std::byte> v(n);
+  std::mt19937_64 rng(seed);
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    uint64_t x = rng();
+    std::memcpy(&v[i], &x, 8);
+  }
+  for (size_t i = n & ~size_t{7}; i < n; ++i) v[i] = static_cast<std::byte>(rng());
+  return v;
+}
+
+// Writes and reads whole buffers on a stream socket.
+bool write_all(int fd, const void* p, size_t n) {
+  auto* c = static_cast<const char*>(p);
+  while (n > 0) {
+    ssize_t w = ::write(fd, c, n);
+    if (w <= 0) {
+      if (w < 0 && errno == EINTR) continue;
+      return false;
+    }
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+bool read_all(int fd, void* p, size_t n) {
+  auto* c = static_cast<char*>(p);
+  while (n > 0) {
+    ssize_t r = ::read(fd, c, n);
+    if (r <= 0) {
+      if (r < 0 && errno == EINTR) continue;
+      return false;
+    }
+    c += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+int uds_connect(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Runs the measured loop; `op(i)` performs one round trip and returns false on error.
+template <typename Op>
+Status measure(const WorkerArgs& a, Op&& op, std::vector<double>* samples, double* wall_us, double* cpu_us) {
+  for (int i = 0; i < a.warmup; ++i) {
+    if (!op()) return internal_error("warm-up round trip failed");
+  }
+  std::cout << "ready" << std::endl;
+  std::string go;
+  if (!std::getline(std::cin, go)) return unavailable("driver went away");
+  samples->reserve(static_cast<size_t>(a.iters));
+  double c0 = cpu_us_now();
+  auto w0 = Clock::now();
+  double idle_us = 0;
+  for (int i = 0; i < a.iters; ++i) {
+    if (a.gap_us > 0) {
+      auto g0 = Clock::now();
+      std::this_thread::sleep_for(std::chrono::microseconds(a.gap_us));
+      idle_us += us_since(g0);
+    }
+    auto t0 = Clock::now();
+    if (!op()) return internal_error("round trip failed");
+    samples->push_back(us_since(t0));
+  }
+  *wall_us = us_since(w0) - idle_us;
+  *cpu_us = cpu_us_now() - c0;
+  return ok_status();
+}
+
+Status run_worker(const WorkerArgs& a) {
+  uint64_t server_wakeups = 0;
+  std::vector<double> samples;
+  double wall = 0, cpu = 0;
+  auto src = random_bytes(a.size, 42);
+  std::vector<std::byte> dst(a.size);
+  std::memset(dst.data(), 0, dst.size());  // pre-fault the private destination
+  const auto want = checksum64(src);
+  auto verify = [&](std::span<const std::byte> got) {
+    return got.size() == a.size && checksum64(got) == want;
+  };
+
+  if (a.transport == "memcpy") {
+    std::vector<std::byte> tmp(a.size);
+    std::memset(tmp.data(), 0, tmp.size());
+    ROCKET_RETURN_IF_ERROR(measure(a, [&] {
+      std::memcpy(tmp.data(), src.data(), a.size);
+      std::memcpy(dst.data(), tmp.data(), a.size);
+      return true;
+    }, &samples, &wall, &cpu));
+  } else if (a.transport == "uds") {
+    int fd = uds_connect(a.socket);
+    if (fd < 0) return unavailable("cannot connect to the UDS echo server");
+    bool checked = false;
+    ROCKET_RETURN_IF_ERROR(measure(a, [&] {
+      uint64_t n = a.size;
+      if (!write_all(fd, &n, 8) || !write_all(fd, src.data(), a.size) || !read_all(fd, dst.data(), a.size)) {
+        return false;
+      }
+      if (!checked) checked = verify(dst);
+      return checked;
+    }, &samples, &wall, &cpu));
+    ::close(fd);
+  } else {
+    ClientOptions co;
+    co.tenant = "bench";
+    co.spin = std::chrono::microseconds(a.spin_us);
+    co.client_pool_bytes = ((a.size * static_cast<size_t>(a.depth) + (1 << 20)) + 4095) / 4096 * 4096;
+    co.server_pool_bytes = 4 << 20;
+    ROCKET_ASSIGN_OR_RETURN(Client c, Client::connect(a.socket, co));
+    bool checked = false;
+    const bool zc = a.path == "zerocopy";
+    if (a.mode == "sync" && zc) {
+      ROCKET_ASSIGN_OR_RETURN(Buffer buf, c.alloc(std::max<size_t>(a.size, 1)));
+      std::memcpy(buf.data(), src.data(), a.size);  // built in place once
+      ROCKET_RETURN_IF_ERROR(measure(a, [&] {
+        auto r = c.call("echo", buf);
+        if (!r.ok()) return false;
+        if (!checked) checked = verify(r->data());
+        return checked;
+      }, &samples, &wall, &cpu));
+    } else if (a.mode == "sync" || a.mode == "async") {
+      const bool async = a.mode == "async";
+      ROCKET_RETURN_IF_ERROR(measure(a, [&] {
+        Result<Reply> r = unavailable("");
+        if (async) {
+          auto f = c.call_async("echo", std::span<const std::byte>(src));
+          r = f.get();
+        } else {
+          r = c.call("echo", std::span<const std::byte>(src));
+        }
+        if (!r.ok() || !r->copy_to(dst).ok()) return false;
+        if (!checked) checked = verify(dst);
+        return checked;
+      }, &samples, &wall, &cpu));
+    } else if (a.mode == "pipelined") {
+      // `depth` requests in flight; each sample is one request's submit-to-result time.
+      std::vector<Buffer> bufs;
+      if (zc) {
+        for (int i = 0; i < a.depth; ++i) {
+          ROCKET_ASSIGN_OR_RETURN(Buffer b, c.alloc(std::max<size_t>(a.size, 1)));
+          std::memcpy(b.data(), src.data(), a.size);
+          bufs.push_back(std::move(b));
+        }
+      }
+      std::deque<std::pair<JobId, Clock::time_point>> inflight;
+      size_t next = 0;
+      auto submit_one = [&]() -> bool {
+        auto t = Clock::now();
+        auto id = zc ? c.submit("echo", bufs[next++ % bufs.size()]) : c.submit("echo", std::span<const std::byte>(src));
+        if (!id.ok()) return false;
+        inflight.emplace_back(*id, t);
+        return true;
+      };
+      auto collect_one = [&](std::vector<double>* out) -> bool {
+        auto [id, t] = inflight.front();
+        inflight.pop_front();
+        auto r = c.query(id);
+        if (!r.ok()) return false;
+        if (!zc && !r->copy_to(dst).ok()) return false;
+        if (!checked) checked = verify(zc ? r->data() : std::span<const std::byte>(dst));
+        if (out != nullptr) out->push_back(us_since(t));
+        return checked;
+      };
+      for (int i = 0; i < a.warmup; ++i) {
+        if (!submit_one() || !collect_one(nullptr)) return internal_error("warm-up failed");
+      }
+      std::cout << "ready" << std::endl;
+      std::string go;
+      if (!std::getline(std::cin, go)) return unavailable("driver went away");
+      double c0 = cpu_us_now();
+      auto w0 = Clock::now();
+      int submitted = 0;
+      while (submitted < a.depth && submitted < a.iters) {
+        if (!submit_one()) return internal_error("submit failed");
+        ++submitted;
+      }
+      while (!inflight.empty()) {
+        if (!collect_one(&samples)) return internal_error("query failed");
+        if (submitted < a.iters) {
+          if (!submit_one()) return internal_error("submit failed");
+          ++submitted;
+        }
+      }
+      wall = us_since(w0);
+      cpu = cpu_us_now() - c0;
+    } else {
+      return invalid_argument("unknown mode " + a.mode);
+    }
+    server_wakeups = c.stats().server_wakeups;
+  }
+  json out{{"samples", samples}, {"wall_us", wall}, {"cpu_us", cpu}, {"server_wakeups", server_wakeups}};
+  std::cout << out.dump() << std::endl;
+  return ok_status();
+}
+
+// --- UDS echo server ------------------------------------------------------------
+
+int run_uds_server(const std::string& path) {
+  ::unlink(path.c_str());
+  int lfd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
+  if (::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(lfd, 64) != 0) {
+    std::perror("uds server");
+    return 1;
+  }
+  std::cout << "ready" << std::endl;
+  // One thread per connection; the driver ends this process with SIGTERM, so
+  // the threads are never joined (a benchmark child, not product code).
+  std::vector<std::thread> conns;
+  for (;;) {
+    int fd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    conns.emplace_back([fd] {
+      std::vector<char> buf;
+      uint64_t n;
+      while (read_all(fd, &n, 8)) {
+        if (n > (uint64_t{1} << 32)) break;
+        buf.resize(n);
+        if (!read_all(fd, buf.data(), n) || !write_all(fd, buf.data(), n)) break;
+      }
+      ::close(fd);
+    });
+  }
+}
+
+// --- driver -----------------------------------------------------------------------
+
+struct EchoConfig {
+  std::string transport, mode, path, wake;
+  size_t size;
+  int clients;
+};
+
+int auto_iters(size_t size, double budget_ms) {
+  double est_us = 8.0 + static_cast<double>(size) / 4000.0;  // ~4 GB/s round trip, 8 µs floor
+  return static_cast<int>(std::clamp(budget_ms * 1000.0 / est_us, 10.0, 20000.0));
+}
+
+Result<json> run_config(const EchoConfig& cfg, const std::string& socket, int iters_override, double budget_ms,
+                        long client_spin_us, long gap_us = 0) {
+  const int iters = iters_override > 0 ? iters_override : auto_iters(cfg, budget_ms);
+  const int depth = cfg.mode == "pipelined" ? static_cast<int>(std::clamp<size_t>((size_t{256} << 20) / std::max<size_t>(cfg.size, 1), 1, 8)) : 1;
+  std::vector<Child> workers;
+  for (int i = 0; i < cfg.clients; ++i) {
+    ROCKET_ASSIGN_OR_RETURN(Child w, Child::spawn({"bench-worker", "--transport", cfg.transport, "--socket", socket,
+                                                    "--mode", cfg.mode, "--path", cfg.path, "--size",
+                                                    std::to_string(cfg.size), "--iters", std::to_string(iters),
+                                                    "--warmup", std::to_string(std::max(2, iters / 10)),
+                                                    "--depth", std::to_string(depth), "--spin-us",
+                                                    std::to_string(client_spin_us), "--gap-us",
+                                                    std::to_string(gap_us)}));
+    workers.push_back(std::move(w));
+  }
+  for (auto& w : workers) {
+    ROCKET_ASSIGN_OR_RETURN(std::string line, w.read_line(120000));
+    if (line != "ready") return internal_error("worker said '" + line + "'");
+  }
+  for (auto& w : workers) ROCKET_RETURN_IF_ERROR(w.write_line("go"));
+  std::vector<double> all;
+  double wall = 0, cpu = 0;
+  uint64_t wakeups = 0;
+  for (auto& w : workers) {
+    ROCKET_ASSIGN_OR_RETURN(std::string line, w.read_line(600000));
+    json r = json::parse(line, nullptr, false);
+    if (r.is_discarded() || !r.contains("samples")) return internal_error("worker sent '" + line.substr(0, 80) + "'");
+    for (double s : r["samples"]) all.push_back(s);
+    wall = std::max(wall, r["wall_us"].get<double>());
+    cpu += r["cpu_us"].get<double>();
+    wakeups += r.value("server_wakeups", uint64_t{0});
+  }
+  Summary s = summarize(all);
+  double ops = static_cast<double>(all.size());
+  double gbps = wall > 0 ? static_cast<double>(cfg.size) * ops / (wall * 1e3) : 0;
+  return json{{"transport", cfg.transport}, {"mode", cfg.mode}, {"mover", cfg.transport == "rocket" ? "cpu" : "none"},
+              {"path", cfg.path}, {"size", cfg.size}, {"clients", cfg.clients}, {"wake", cfg.wake},
+              {"p50_us", s.p50}, {"p99_us", s.p99}, {"mad_us", s.mad}, {"gbps", gbps},
+              {"cpu_us", ops > 0 ? cpu / ops : 0}, {"ops", all.size()}, {"server_wakeups", wakeups}};
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    size_t e = s.find(',', b);
+    if (e == std::string::npos) e = s.size();
+    if (e > b) out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+  return out;
+}
+
+struct EchoOptions {
+  std::string sizes = "64,4K,64K,1M,16M,128M,256M";
+  std::string modes = "sync,async,pipelined";
+  std::string paths = "copy,zerocopy";
+  std::string transports = "rocket,uds,memcpy";
+  std::string clients = "1,2";
+  std::string wakes = "spin,sleep";
+  int iters = 0;
+  double budget_ms = 250;
+  bool json_out = false;
+  bool quick = false;
+};
+
+const json* find_row(const json& rows, const std::string& transport, const std::string& mode,
+                     const std::string& path, size_t size, const std::string& wake) {
+  for (const auto& r : rows) {
+    if (r["transport"] == transport && r["mode"] == mode && r["path"] == path && r["size"] == size &&
+        r["clients"] == 1 && (wake.empty() || r["wake"] == wake)) {
+      return &r;
+    }
+  }
+  return nullptr;
+}
+
+// The targets as ratios of numbers from this run.
+json evaluate_targets(const json& rows) {
+  json checks = json::array();
+  auto add = [&](const std::string& name, const json* a, const json* b, double limit, bool at_most,
+                 bool absolute = false) {
+    if (a == nullptr || (!absolute && b == nullptr)) return;
+    double va = (*a)["p50_us"].get<double>();
+    double value = absolute ? va : va / (*b)["p50_us"].get<double>();
+    bool ok = at_most ? value <= limit : value >= limit;
+    checks.push_back({{"check", name}, {"value", value}, {"limit", limit}, {"at_most", at_most}, {"met", ok}});
+  };
+  const size_t k64 = 64, k16m = size_t{16} << 20;
+  add("64 B sync zero-copy p50 (us), server spinning", find_row(rows, "rocket", "sync", "zerocopy", k64, "spin"),
+      nullptr, 2.0, true, true);
+  add("64 B sync zero-copy p50 (us), server woken", find_row(rows, "rocket", "sync", "zerocopy", k64, "sleep"),
+      nullptr, 15.0, true, true);
+  add("UDS / Rocket copy path at 64 B (spinning)", find_row(rows, "uds", "sync", "copy", k64, ""),
+      find_row(rows, "rocket", "sync", "copy", k64, "spin"), 3.0, false);
+  add("UDS / Rocket copy path at 64 B (woken)", find_row(rows, "uds", "sync", "copy", k64, ""),
+      find_row(rows, "rocket", "sync", "copy", k64, "sleep"), 3.0, false);
+  add("UDS / Rocket copy path at 16 MiB", find_row(rows, "uds", "sync", "copy", k16m, ""),
+      find_row(rows, "rocket", "sync", "copy", k16m, "spin"), 2.0, false);
+  add("zero-copy 16 MiB / zero-copy 64 B", find_row(rows, "rocket", "sync", "zerocopy", k16m, "spin"),
+      find_row(rows, "rocket", "sync", "zerocopy", k64, "spin"), 2.0, true);
+  add("copy path 16 MiB / two memcpy of 16 MiB", find_row(rows, "rocket", "sync", "copy", k16m, "spin"),
+      find_row(rows, "memcpy", "sync", "copy", k16m, ""), 1.2, true);
+  return checks;
+}
+
+int run_bench_echo(const EchoOptions& o) {
+  EchoOptions opt = o;
+  if (opt.quick) {
+    opt.sizes = "64,64K,16M";
+    opt.clients = "1";
+    opt.budget_ms = 60;
+  }
+  std::vector<size_t> sizes;
+  for (auto& s : split(opt.sizes)) {
+    auto v = parse_size(s);
+    if (!v.ok()) {
+      std::cerr << "rocket bench echo: " << v.status().message() << "\n";
+      return 2;
+    }
+    sizes.push_back(*v);
+  }
+  std::vector<int> client_counts;
+  for (auto& c : split(opt.clients)) client_counts.push_back(std::max(1, std::atoi(c.c_str())));
+  size_t max_size = *std::max_element(sizes.begin(), sizes.end());
+  const std::string base = "/tmp/rocket-bench-" + std::to_string(::getpid());
+  json rows = json::array();
+  auto transports = split(opt.transports);
+  auto has = [](const std::vector<std::string>& v, const char* x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+  auto emit = [&](const Result<json>& r, const EchoConfig& cfg) {
+    if (!r.ok()) {
+      std::cerr << "rocket bench echo: " << cfg.transport << " " << cfg.mode << " " << cfg.path << " "
+                << human_size(cfg.size) << ": " << r.status().to_string() << "\n";
+      return;
+    }
+    rows.push_back(*r);
+    if (!opt.json_out) {
+      std::fprintf(stderr, "  %-7s %-9s %-8s %-5s %6s x%d  p50 %10.2f us  p99 %10.2f us  %7.2f GB/s\n",
+                   cfg.transport.c_str(), cfg.mode.c_str(), cfg.path.c_str(), cfg.wake.c_str(),
+                   human_size(cfg.size).c_str(), cfg.clients, (*r)["p50_us"].get<double>(),
+                   (*r)["p99_us"].get<double>(), (*r)["gbps"].get<double>());
+    }
+  };
+  if (has(transports, "rocket")) {
+    for (const auto& wake : split(opt.wakes)) {
+      const bool spin = wake == "spin";
+      // spin: both sides poll and never sleep. sleep: the server sleeps in
+      // epoll between requests, so every request pays an eventfd wake-up; the
+      // client keeps the library's default 50 us spin for its response.
+      const long server_spin_us = spin ? 10'000'000 : 0;
+      const long spin_us = spin ? 10'000'000 : 50;
+      const size_t pool_mib = (max_size * 8 >> 20) + 64;  // room for 8 pipelined requests
+      const std::string sock = base + "-" + wake + ".sock";
+      auto server = Child::spawn({"serve", "--socket", sock, "--dispatchers", "1", "--spin-us",
+                                  std::to_string(server_spin_us), "--max-pool-mib", std::to_string(pool_mib)});
+      if (!server.ok() || !server->read_line(30000).ok()) {
+        std::cerr << "rocket bench echo: cannot start the server\n";
+        return 1;
+      }
+      for (const auto& mode : split(opt.modes)) {
+        if (!spin && mode != "sync") continue;  // wake-up cost matters for lone calls
+        for (const auto& path : split(opt.paths)) {
+          if (mode == "async" && path == "zerocopy") continue;  // call_async takes private bytes
+          for (int clients : client_counts) {
+            for (size_t size : sizes) {
+              EchoConfig cfg{"rocket", mode, path, wake, size, clients};
+              // Asleep means idle first: 200 us between round trips lets the
+              // dispatcher give up polling, so each request must wake it.
+              emit(run_config(cfg, sock, opt.iters, opt.budget_ms, spin_us, spin ? 0 : 200), cfg);
+            }
+          }
+        }
+      }
+      server->stop();
+    }
+  }
+  if (has(transports, "uds")) {
+    const std::string sock = base + "-uds.sock";
+    auto server = Child::spawn({"bench-uds-server", "--socket", sock});
+    if (!server.ok() || !server->read_line(30000).ok()) {
+      std::cerr << "rocket bench echo: cannot start the UDS server\n";
+      return 1;
+    }
+    for (int clients : client_counts) {
+      for (size_t size : sizes) {
+        EchoConfig cfg{"uds", "sync", "copy", "", size, clients};
+        emit(run_config(cfg, sock, opt.iters, opt.budget_ms, 0), cfg);
+      }
+    }
+    server->stop();
+    ::unlink(sock.c_str());
+  }
+  if (has(transports, "memcpy")) {
+    for (size_t size : sizes) {
+      EchoConfig cfg{"memcpy", "sync", "copy", "", size, 1};
+      emit(run_config(cfg, "", opt.iters, opt.budget_ms, 0), cfg);
+    }
+  }
+  json checks = evaluate_targets(rows);
+  if (opt.json_out) {
+    std::cout << json{{"results", rows}, {"targets", checks}}.dump(1) << std::endl;
+  } else {
+    std::printf("\n%-8s %-10s %-9s %-6s %8s %7s %11s %11s %9s %9s\n", "transport", "mode", "path", "wake", "size",
+                "clients", "p50_us", "p99_us", "GB/s", "cpu_us");
+    for (const auto& r : rows) {
+      std::printf("%-9s %-10s %-9s %-6s %8s %7d %11.2f %11.2f %9.2f %9.2f\n",
+                  r["transport"].get<std::string>().c_str(), r["mode"].get<std::string>().c_str(),
+                  r["path"].get<std::string>().c_str(), r["wake"].get<std::string>().c_str(),
+                  human_size(r["size"].get<size_t>()).c_str(), r["clients"].get<int>(), r["p50_us"].get<double>(),
+                  r["p99_us"].get<double>(), r["gbps"].get<double>(), r["cpu_us"].get<double>());
+    }
+    if (!checks.empty()) {
+      std::printf("\nTargets (ratios of numbers measured above):\n");
+      for (const auto& c : checks) {
+        std::printf("  %-50s %8.2f  (%s %.1f)  %s\n", c["check"].get<std::string>().c_str(), c["value"].get<double>(),
+                    c["at_most"].get<bool>() ? "<=" : ">=", c["limit"].get<double>(),
+                    c["met"].get<bool>() ? "met" : "NOT MET");
+      }
+    }
+  }
+  return rows.empty() ? 1 : 0;
+}
+
+}  // namespace
+
+void add_bench_echo(CLI::App& bench) {
+  auto opt = std::make_shared<EchoOptions>();
+  auto* cmd = bench.add_subcommand("echo", "Echo round trips: Rocket vs a Unix socket vs two memcpys");
+  cmd->add_option("--sizes", opt->sizes, "payload sizes, e.g. 64,4K,16M")->capture_default_str();
+  cmd->add_option("--modes", opt->modes, "sync,async,pipelined")->capture_default_str();
+  cmd->add_option("--paths", opt->paths, "copy,zerocopy")->capture_default_str();
+  cmd->add_option("--transports", opt->transports, "rocket,uds,memcpy")->capture_default_str();
+  cmd->add_option("--clients", opt->clients, "client process counts, e.g. 1,2")->capture_default_str();
+  cmd->add_option("--wake", opt->wakes, "spin (both sides poll) and/or sleep (every message wakes the peer)")
+      ->capture_default_str();
+  cmd->add_option("--iters", opt->iters, "round trips per point (0: about --budget-ms each)");
+  cmd->add_option("--budget-ms", opt->budget_ms, "measuring time per point")->capture_default_str();
+  cmd->add_flag("--json", opt->json_out, "print {\"results\": [...]} instead of a table");
+  cmd->add_flag("--quick", opt->quick, "a small sweep (64 B, 64 KiB, 16 MiB; one client)");
+  cmd->callback([opt] { std::exit(run_bench_echo(*opt)); });
+}
+
+void add_bench_children(CLI::App& app) {
+  auto w = std::make_shared<WorkerArgs>();
+  auto* worker = app.add_subcommand("bench-worker", "")->group("");  // hidden
+  worker->add_option("--transport", w->transport)->required();
+  worker->add_option("--socket", w->socket);
+  worker->add_option("--mode", w->mode);
+  worker->add_option("--path", w->path);
+  worker->add_option("--size", w->size);
+  worker->add_option("--iters", w->iters);
+  worker->add_option("--warmup", w->warmup);
+  worker->add_option("--depth", w->depth);
+  worker->add_option("--spin-us", w->spin_us);
+  worker->add_option("--gap-us", w->gap_us);
+  worker->callback([w] {
+    Status s = run_worker(*w);
+    if (!s.ok()) {
+      std::cerr << "bench-worker: " << s.to_string() << "\n";
+      std::cout << "error " << s.to_string() << std::endl;
+      std::exit(1);
+    }
+    std::exit(0);
+  });
+  auto path = std::make_shared<std::string>();
+  auto* uds = app.add_subcommand("bench-uds-server", "")->group("");
+  uds->add_option("--socket", *path)->required();
+  uds->callback([path] { std::exit(run_uds_server(*path)); });
+}
+
+}  // namespace rocket::tools
