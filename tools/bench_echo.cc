@@ -317,9 +317,14 @@ struct EchoConfig {
   int clients;
 };
 
-int auto_iters(size_t size, double budget_ms) {
-  double est_us = 8.0 + static_cast<double>(size) / 4000.0;  // ~4 GB/s round trip, 8 µs floor
-  return static_cast<int>(std::clamp(budget_ms * 1000.0 / est_us, 10.0, 20000.0));
+// Round trips per point: about `budget_ms` of work, but at least enough
+// samples for a meaningful p99 (200; 20 for points slower than 1 ms).
+int auto_iters(const EchoConfig& cfg, double budget_ms) {
+  const bool touches_payload = cfg.path == "copy" || cfg.transport != "rocket";
+  double est_us = 8.0 + (touches_payload ? static_cast<double>(cfg.size) / 4000.0 : 0.0);  // ~4 GB/s
+  double floor = est_us < 1000 ? 200 : 20;
+  double ceil = cfg.wake == "sleep" ? 3000 : 20000;  // sleep points idle 200 us between round trips
+  return static_cast<int>(std::clamp(budget_ms * 1000.0 / est_us, floor, ceil));
 }
 
 Result<json> run_config(const EchoConfig& cfg, const std::string& socket, int iters_override, double budget_ms,
