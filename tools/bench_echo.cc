@@ -420,11 +420,11 @@ json evaluate_targets(const json& rows) {
       nullptr, 2.0, true, true);
   add("64 B sync zero-copy p50 (us), server woken", find_row(rows, "rocket", "sync", "zerocopy", k64, "sleep"),
       nullptr, 15.0, true, true);
-  add("UDS / Rocket copy path at 64 B (spinning)", find_row(rows, "uds", "sync", "copy", k64, ""),
+  add("UDS / Rocket copy path at 64 B, back-to-back", find_row(rows, "uds", "sync", "copy", k64, "spin"),
       find_row(rows, "rocket", "sync", "copy", k64, "spin"), 3.0, false);
-  add("UDS / Rocket copy path at 64 B (woken)", find_row(rows, "uds", "sync", "copy", k64, ""),
+  add("UDS / Rocket copy path at 64 B, idle gaps", find_row(rows, "uds", "sync", "copy", k64, "sleep"),
       find_row(rows, "rocket", "sync", "copy", k64, "sleep"), 3.0, false);
-  add("UDS / Rocket copy path at 16 MiB", find_row(rows, "uds", "sync", "copy", k16m, ""),
+  add("UDS / Rocket copy path at 16 MiB", find_row(rows, "uds", "sync", "copy", k16m, "spin"),
       find_row(rows, "rocket", "sync", "copy", k16m, "spin"), 2.0, false);
   add("zero-copy 16 MiB / zero-copy 64 B", find_row(rows, "rocket", "sync", "zerocopy", k16m, "spin"),
       find_row(rows, "rocket", "sync", "zerocopy", k64, "spin"), 2.0, true);
@@ -510,10 +510,14 @@ int run_bench_echo(const EchoOptions& o) {
       std::cerr << "rocket bench echo: cannot start the UDS server\n";
       return 1;
     }
-    for (int clients : client_counts) {
-      for (size_t size : sizes) {
-        EchoConfig cfg{"uds", "sync", "copy", "", size, clients};
-        emit(run_config(cfg, sock, opt.iters, opt.budget_ms, 0), cfg);
+    // Same load shapes as Rocket's rows: back-to-back ("spin") and with idle
+    // gaps ("sleep"). A UDS server always sleeps in read() either way.
+    for (const auto& wake : split(opt.wakes)) {
+      for (int clients : client_counts) {
+        for (size_t size : sizes) {
+          EchoConfig cfg{"uds", "sync", "copy", wake, size, clients};
+          emit(run_config(cfg, sock, opt.iters, opt.budget_ms, 0, wake == "spin" ? 0 : 200), cfg);
+        }
       }
     }
     server->stop();

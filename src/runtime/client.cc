@@ -206,6 +206,9 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
   if (!control.ok()) return control.status();
   if (!cpool.ok()) return cpool.status();
   if (!spool.ok()) return spool.status();
+  for (const shm::Segment* seg : {&*control, &*cpool, &*spool}) {
+    if (seg->header().session_id != w->session_id) return data_loss("segment belongs to another session");
+  }
   core->control_ = std::move(*control);
   core->cpool_ = std::move(*cpool);
   core->spool_ = std::move(*spool);
