@@ -1,5 +1,7 @@
-// The `cpu` engine: memcpy on the calling thread. The baseline every other
-// engine is measured against.
+// The CPU engines that copy on the calling thread:
+//   `cpu`        memcpy -- the baseline every other engine is measured against.
+//   `cpu_stream` non-temporal stores (AVX-512/AVX2/SSE2 by CPUID): the CPU's
+//                cache-bypass path, for large copies nobody reads soon.
 #pragma once
 
 #include "rocket/mover/mover.h"
@@ -11,10 +13,25 @@ class CpuMover final : public Mover {
  public:
   MoverKind kind() const noexcept override { return MoverKind::kCpu; }
   const MoverCapabilities& capabilities() const noexcept override;
-  CostModel cost() const noexcept override;
-  Result<Ticket> submit(std::span<const CopyOp> ops, Cache cache) override;
+  Result<Ticket> submit(std::span<const CopyOp> ops, const SubmitOptions& options) override;
   Result<bool> poll(Ticket ticket) override;
   Status wait(Ticket ticket) override;
+
+ protected:
+  CostModel default_cost(Cache cache) const noexcept override;
+};
+
+// Thread safety: stateless; safe from any number of threads.
+class CpuStreamMover final : public Mover {
+ public:
+  MoverKind kind() const noexcept override { return MoverKind::kCpuStream; }
+  const MoverCapabilities& capabilities() const noexcept override;
+  Result<Ticket> submit(std::span<const CopyOp> ops, const SubmitOptions& options) override;
+  Result<bool> poll(Ticket ticket) override;
+  Status wait(Ticket ticket) override;
+
+ protected:
+  CostModel default_cost(Cache cache) const noexcept override;
 };
 
 }  // namespace rocket::detail

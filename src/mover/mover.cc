@@ -1,8 +1,22 @@
 #include "rocket/mover/mover.h"
 
-#include <cstdint>
+#include <dlfcn.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "mover/copy_kernels.h"
 #include "mover/cpu_mover.h"
+#include "mover/hybrid_wait.h"
+#include "mover/threads_mover.h"
 
 namespace rocket {
 
@@ -62,12 +76,153 @@ Status Mover::validate(std::span<const CopyOp> ops) noexcept {
   return ok_status();
 }
 
+// --- cost profiles --------------------------------------------------------------
+
+namespace {
+std::atomic<std::shared_ptr<const CostProfile>> g_profile;
+}  // namespace
+
+CostModel Mover::cost(Cache cache) const noexcept {
+  // acquire: pairs with the release store in set_cost_profile().
+  auto profile = g_profile.load(std::memory_order_acquire);
+  if (profile) {
+    for (const auto& e : profile->entries) {
+      if (e.kind == kind() && e.cache == cache) return e.model;
+    }
+  }
+  return default_cost(cache);
+}
+
+void set_cost_profile(CostProfile profile) {
+  g_profile.store(std::make_shared<const CostProfile>(std::move(profile)), std::memory_order_release);
+}
+
+std::string default_profile_path() {
+  if (const char* p = std::getenv("ROCKET_PROFILE")) return p;
+  const char* home = std::getenv("HOME");
+  return std::string(home != nullptr ? home : "/tmp") + "/.cache/rocket/profile.json";
+}
+
+Status save_cost_profile(const CostProfile& profile, const std::string& path) {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& e : profile.entries) {
+    arr.push_back({{"mover", std::string(mover_kind_name(e.kind))},
+                   {"cache", std::string(cache_name(e.cache))},
+                   {"fixed_us", e.model.fixed_us},
+                   {"us_per_mib", e.model.us_per_mib}});
+  }
+  nlohmann::json j{{"version", 1}, {"machine", profile.machine}, {"movers", arr}};
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    if (!f) return errno_status("open " + tmp, errno);
+    f << j.dump(1) << "\n";
+    if (!f) return errno_status("write " + tmp, errno);
+  }
+  std::filesystem::rename(tmp, path, ec);  // atomic replace: readers never see half a file
+  if (ec) return internal_error("rename " + tmp + ": " + ec.message());
+  return ok_status();
+}
+
+Status load_cost_profile(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return not_found("no cost profile at " + path + " (run `rocket calibrate`)");
+  nlohmann::json j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("movers") || !j["movers"].is_array()) {
+    return data_loss("cost profile " + path + " is not valid JSON of the expected shape");
+  }
+  CostProfile p;
+  if (j.contains("machine") && j["machine"].is_string()) p.machine = j["machine"].get<std::string>();
+  for (const auto& e : j["movers"]) {
+    if (!e.is_object() || !e.contains("mover") || !e.contains("cache") || !e["mover"].is_string() ||
+        !e["cache"].is_string() || !e.contains("fixed_us") || !e["fixed_us"].is_number() ||
+        !e.contains("us_per_mib") || !e["us_per_mib"].is_number()) {
+      return data_loss("cost profile " + path + " has a malformed entry");
+    }
+    auto kind = parse_mover_kind(e["mover"].get<std::string>());
+    auto cache = parse_cache(e["cache"].get<std::string>());
+    if (!kind.ok()) return kind.status();
+    if (!cache.ok()) return cache.status();
+    double fixed = e["fixed_us"].get<double>(), per = e["us_per_mib"].get<double>();
+    if (!(fixed >= 0 && fixed < 1e7 && per >= 0 && per < 1e7)) {
+      return data_loss("cost profile " + path + " has an out-of-range model");
+    }
+    p.entries.push_back({*kind, *cache, {fixed, per}});
+  }
+  set_cost_profile(std::move(p));
+  return ok_status();
+}
+
+// --- registry ---------------------------------------------------------------------
+
+namespace {
+
+std::string read_first_line(const char* path) {
+  std::ifstream f(path);
+  std::string line;
+  std::getline(f, line);
+  return line;
+}
+
+MoverInfo probe_kernel() {
+  // process_vm_readv/writev need ptrace access to the peer; Yama narrows it.
+  std::string scope = read_first_line("/proc/sys/kernel/yama/ptrace_scope");
+  std::string why = "process_vm_readv/writev engine is not part of this build yet";
+  if (!scope.empty()) why += "; yama ptrace_scope=" + scope;
+  return {MoverKind::kKernel, false, why};
+}
+
+MoverInfo probe_dsa() {
+  std::error_code ec;
+  if (!std::filesystem::exists("/dev/dsa", ec)) {
+    return {MoverKind::kDsa, false, "no DSA work queue: /dev/dsa does not exist (no device, or idxd not loaded)"};
+  }
+  int wqs = 0;
+  for (auto& e : std::filesystem::directory_iterator("/dev/dsa", ec)) {
+    if (e.path().filename().string().rfind("wq", 0) == 0) ++wqs;
+  }
+  if (wqs == 0) return {MoverKind::kDsa, false, "/dev/dsa has no enabled user work queue (configure one with accel-config)"};
+  return {MoverKind::kDsa, false, std::to_string(wqs) + " DSA work queue(s) found, but the dsa engine is not part of this build"};
+}
+
+MoverInfo probe_cuda() {
+  void* lib = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) return {MoverKind::kCuda, false, "no GPU driver: libcuda.so.1 cannot be loaded"};
+  using InitFn = int (*)(unsigned);
+  using CountFn = int (*)(int*);
+  auto init = reinterpret_cast<InitFn>(::dlsym(lib, "cuInit"));
+  auto count = reinterpret_cast<CountFn>(::dlsym(lib, "cuDeviceGetCount"));
+  int n = 0;
+  std::string why;
+  if (init == nullptr || count == nullptr) {
+    why = "libcuda.so.1 lacks cuInit/cuDeviceGetCount";
+  } else if (int rc = init(0); rc != 0) {
+    why = "cuInit failed with CUDA error " + std::to_string(rc) + " (no usable GPU)";
+  } else if (count(&n) != 0 || n == 0) {
+    why = "CUDA driver reports no GPU";
+  } else {
+    why = std::to_string(n) + " GPU(s) found, but the cuda engine is not part of this build";
+  }
+  ::dlclose(lib);
+  return {MoverKind::kCuda, false, why};
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Mover>> make_mover(MoverKind kind, const MoverConfig& config) {
-  (void)config;
   switch (kind) {
     case MoverKind::kAuto:
     case MoverKind::kCpu:
       return std::unique_ptr<Mover>(std::make_unique<detail::CpuMover>());
+    case MoverKind::kCpuStream:
+      if (detail::stream_isa() == detail::StreamIsa::kNone) {
+        return unavailable("mover 'cpu_stream' is not usable: the CPU has no streaming stores");
+      }
+      return std::unique_ptr<Mover>(std::make_unique<detail::CpuStreamMover>());
+    case MoverKind::kThreads:
+      return std::unique_ptr<Mover>(std::make_unique<detail::ThreadsMover>(config));
     default:
       break;
   }
@@ -79,14 +234,35 @@ Result<std::unique_ptr<Mover>> make_mover(MoverKind kind, const MoverConfig& con
   return invalid_argument("unknown mover kind");
 }
 
+Result<Mover*> shared_mover(MoverKind kind) {
+  if (kind == MoverKind::kAuto) kind = MoverKind::kCpu;
+  static std::mutex mu;
+  static std::unique_ptr<Mover> engines[8];
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = engines[static_cast<size_t>(kind)];
+  if (!slot) {
+    ROCKET_ASSIGN_OR_RETURN(slot, make_mover(kind));
+  }
+  return slot.get();
+}
+
 std::vector<MoverInfo> probe_movers() {
   std::vector<MoverInfo> out;
   out.push_back({MoverKind::kCpu, true, "memcpy on the calling thread"});
-  const char* absent = "engine is not part of this build (see the data-movers issue)";
-  for (auto k : {MoverKind::kCpuStream, MoverKind::kThreads, MoverKind::kKernel, MoverKind::kDsa,
-                 MoverKind::kCuda}) {
-    out.push_back({k, false, absent});
+  auto isa = detail::stream_isa();
+  if (isa == detail::StreamIsa::kNone) {
+    out.push_back({MoverKind::kCpuStream, false, "the CPU has no streaming-store instructions"});
+  } else {
+    out.push_back({MoverKind::kCpuStream, true,
+                   "non-temporal stores with " + std::string(detail::stream_isa_name(isa))});
   }
+  unsigned n = std::max(2u, std::thread::hardware_concurrency());
+  out.push_back({MoverKind::kThreads, true,
+                 std::to_string(n) + " copy worker threads by default" +
+                     (detail::cpu_has_waitpkg() ? "; waiters poll with UMWAIT" : "; waiters poll with pause (no WAITPKG)")});
+  out.push_back(probe_kernel());
+  out.push_back(probe_dsa());
+  out.push_back(probe_cuda());
   return out;
 }
 

@@ -26,6 +26,10 @@ using Clock = std::chrono::steady_clock;
 // still alive. Bounds how late a dead server is noticed.
 constexpr auto kLivenessSlice = std::chrono::milliseconds(20);
 
+// Below this size an automatic policy copies inline even for async calls:
+// handing the copy to an engine thread costs more than the overlap gains.
+constexpr size_t kAsyncCopyThreshold = size_t{256} << 10;
+
 // A block of the client pool; returned to the allocator when the last
 // reference (Buffer, in-flight job, in-place Reply) goes away.
 struct PoolBlock {
@@ -69,6 +73,13 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
                      bool wait_for_space);
   // Copies `bytes` into a fresh pool block with the policy's mover.
   Result<std::shared_ptr<PoolBlock>> copy_in(std::span<const std::byte> bytes, const Policy& policy);
+  // Starts an asynchronous copy-in and returns the job id at once; the
+  // request is posted when the copy completes. Falls back to copy-in + post
+  // when the chosen engine is synchronous.
+  Result<JobId> submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy);
+  // The engine for a copy of `bytes`: the policy's choice, or for kAuto the
+  // one with the lowest predicted cost (an asynchronous one when `async`).
+  Result<Mover*> choose_mover(MoverKind kind, size_t bytes, Cache cache, bool async);
   Result<Reply> wait_job(JobId id, std::chrono::milliseconds timeout);
   bool job_done(JobId id);
   void abandon(JobId id) noexcept;
@@ -88,6 +99,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
     uint64_t req_length = 0;
     bool done = false;
     bool abandoned = false;
+    bool copying = false;  // an async copy-in is still running; not posted yet
+    uint32_t op = 0;
+    Status local_error;    // the copy-in failed; the request was never posted
     CompDesc comp{};
   };
 
@@ -95,6 +109,11 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // Caller holds mu_.
   void drain_locked();
   void flush_frees_locked();
+  // Pushes a request descriptor, waiting for ring space. Unlocks `lock`
+  // while it waits.
+  Status push_request(std::unique_lock<std::mutex>& lock, uint32_t op, JobId id, uint64_t offset, uint64_t length);
+  void copy_done(JobId id, Status st);
+  void wake_waiters() noexcept;
   void fail_locked(Status why);
   Result<Reply> take_locked(std::unordered_map<uint64_t, Job>::iterator it);
   void wake_server();
@@ -122,8 +141,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   Status failure_;                               // guarded by mu_
   std::atomic<bool> failed_{false};              // mirrors !failure_.ok() for lock-free checks
 
-  std::mutex movers_mu_;
-  std::unique_ptr<Mover> movers_[8];             // by MoverKind; guarded by movers_mu_
+  bool used_async_movers_ = false;               // guarded by mu_: cancel their queued copies on close
 
   // Statistics; relaxed: reported only.
   std::atomic<uint64_t> requests_{0}, futex_sleeps_{0}, server_wakeups_{0};
@@ -227,9 +245,21 @@ ClientCore::~ClientCore() {
 }
 
 void ClientCore::close() noexcept {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (sock_ >= 0) ::shutdown(sock_, SHUT_RDWR);  // the server sees the hang-up
-  fail_locked(failed_precondition("session closed"));
+  bool cancel;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sock_ >= 0) ::shutdown(sock_, SHUT_RDWR);  // the server sees the hang-up
+    fail_locked(failed_precondition("session closed"));
+    cancel = used_async_movers_;
+  }
+  // Queued copy-ins of this session will never be posted: drop them. Their
+  // callbacks find no job and only release the pool block.
+  if (cancel) {
+    for (MoverKind k : {MoverKind::kThreads}) {
+      auto m = shared_mover(k);
+      if (m.ok()) (*m)->cancel(reinterpret_cast<uint64_t>(this));
+    }
+  }
 }
 
 void ClientCore::fail_locked(Status why) {
@@ -317,51 +347,132 @@ void ClientCore::wake_server() {
   }
 }
 
-Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, uint64_t offset, uint64_t length,
-                               bool wait_for_space) {
-  JobId id;
+Status ClientCore::push_request(std::unique_lock<std::mutex>& lock, uint32_t op, JobId id, uint64_t offset,
+                                uint64_t length) {
   for (;;) {
-    std::unique_lock<std::mutex> lock(mu_);
     if (!failure_.ok()) return failure_;
     flush_frees_locked();
-    if (outstanding_ >= rx_.capacity()) {
-      if (!wait_for_space) {
-        return unavailable(std::to_string(outstanding_) + " jobs in flight fill the completion ring; query some first");
-      }
-    } else {
-      SubDesc d{};
-      d.kind = static_cast<uint16_t>(SubKind::kRequest);
-      d.op_id = op;
-      d.job_id = next_job_;
-      d.offset = offset;
-      d.length = length;
-      shm::RingResult r = tx_.try_push(d);
-      if (r == shm::RingResult::kCorrupt) {
-        fail_locked(data_loss("submission ring indices corrupted by the server"));
-        return failure_;
-      }
-      if (r == shm::RingResult::kOk) {
-        id = next_job_++;
-        ++outstanding_;
-        jobs_.emplace(id, Job{std::move(block), offset, length, false, false, {}});
-        break;
-      }
-      if (!wait_for_space) return unavailable("submission ring is full; retry");
+    SubDesc d{};
+    d.kind = static_cast<uint16_t>(SubKind::kRequest);
+    d.op_id = op;
+    d.job_id = id;
+    d.offset = offset;
+    d.length = length;
+    shm::RingResult r = tx_.try_push(d);
+    if (r == shm::RingResult::kOk) return ok_status();
+    if (r == shm::RingResult::kCorrupt) {
+      fail_locked(data_loss("submission ring indices corrupted by the server"));
+      return failure_;
     }
-    // Full: completions we drain free credits; the server frees ring slots.
+    // Full: the server frees slots as it reads. Completions we drain free credits.
     drain_locked();
     lock.unlock();
     wake_server();
-    if (peer_hung_up(sock_)) {
-      std::lock_guard<std::mutex> relock(mu_);
-      fail_locked(unavailable("server closed the session"));
-      return failure_;
-    }
+    bool hung_up = peer_hung_up(sock_);
     std::this_thread::yield();
+    lock.lock();
+    if (hung_up) fail_locked(unavailable("server closed the session"));
   }
+}
+
+Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, uint64_t offset, uint64_t length,
+                               bool wait_for_space) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!failure_.ok()) return failure_;
+  while (outstanding_ >= rx_.capacity()) {
+    if (!wait_for_space) {
+      return unavailable(std::to_string(outstanding_) + " jobs in flight fill the completion ring; query some first");
+    }
+    drain_locked();
+    if (outstanding_ < rx_.capacity()) break;
+    lock.unlock();
+    bool hung_up = peer_hung_up(sock_);
+    std::this_thread::yield();
+    lock.lock();
+    if (hung_up) fail_locked(unavailable("server closed the session"));
+    if (!failure_.ok()) return failure_;
+  }
+  const JobId id = next_job_++;
+  ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, offset, length));
+  ++outstanding_;
+  jobs_.emplace(id, Job{std::move(block), offset, length, false, false, false, op, {}, {}});
+  lock.unlock();
   requests_.fetch_add(1, std::memory_order_relaxed);
   wake_server();
   return id;
+}
+
+Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy) {
+  ROCKET_ASSIGN_OR_RETURN(Mover * m, choose_mover(policy.mover, bytes.size(), policy.cache, /*async=*/true));
+  if (bytes.empty() || !m->capabilities().async) {
+    ROCKET_ASSIGN_OR_RETURN(auto block, copy_in(bytes, Policy{m->kind(), policy.cache}));
+    uint64_t off = block ? block->offset : 0;
+    return post(op, std::move(block), off, bytes.size(), /*wait_for_space=*/false);
+  }
+  ROCKET_ASSIGN_OR_RETURN(auto block, alloc_block(bytes.size()));
+  JobId id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!failure_.ok()) return failure_;
+    if (outstanding_ >= rx_.capacity()) {
+      return unavailable(std::to_string(outstanding_) + " jobs in flight fill the completion ring; query some first");
+    }
+    id = next_job_++;
+    ++outstanding_;  // the credit is taken now so the post can never be refused
+    jobs_.emplace(id, Job{block, block->offset, bytes.size(), false, false, true, op, {}, {}});
+    used_async_movers_ = true;
+  }
+  CopyOp cop{client_data() + block->offset, bytes.data(), bytes.size()};
+  // The callback keeps the block (and so the core and its mappings) alive
+  // until the copy is over, whatever happens to the job meanwhile.
+  auto self = shared_from_this();
+  SubmitOptions so{.cache = policy.cache,
+                   .owner = reinterpret_cast<uint64_t>(this),
+                   .on_done = [self, block, id](Status st) { self->copy_done(id, std::move(st)); }};
+  auto t = m->submit({&cop, 1}, so);
+  if (!t.ok()) {
+    copy_done(id, t.status());
+    return id;  // the job reports the failure through query()/get()
+  }
+  return id;
+}
+
+void ClientCore::copy_done(JobId id, Status st) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return;  // the session failed meanwhile
+  Job& job = it->second;
+  job.copying = false;
+  if (st.ok() && job.abandoned) st = cancelled("abandoned before the copy finished");
+  if (st.ok()) {
+    Status pushed = push_request(lock, job.op, id, job.req_offset, job.req_length);
+    if (pushed.ok()) {
+      lock.unlock();
+      requests_.fetch_add(1, std::memory_order_relaxed);
+      wake_server();
+      return;
+    }
+    st = pushed;
+    it = jobs_.find(id);  // push_request may have dropped the lock
+    if (it == jobs_.end()) return;
+  }
+  --outstanding_;
+  if (it->second.abandoned) {
+    jobs_.erase(it);
+  } else {
+    it->second.done = true;
+    it->second.local_error = std::move(st);
+  }
+  lock.unlock();
+  wake_waiters();
+}
+
+void ClientCore::wake_waiters() noexcept {
+  // Waiters sleep on comp_futex; a local completion wakes them the same way
+  // the server does.
+  cb_->comp_futex.fetch_add(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (cb_->client_waiters.load(std::memory_order_relaxed) != 0) futex_wake_all(&cb_->comp_futex);
 }
 
 void ClientCore::drain_locked() {
@@ -410,6 +521,7 @@ void ClientCore::drain_locked() {
 Result<Reply> ClientCore::take_locked(std::unordered_map<uint64_t, Job>::iterator it) {
   Job job = std::move(it->second);
   jobs_.erase(it);
+  if (!job.local_error.ok()) return job.local_error;
   const CompDesc& c = job.comp;
   auto pool = static_cast<PayloadPool>(c.pool);
   if (c.status != 0) {
@@ -495,9 +607,19 @@ bool ClientCore::job_done(JobId id) {
 }
 
 void ClientCore::abandon(JobId id) noexcept {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return;
+  // The caller's bytes may be freed once we return: let a running copy-in
+  // finish first (what std::future from std::async does, too).
+  while (it->second.copying) {
+    it->second.abandoned = true;
+    lock.unlock();
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+    lock.lock();
+    it = jobs_.find(id);
+    if (it == jobs_.end()) return;
+  }
   if (it->second.done) {
     if (static_cast<PayloadPool>(it->second.comp.pool) == PayloadPool::kServer && failure_.ok()) {
       pending_frees_.push_back(it->second.comp.offset);
@@ -512,17 +634,32 @@ void ClientCore::abandon(JobId id) noexcept {
 Result<Mover*> ClientCore::mover(MoverKind kind) {
   if (kind == MoverKind::kAuto) kind = opts_.default_mover;
   if (kind == MoverKind::kAuto) kind = MoverKind::kCpu;
-  std::lock_guard<std::mutex> lock(movers_mu_);
-  auto& slot = movers_[static_cast<size_t>(kind)];
-  if (!slot) {
-    ROCKET_ASSIGN_OR_RETURN(slot, make_mover(kind));
+  return shared_mover(kind);
+}
+
+Result<Mover*> ClientCore::choose_mover(MoverKind kind, size_t bytes, Cache cache, bool async) {
+  if (kind != MoverKind::kAuto) return shared_mover(kind);
+  if (opts_.default_mover != MoverKind::kAuto) return shared_mover(opts_.default_mover);
+  // Handing a small copy to another thread costs more than it overlaps.
+  if (async && bytes >= kAsyncCopyThreshold) return shared_mover(MoverKind::kThreads);
+  Mover* best = nullptr;
+  double best_us = 0;
+  for (MoverKind k : {MoverKind::kCpu, MoverKind::kCpuStream, MoverKind::kThreads}) {
+    auto m = shared_mover(k);
+    if (!m.ok()) continue;
+    double us = (*m)->cost(cache).predict_us(bytes);
+    if (best == nullptr || us < best_us) {
+      best = *m;
+      best_us = us;
+    }
   }
-  return slot.get();
+  if (best == nullptr) return unavailable("no usable data mover");
+  return best;
 }
 
 Result<std::shared_ptr<PoolBlock>> ClientCore::copy_in(std::span<const std::byte> bytes, const Policy& policy) {
   if (bytes.empty()) return std::shared_ptr<PoolBlock>();
-  ROCKET_ASSIGN_OR_RETURN(Mover * m, mover(policy.mover));
+  ROCKET_ASSIGN_OR_RETURN(Mover * m, choose_mover(policy.mover, bytes.size(), policy.cache, false));
   ROCKET_ASSIGN_OR_RETURN(auto block, alloc_block(bytes.size()));
   CopyOp op{client_data() + block->offset, bytes.data(), bytes.size()};
   ROCKET_RETURN_IF_ERROR(m->execute({&op, 1}, policy.cache));
@@ -641,6 +778,8 @@ Result<JobId> Client::submit(std::string_view op, const Buffer& request, const C
 
 Result<JobId> Client::submit(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
   ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  // The copy-in is complete when submit() returns (it may still run on
+  // several engine threads): a job id owns nothing that could wait for it.
   ROCKET_ASSIGN_OR_RETURN(auto block, core_->copy_in(request, options.policy));
   uint64_t off = block ? block->offset : 0;
   return core_->post(id, std::move(block), off, request.size(), /*wait_for_space=*/false);
@@ -665,7 +804,9 @@ Result<Reply> Client::call(std::string_view op, std::span<const std::byte> reque
 }
 
 Future Client::call_async(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
-  auto job = submit(op, request, options);
+  auto id = core_->op_id(op);
+  if (!id.ok()) return Future(nullptr, 0, id.status());
+  auto job = core_->submit_copy(*id, request, options.policy);
   if (!job.ok()) return Future(nullptr, 0, job.status());
   return Future(core_, *job, ok_status());
 }

@@ -2,6 +2,11 @@
 // on this machine skip with the reason from probe_movers().
 #include "rocket/mover/mover.h"
 
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -84,6 +89,45 @@ TEST_P(MoverConformance, ConcurrentSubmitters) {
   EXPECT_EQ(bad.load(), 0);
 }
 
+TEST_P(MoverConformance, CopiesLargerThanAnyChunkWithEveryCachePolicy) {
+  auto src = filled((8u << 20) + 4093, 11);
+  for (Cache cache : {Cache::kAuto, Cache::kInject, Cache::kBypass}) {
+    std::vector<std::byte> dst(src.size() + 1, std::byte{0x11});
+    CopyOp op{dst.data() + 1, src.data(), src.size()};  // misaligned destination
+    ASSERT_TRUE(mover_->execute({&op, 1}, cache).ok());
+    ASSERT_EQ(std::memcmp(dst.data() + 1, src.data(), src.size()), 0) << cache_name(cache);
+    EXPECT_EQ(dst[0], std::byte{0x11});
+  }
+}
+
+TEST_P(MoverConformance, DetachedSubmissionCallsBackOnce) {
+  auto src = filled(3 << 20, 12);
+  std::vector<std::byte> dst(src.size());
+  std::atomic<int> calls{0};
+  std::atomic<bool> ok{false};
+  CopyOp op{dst.data(), src.data(), src.size()};
+  SubmitOptions so{.cache = Cache::kAuto, .owner = 0, .on_done = [&](Status st) {
+                     ok = st.ok();
+                     calls++;
+                   }};
+  ASSERT_TRUE(mover_->submit({&op, 1}, so).ok());
+  for (int i = 0; i < 5000 && calls.load() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_TRUE(ok.load());
+  EXPECT_EQ(dst, src);
+}
+
+TEST_P(MoverConformance, StaleTicketsAreRejected) {
+  auto src = filled(1 << 20, 13);
+  std::vector<std::byte> dst(src.size());
+  CopyOp op{dst.data(), src.data(), src.size()};
+  auto t = mover_->submit({&op, 1}, Cache::kAuto);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE(mover_->wait(*t).ok());
+  if (!t->done) EXPECT_FALSE(mover_->wait(*t).ok());  // retired
+  EXPECT_FALSE(mover_->poll(Ticket{.id = 0xdead0000beefULL, .done = false}).ok());
+}
+
 TEST_P(MoverConformance, DeclaresACostModel) {
   CostModel c = mover_->cost();
   EXPECT_GT(c.predict_us(1 << 20), c.predict_us(1 << 10));
@@ -94,6 +138,92 @@ INSTANTIATE_TEST_SUITE_P(AllEngines, MoverConformance,
                          ::testing::Values(MoverKind::kCpu, MoverKind::kCpuStream, MoverKind::kThreads,
                                            MoverKind::kKernel, MoverKind::kDsa, MoverKind::kCuda),
                          [](const auto& info) { return std::string(mover_kind_name(info.param)); });
+
+TEST(ThreadsMover, CancelDropsQueuedWorkOfThatOwnerOnly) {
+  MoverConfig cfg;
+  cfg.threads = 1;
+  cfg.min_chunk_bytes = 64 << 10;
+  auto m = make_mover(MoverKind::kThreads, cfg);
+  ASSERT_TRUE(m.ok());
+  auto src = filled(16 << 20, 21);
+  std::vector<std::byte> a(src.size()), b(src.size());
+  std::atomic<int> cancelled{0}, completed{0};
+  auto cb = [&](Status st) { (st.code() == StatusCode::kCancelled ? cancelled : completed)++; };
+  // Owner 1 queues many chunks on the single worker; owner 2 queues after it.
+  for (int i = 0; i < 8; ++i) {
+    CopyOp op{a.data(), src.data(), src.size()};
+    ASSERT_TRUE((*m)->submit({&op, 1}, SubmitOptions{Cache::kInject, 1, cb}).ok());
+  }
+  CopyOp op2{b.data(), src.data(), src.size()};
+  auto t2 = (*m)->submit({&op2, 1}, SubmitOptions{Cache::kInject, 2, nullptr});
+  ASSERT_TRUE(t2.ok());
+  (*m)->cancel(1);
+  ASSERT_TRUE((*m)->wait(*t2).ok());  // owner 2 is unaffected
+  EXPECT_EQ(b, src);
+  for (int i = 0; i < 5000 && cancelled + completed < 8; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_EQ(cancelled + completed, 8);
+  EXPECT_GT(cancelled.load(), 0);  // one worker cannot have finished 128 MiB before the cancel
+}
+
+TEST(ThreadsMover, DestructionWithQueuedWorkCancelsAndJoins) {
+  MoverConfig cfg;
+  cfg.threads = 1;
+  auto m = make_mover(MoverKind::kThreads, cfg);
+  ASSERT_TRUE(m.ok());
+  auto src = filled(8 << 20, 22);
+  std::vector<std::byte> dst(src.size());
+  std::atomic<int> calls{0};
+  for (int i = 0; i < 16; ++i) {
+    CopyOp op{dst.data(), src.data(), src.size()};
+    ASSERT_TRUE((*m)->submit({&op, 1}, SubmitOptions{Cache::kAuto, 0, [&](Status) { calls++; }}).ok());
+  }
+  m->reset();  // must not hang, leak or skip a callback
+  EXPECT_EQ(calls.load(), 16);
+}
+
+TEST(ThreadsMover, FullQueueIsUnavailable) {
+  MoverConfig cfg;
+  cfg.threads = 1;
+  cfg.queue_chunks = 4;
+  cfg.min_chunk_bytes = 4096;
+  auto m = make_mover(MoverKind::kThreads, cfg);
+  ASSERT_TRUE(m.ok());
+  auto src = filled(8 << 20, 23);
+  std::vector<std::byte> dst(src.size());
+  std::vector<CopyOp> ops;
+  for (size_t i = 0; i < 8; ++i) ops.push_back({dst.data() + (i << 20), src.data() + (i << 20), 1 << 20});
+  auto t = (*m)->submit(ops, Cache::kAuto);  // at least 8 chunks > a queue of 4
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), StatusCode::kUnavailable);
+}
+
+TEST(CostProfile, RoundTripsAndDrivesCost) {
+  std::string path = "/tmp/rocket-profile-test-" + std::to_string(::getpid()) + ".json";
+  CostProfile p;
+  p.machine = "test";
+  p.entries.push_back({MoverKind::kCpu, Cache::kAuto, {3.0, 100.0}});
+  ASSERT_TRUE(save_cost_profile(p, path).ok());
+  ASSERT_TRUE(load_cost_profile(path).ok());
+  auto m = make_mover(MoverKind::kCpu);
+  ASSERT_TRUE(m.ok());
+  EXPECT_DOUBLE_EQ((*m)->cost().predict_us(1 << 20), 103.0);
+  set_cost_profile({});
+  EXPECT_NE((*m)->cost().predict_us(1 << 20), 103.0);
+  std::remove(path.c_str());
+}
+
+TEST(CostProfile, MalformedProfilesAreRejected) {
+  std::string path = "/tmp/rocket-profile-bad-" + std::to_string(::getpid()) + ".json";
+  for (const char* text : {"not json", "{\"movers\": 3}", "{\"movers\": [{\"mover\": \"warp\", \"cache\": \"auto\", \"fixed_us\": 1, \"us_per_mib\": 1}]}",
+                           "{\"movers\": [{\"mover\": \"cpu\", \"cache\": \"auto\", \"fixed_us\": -5, \"us_per_mib\": 1}]}"}) {
+    FILE* f = std::fopen(path.c_str(), "w");
+    std::fputs(text, f);
+    std::fclose(f);
+    EXPECT_FALSE(load_cost_profile(path).ok()) << text;
+  }
+  EXPECT_EQ(load_cost_profile("/nonexistent/profile.json").code(), StatusCode::kNotFound);
+  std::remove(path.c_str());
+}
 
 TEST(MoverRegistry, ProbeListsEveryEngineWithAReason) {
   auto infos = probe_movers();

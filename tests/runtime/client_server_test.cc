@@ -129,6 +129,56 @@ TEST(ClientServer, AsyncFuturesOverlapAndResolve) {
   EXPECT_FALSE(slow.get().ok());  // get() once
 }
 
+TEST(ClientServer, AsyncCallsThroughTheThreadsEngine) {
+  TestServer srv({.default_client_pool_bytes = 64 << 20});
+  Client c = srv.connect({.client_pool_bytes = 64 << 20});
+  std::vector<std::vector<std::byte>> payloads;
+  std::vector<Future> futures;
+  CallOptions opts{.policy = {.mover = MoverKind::kThreads, .cache = Cache::kBypass}};
+  for (int i = 0; i < 6; ++i) payloads.push_back(pattern((4 << 20) + static_cast<size_t>(i) * 999, 30 + i));
+  for (auto& p : payloads) futures.push_back(c.call_async("checksum", std::span<const std::byte>(p), opts));
+  for (size_t i = 0; i < futures.size(); ++i) {
+    auto r = futures[i].get();
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    uint64_t got;
+    std::memcpy(&got, r->data().data(), 8);
+    EXPECT_EQ(got, checksum64(payloads[i]));
+  }
+  // Pipelined submit through the engine (copied before submit returns), and a sync call.
+  auto id = c.submit("echo_copy", std::span<const std::byte>(payloads[0]), opts);
+  ASSERT_TRUE(id.ok());
+  auto r = c.query(*id);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->to_vector(), payloads[0]);
+  auto s = c.call("echo", std::span<const std::byte>(payloads[1]), opts);
+  ASSERT_TRUE(s.ok());
+  std::vector<std::byte> out(payloads[1].size());
+  ASSERT_TRUE(s->copy_to(out, {.mover = MoverKind::kThreads, .cache = Cache::kInject}).ok());
+  EXPECT_EQ(out, payloads[1]);
+}
+
+TEST(ClientServer, DroppedAsyncFuturesWaitForTheirCopy) {
+  TestServer srv({.default_client_pool_bytes = 64 << 20});
+  Client c = srv.connect({.client_pool_bytes = 64 << 20});
+  CallOptions opts{.policy = {.mover = MoverKind::kThreads, .cache = Cache::kAuto}};
+  for (int i = 0; i < 10; ++i) {
+    auto data = pattern(8 << 20, 40 + i);
+    auto f = c.call_async("echo", std::span<const std::byte>(data), opts);
+    // `data` dies right after `f`: the destructor must have let the copy finish.
+  }
+  EXPECT_TRUE(c.call("echo", bytes_of("after")).ok());
+  EXPECT_EQ(c.stats().client_pool_in_use, 0u);
+}
+
+TEST(ClientServer, UnusableMoverIsAClearError) {
+  TestServer srv;
+  Client c = srv.connect();
+  auto r = c.call("echo", bytes_of("x"), {.policy = {.mover = MoverKind::kDsa}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(r.status().message().find("dsa"), std::string::npos);
+}
+
 TEST(ClientServer, DroppedFutureDoesNotLeakServerPool) {
   TestServer srv;
   Client c = srv.connect({.server_pool_bytes = 1 << 20});

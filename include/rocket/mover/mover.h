@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -73,6 +74,20 @@ struct Ticket {
   bool done = false;
 };
 
+// Runs exactly once when a submission completes: on an engine thread, or
+// inline in submit() for synchronous engines. Must not block for long.
+using CopyCallback = std::function<void(Status)>;
+
+struct SubmitOptions {
+  Cache cache = Cache::kAuto;
+  // cancel(owner) drops this submission's work that has not started (a
+  // session closing cancels its copies). 0: no owner.
+  uint64_t owner = 0;
+  // If set, the submission is detached: the callback is its only
+  // notification and the returned ticket cannot be polled or waited on.
+  CopyCallback on_done;
+};
+
 class Mover {
  public:
   virtual ~Mover() = default;
@@ -80,23 +95,36 @@ class Mover {
   virtual MoverKind kind() const noexcept = 0;
   std::string_view name() const noexcept { return mover_kind_name(kind()); }
   virtual const MoverCapabilities& capabilities() const noexcept = 0;
-  virtual CostModel cost() const noexcept = 0;
+  // Predicted cost for `cache`: the calibrated profile if one is loaded
+  // (load_cost_profile), else the engine's built-in estimate.
+  CostModel cost(Cache cache = Cache::kAuto) const noexcept;
 
-  // Starts the copies. The buffers must stay valid until poll() reports done
-  // or wait() returns. kInvalidArgument for null or overlapping ranges;
-  // kUnavailable when the engine's queue is full (retry).
-  virtual Result<Ticket> submit(std::span<const CopyOp> ops, Cache cache) = 0;
+  // Starts the copies. The buffers must stay valid until poll() reports done,
+  // wait() returns or on_done runs. kInvalidArgument for null or overlapping
+  // ranges; kUnavailable when the engine's queue is full (retry).
+  virtual Result<Ticket> submit(std::span<const CopyOp> ops, const SubmitOptions& options) = 0;
+  Result<Ticket> submit(std::span<const CopyOp> ops, Cache cache) {
+    return submit(ops, SubmitOptions{.cache = cache, .owner = 0, .on_done = nullptr});
+  }
   // true once the submission is complete (and its status is OK); the error of
   // a failed copy otherwise. A ticket is retired once reported complete.
   virtual Result<bool> poll(Ticket ticket) = 0;
-  // Blocks until the submission completes.
+  // Blocks until the submission completes. Asynchronous engines wait the
+  // hybrid way: sleep for most of the predicted time, then poll.
   virtual Status wait(Ticket ticket) = 0;
+  // Drops queued work of `owner`; its submissions complete with kCancelled.
+  // Copies already running finish. Synchronous engines have nothing queued.
+  virtual void cancel(uint64_t owner) noexcept { (void)owner; }
 
   // submit() + wait().
   Status execute(std::span<const CopyOp> ops, Cache cache);
 
   // Checks what every engine requires of a submission.
   static Status validate(std::span<const CopyOp> ops) noexcept;
+
+ protected:
+  // The engine's own estimate, used until a profile is calibrated.
+  virtual CostModel default_cost(Cache cache) const noexcept = 0;
 };
 
 // What `rocket doctor` reports for each engine.
@@ -107,15 +135,40 @@ struct MoverInfo {
 };
 
 struct MoverConfig {
-  // Reserved for engine settings (worker counts, device selection) that the
-  // data-mover engines read; the cpu engine needs none.
+  // `threads` engine: worker threads (0: one per core, at least 2) and the
+  // most chunks queued before submit() says kUnavailable.
   unsigned threads = 0;
+  size_t queue_chunks = 4096;
+  // Copies are split into chunks of at least this size across the workers.
+  size_t min_chunk_bytes = size_t{256} << 10;
 };
 
 // Creates an engine of `kind`. kUnavailable, with the reason, where the engine
 // cannot run on this machine or is not part of this build.
 Result<std::unique_ptr<Mover>> make_mover(MoverKind kind, const MoverConfig& config = {});
+// The process-wide instance of engine `kind` (created on first use with the
+// default MoverConfig, shared by every session of this process).
+Result<Mover*> shared_mover(MoverKind kind);
+
 // Every engine and whether it is usable here.
 std::vector<MoverInfo> probe_movers();
+
+// Cost models measured by `rocket calibrate`, one per (engine, cache).
+struct CostProfile {
+  struct Entry {
+    MoverKind kind;
+    Cache cache;
+    CostModel model;
+  };
+  std::vector<Entry> entries;
+  std::string machine;  // where it was measured
+};
+// Makes `profile` the process-wide source of Mover::cost(). Thread-safe.
+void set_cost_profile(CostProfile profile);
+// Reads a profile written by `rocket calibrate` (JSON) and installs it.
+Status load_cost_profile(const std::string& path);
+Status save_cost_profile(const CostProfile& profile, const std::string& path);
+// $ROCKET_PROFILE, else ~/.cache/rocket/profile.json.
+std::string default_profile_path();
 
 }  // namespace rocket

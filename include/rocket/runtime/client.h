@@ -63,8 +63,10 @@ struct ClientOptions {
   std::chrono::microseconds spin{50};
   std::chrono::milliseconds connect_timeout{5000};
   bool prefault = true;
-  // Engine for the copy path when a call's policy says kAuto.
-  MoverKind default_mover = MoverKind::kCpu;
+  // Engine for the copy path when a call's policy says kAuto; kAuto picks by
+  // the (calibrated) cost model, and an asynchronous engine for large async
+  // copies.
+  MoverKind default_mover = MoverKind::kAuto;
 };
 
 // A block of the client pool that a request can be built in (zero-copy path).
@@ -158,11 +160,16 @@ class Client {
   Result<Reply> call(std::string_view op, const Buffer& request, const CallOptions& options = {});
   Result<Reply> call(std::string_view op, std::span<const std::byte> request,
                      const CallOptions& options = {});
-  // Returns at once; the copy-in and the request proceed while the caller works.
+  // Returns at once; the copy-in (on an asynchronous engine for large
+  // payloads) and the request proceed while the caller works. `request` must
+  // stay valid until the future is ready; a future dropped early waits for
+  // its copy-in to finish.
   Future call_async(std::string_view op, std::span<const std::byte> request,
                     const CallOptions& options = {});
   // Pipelined: posts the request and returns its job id. kUnavailable when as
   // many jobs are in flight as the completion ring holds (query some first).
+  // With private bytes the copy-in is finished when submit() returns (use
+  // call_async() to overlap the copy itself with other work).
   Result<JobId> submit(std::string_view op, const Buffer& request, const CallOptions& options = {});
   Result<JobId> submit(std::string_view op, std::span<const std::byte> request,
                        const CallOptions& options = {});

@@ -1,0 +1,82 @@
+// The `threads` engine: a software copy engine. Its own worker threads take
+// chunks from a bounded queue and copy them with regular or streaming stores
+// per the submission's cache policy. Copies are split so large ones run on all
+// workers at once. The pool starts with the engine and stops and joins in its
+// destructor; queued work still pending then completes with kCancelled.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "mover/hybrid_wait.h"
+#include "rocket/mover/mover.h"
+
+namespace rocket::detail {
+
+// Thread safety: all public methods are safe from any thread.
+class ThreadsMover final : public Mover {
+ public:
+  explicit ThreadsMover(const MoverConfig& config);
+  ~ThreadsMover() override;
+
+  MoverKind kind() const noexcept override { return MoverKind::kThreads; }
+  const MoverCapabilities& capabilities() const noexcept override { return caps_; }
+  Result<Ticket> submit(std::span<const CopyOp> ops, const SubmitOptions& options) override;
+  Result<bool> poll(Ticket ticket) override;
+  Status wait(Ticket ticket) override;
+  void cancel(uint64_t owner) noexcept override;
+
+  unsigned workers() const noexcept { return static_cast<unsigned>(threads_.size()); }
+
+ protected:
+  CostModel default_cost(Cache cache) const noexcept override;
+
+ private:
+  // One submission's completion record. Slots are reused; a ticket carries
+  // the slot's generation so a stale ticket is recognised.
+  struct Slot {
+    std::atomic<uint32_t> done{0};      // futex word: 1 when complete
+    std::atomic<uint32_t> waiters{0};
+    std::atomic<uint32_t> remaining{0};  // chunks not yet finished
+    std::atomic<int32_t> status{0};      // first failure (StatusCode), 0 if none
+    uint32_t generation = 0;             // guarded by mu_
+    bool in_use = false;                 // guarded by mu_
+    bool detached = false;               // set before the slot's chunks are queued
+    CopyCallback on_done;                // likewise
+    std::chrono::nanoseconds predicted{0};
+    std::chrono::steady_clock::time_point started;
+  };
+  struct Chunk {
+    std::byte* dst;
+    const std::byte* src;
+    size_t size;
+    Cache cache;  // resolved: kInject or kBypass
+    uint32_t slot;
+    uint64_t owner;
+  };
+
+  void worker_loop();
+  void finish_chunk(uint32_t slot, StatusCode code) noexcept;
+  Result<Slot*> lookup(Ticket t);
+  void release_slot(uint32_t index) noexcept;
+
+  MoverCapabilities caps_;
+  MoverConfig config_;
+  std::vector<std::thread> threads_;
+  std::unique_ptr<Slot[]> slots_;
+  size_t slot_count_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Chunk> queue_;        // guarded by mu_
+  std::vector<uint32_t> free_slots_;  // guarded by mu_
+  bool stopping_ = false;          // guarded by mu_
+};
+
+}  // namespace rocket::detail
