@@ -3,7 +3,10 @@
 //   rocket serve [--socket PATH]            a backend with the built-in ops
 //   rocket call --op echo --data hello      one request, printed
 //   rocket doctor [--json]                  which data movers work here, and why not
+//   rocket calibrate                        fit each mover's cost model, save the profile
 //   rocket bench echo [--quick] [--json]    round trips vs a Unix socket
+//   rocket bench movers [--json]            every data mover, memcpy baseline
+//   rocket bench overlap                    caller work hidden behind call_async
 #include <signal.h>
 #include <unistd.h>
 
@@ -17,6 +20,7 @@
 #include <vector>
 
 #include "bench_echo.h"
+#include "bench_movers.h"
 #include "rocket/rocket.h"
 
 namespace {
@@ -202,6 +206,8 @@ int main(int argc, char** argv) {
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);
   rocket::tools::add_bench_echo(*bench);
+  rocket::tools::add_bench_movers(*bench);
+  rocket::tools::add_calibrate(app);
   rocket::tools::add_bench_children(app);
 
   CLI11_PARSE(app, argc, argv);

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
@@ -238,7 +239,17 @@ Result<Mover*> shared_mover(MoverKind kind) {
   if (kind == MoverKind::kAuto) kind = MoverKind::kCpu;
   static std::mutex mu;
   static std::unique_ptr<Mover> engines[8];
+  static bool profile_tried = false;
   std::lock_guard<std::mutex> lock(mu);
+  if (!profile_tried) {
+    // The runtime uses this machine's calibrated costs when `rocket
+    // calibrate` has written them; built-in estimates otherwise.
+    profile_tried = true;
+    Status s = load_cost_profile(default_profile_path());
+    if (!s.ok() && s.code() != StatusCode::kNotFound) {
+      std::fprintf(stderr, "rocket: ignoring cost profile: %s\n", s.to_string().c_str());
+    }
+  }
   auto& slot = engines[static_cast<size_t>(kind)];
   if (!slot) {
     ROCKET_ASSIGN_OR_RETURN(slot, make_mover(kind));
@@ -256,7 +267,7 @@ std::vector<MoverInfo> probe_movers() {
     out.push_back({MoverKind::kCpuStream, true,
                    "non-temporal stores with " + std::string(detail::stream_isa_name(isa))});
   }
-  unsigned n = std::max(2u, std::thread::hardware_concurrency());
+  unsigned n = std::max(2u, std::thread::hardware_concurrency()) - 1;
   out.push_back({MoverKind::kThreads, true,
                  std::to_string(n) + " copy worker threads by default" +
                      (detail::cpu_has_waitpkg() ? "; waiters poll with UMWAIT" : "; waiters poll with pause (no WAITPKG)")});

@@ -10,7 +10,10 @@ namespace rocket::detail {
 using Clock = std::chrono::steady_clock;
 
 ThreadsMover::ThreadsMover(const MoverConfig& config) : config_(config) {
-  unsigned n = config.threads != 0 ? config.threads : std::max(2u, std::thread::hardware_concurrency());
+  // Default: one worker per core but one, so the caller keeps a core for the
+  // work it overlaps with the copy.
+  unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  unsigned n = config.threads != 0 ? config.threads : std::max(1u, hw - 1);
   if (config_.queue_chunks == 0) config_.queue_chunks = 1;
   if (config_.min_chunk_bytes < 4096) config_.min_chunk_bytes = 4096;
   caps_ = MoverCapabilities{.async = true,

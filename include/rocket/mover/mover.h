@@ -135,7 +135,7 @@ struct MoverInfo {
 };
 
 struct MoverConfig {
-  // `threads` engine: worker threads (0: one per core, at least 2) and the
+  // `threads` engine: worker threads (0: one per core but one, at least 1) and the
   // most chunks queued before submit() says kUnavailable.
   unsigned threads = 0;
   size_t queue_chunks = 4096;

@@ -1,0 +1,447 @@
+#include "bench_movers.h"
+
+#include <time.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "process.h"
+#include "rocket/rocket.h"
+#include "stats.h"
+
+namespace rocket::tools {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+double us_since(Clock::time_point t0) { return std::chrono::duration<double, std::micro>(Clock::now() - t0).count(); }
+
+// CPU time of the calling thread only (the engine's workers are not the
+// caller). The scheduler's exact clock: getrusage() is tick-sampled.
+double thread_cpu_us() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) / 1e3;
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    size_t e = s.find(',', b);
+    if (e == std::string::npos) e = s.size();
+    if (e > b) out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+  return out;
+}
+
+size_t parse_size(const std::string& s) {
+  size_t mult = 1;
+  std::string num = s;
+  char last = static_cast<char>(std::toupper(static_cast<unsigned char>(s.back())));
+  if (last == 'K' || last == 'M' || last == 'G') {
+    mult = last == 'K' ? 1024 : last == 'M' ? 1024 * 1024 : size_t{1} << 30;
+    num = s.substr(0, s.size() - 1);
+  }
+  return static_cast<size_t>(std::stoull(num)) * mult;
+}
+
+std::string human(size_t n) {
+  if (n >= (size_t{1} << 20) && n % (size_t{1} << 20) == 0) return std::to_string(n >> 20) + "M";
+  if (n >= 1024 && n % 1024 == 0) return std::to_string(n >> 10) + "K";
+  return std::to_string(n);
+}
+
+// Touches every page so no measurement pays first-touch faults.
+std::vector<std::byte> buffer(size_t n, int fill) {
+  std::vector<std::byte> v(n);
+  std::memset(v.data(), fill, n);
+  return v;
+}
+
+// Reads the whole buffer (what a consumer does right after the copy).
+uint64_t consume(const std::vector<std::byte>& v) {
+  uint64_t sum = 0;
+  const auto* p = reinterpret_cast<const uint64_t*>(v.data());
+  for (size_t i = 0; i < v.size() / 8; ++i) sum += p[i];
+  return sum;
+}
+
+int iterations(size_t size, double budget_ms) {
+  double est_us = 2.0 + static_cast<double>(size) / 8000.0;
+  return static_cast<int>(std::clamp(budget_ms * 1000.0 / est_us, 15.0, 5000.0));
+}
+
+enum class WaitHow { kWait, kBusyPoll };
+
+struct Point {
+  Summary lat, read;
+  double cpu_us = 0;  // caller CPU per op
+};
+
+// One (engine, cache, size) point: copy latency, caller CPU and the time a
+// consumer then needs to read the destination.
+Result<Point> measure(Mover& m, Cache cache, size_t size, double budget_ms, WaitHow how) {
+  auto src = buffer(size, 0x5a);
+  auto dst = buffer(size, 0);
+  int iters = iterations(size, budget_ms);
+  std::vector<double> lat, read;
+  volatile uint64_t sink = 0;
+  CopyOp op{dst.data(), src.data(), size};
+  for (int i = 0; i < 3; ++i) ROCKET_RETURN_IF_ERROR(m.execute({&op, 1}, cache));
+  double cpu = 0;
+  for (int i = 0; i < iters; ++i) {
+    // Evict the destination from this core's cache between rounds so each
+    // copy and read starts from the same state: touch another buffer.
+    if (size <= (size_t{64} << 20)) sink = sink + consume(src);
+    double c0 = thread_cpu_us();
+    auto t0 = Clock::now();
+    ROCKET_ASSIGN_OR_RETURN(Ticket t, m.submit({&op, 1}, cache));
+    if (!t.done) {
+      if (how == WaitHow::kWait) {
+        ROCKET_RETURN_IF_ERROR(m.wait(t));
+      } else {
+        for (;;) {
+          ROCKET_ASSIGN_OR_RETURN(bool done, m.poll(t));
+          if (done) break;
+        }
+      }
+    }
+    lat.push_back(us_since(t0));
+    cpu += thread_cpu_us() - c0;
+    auto r0 = Clock::now();
+    sink = sink + consume(dst);
+    read.push_back(us_since(r0));
+  }
+  if (std::memcmp(dst.data(), src.data(), size) != 0) return internal_error("copy produced wrong bytes");
+  return Point{summarize(lat), summarize(read), cpu / iters};
+}
+
+struct MoverBenchOptions {
+  std::string sizes = "4K,64K,1M,16M,128M";
+  std::string movers = "cpu,cpu_stream,threads";
+  std::string caches = "inject,bypass";
+  double budget_ms = 200;
+  bool json_out = false;
+};
+
+json row(const std::string& mover, const std::string& mode, const std::string& cache, size_t size, const Point& p) {
+  return json{{"transport", "mover"}, {"mode", mode}, {"mover", mover}, {"cache", cache}, {"path", "copy"},
+              {"size", size}, {"clients", 1}, {"p50_us", p.lat.p50}, {"p99_us", p.lat.p99}, {"mad_us", p.lat.mad},
+              {"gbps", p.lat.p50 > 0 ? static_cast<double>(size) / (p.lat.p50 * 1e3) : 0}, {"cpu_us", p.cpu_us},
+              {"read_us", p.read.p50}};
+}
+
+int run_bench_movers(const MoverBenchOptions& o) {
+  json rows = json::array();
+  std::vector<size_t> sizes;
+  for (auto& s : split(o.sizes)) sizes.push_back(parse_size(s));
+  auto print = [&](const json& r) {
+    if (o.json_out) return;
+    std::fprintf(stderr, "  %-10s %-10s %-7s %6s  p50 %10.2f us  p99 %10.2f us  %6.2f GB/s  caller CPU %9.2f us  read %9.2f us\n",
+                 r["mover"].get<std::string>().c_str(), r["mode"].get<std::string>().c_str(),
+                 r["cache"].get<std::string>().c_str(), human(r["size"].get<size_t>()).c_str(),
+                 r["p50_us"].get<double>(), r["p99_us"].get<double>(), r["gbps"].get<double>(),
+                 r["cpu_us"].get<double>(), r["read_us"].get<double>());
+  };
+  // The memcpy baseline, always.
+  auto cpu = make_mover(MoverKind::kCpu);
+  for (size_t size : sizes) {
+    auto p = measure(**cpu, Cache::kInject, size, o.budget_ms, WaitHow::kWait);
+    if (!p.ok()) continue;
+    json r = row("memcpy", "sync", "inject", size, *p);
+    r["transport"] = "memcpy";
+    rows.push_back(r);
+    print(r);
+  }
+  for (auto& name : split(o.movers)) {
+    auto kind = parse_mover_kind(name);
+    if (!kind.ok()) {
+      std::cerr << "rocket bench movers: " << kind.status().message() << "\n";
+      return 2;
+    }
+    auto m = make_mover(*kind);
+    if (!m.ok()) {
+      std::fprintf(stderr, "  %-10s skipped: %s\n", name.c_str(), m.status().message().c_str());
+      continue;
+    }
+    for (auto& cname : split(o.caches)) {
+      auto cache = parse_cache(cname);
+      if (!cache.ok()) return 2;
+      if (!(*m)->capabilities().cache_control && *cache == Cache::kBypass) continue;  // cannot honour it
+      for (size_t size : sizes) {
+        bool async = (*m)->capabilities().async;
+        for (WaitHow how : {WaitHow::kWait, WaitHow::kBusyPoll}) {
+          if (!async && how == WaitHow::kBusyPoll) continue;
+          auto p = measure(**m, *cache, size, o.budget_ms, how);
+          if (!p.ok()) {
+            std::cerr << "rocket bench movers: " << name << ": " << p.status().to_string() << "\n";
+            continue;
+          }
+          json r = row(name, !async ? "sync" : how == WaitHow::kWait ? "async-wait" : "async-poll", cname, size, *p);
+          rows.push_back(r);
+          print(r);
+        }
+      }
+    }
+  }
+  if (o.json_out) {
+    std::cout << json{{"results", rows}}.dump(1) << std::endl;
+    return 0;
+  }
+  std::printf("\n%-10s %-11s %-7s %6s %11s %11s %8s %12s %10s\n", "mover", "mode", "cache", "size", "p50_us",
+              "p99_us", "GB/s", "caller_cpu", "read_us");
+  for (const auto& r : rows) {
+    std::printf("%-10s %-11s %-7s %6s %11.2f %11.2f %8.2f %12.2f %10.2f\n", r["mover"].get<std::string>().c_str(),
+                r["mode"].get<std::string>().c_str(), r["cache"].get<std::string>().c_str(),
+                human(r["size"].get<size_t>()).c_str(), r["p50_us"].get<double>(), r["p99_us"].get<double>(),
+                r["gbps"].get<double>(), r["cpu_us"].get<double>(), r["read_us"].get<double>());
+  }
+  return 0;
+}
+
+// --- overlap: how much caller work hides behind call_async ------------------------
+
+void busy_work(double us) {
+  auto end = Clock::now() + std::chrono::nanoseconds(static_cast<int64_t>(us * 1000));
+  volatile uint64_t x = 0;
+  while (Clock::now() < end) {
+    for (int i = 0; i < 64; ++i) x = x + static_cast<uint64_t>(i);
+  }
+}
+
+struct OverlapOptions {
+  std::string size = "16M";
+  std::string mover = "threads";
+  int iters = 40;
+  bool json_out = false;
+};
+
+int run_bench_overlap(const OverlapOptions& o) {
+  const size_t size = parse_size(o.size);
+  auto kind = parse_mover_kind(o.mover);
+  if (!kind.ok()) return 2;
+  const std::string sock = "/tmp/rocket-overlap-" + std::to_string(::getpid()) + ".sock";
+  auto server = Child::spawn({"serve", "--socket", sock, "--dispatchers", "1"});
+  if (!server.ok() || !server->read_line(30000).ok()) {
+    std::cerr << "rocket bench overlap: cannot start the server\n";
+    return 1;
+  }
+  ClientOptions co;
+  co.client_pool_bytes = (size * 2 + (1 << 20) + 4095) / 4096 * 4096;
+  co.server_pool_bytes = 4 << 20;
+  auto c = Client::connect(sock, co);
+  if (!c.ok()) {
+    std::cerr << "rocket bench overlap: " << c.status().to_string() << "\n";
+    return 1;
+  }
+  auto src = buffer(size, 0x33);
+  CallOptions opts{.policy = {.mover = *kind, .cache = Cache::kAuto}};
+  auto one = [&](double work_us) -> double {
+    auto t0 = Clock::now();
+    auto f = c->call_async("echo", std::span<const std::byte>(src), opts);
+    busy_work(work_us);
+    auto r = f.get();
+    if (!r.ok()) return -1;
+    return us_since(t0);
+  };
+  // The copy alone, on the same engine (what the caller could hide).
+  auto m = shared_mover(*kind);
+  if (!m.ok()) {
+    std::cerr << "rocket bench overlap: " << m.status().to_string() << "\n";
+    return 1;
+  }
+  auto dst = buffer(size, 0);
+  std::vector<double> copies;
+  for (int i = 0; i < o.iters; ++i) {
+    CopyOp op{dst.data(), src.data(), size};
+    auto t0 = Clock::now();
+    if (!(*m)->execute({&op, 1}, Cache::kAuto).ok()) return 1;
+    copies.push_back(us_since(t0));
+  }
+  const double copy_us = summarize(copies).p50;
+  for (int i = 0; i < 5; ++i) one(0);  // warm up
+  // Rounds visit every work fraction in turn, so drift in the machine's speed
+  // affects all points alike.
+  const std::vector<double> fractions = {0.0, 0.25, 0.5, 0.7, 0.8, 0.9, 1.0, 1.2};
+  std::vector<std::vector<double>> samples(fractions.size());
+  for (int round = 0; round < o.iters; ++round) {
+    for (size_t k = 0; k < fractions.size(); ++k) {
+      double t = one(fractions[k] * copy_us);
+      if (t < 0) {
+        std::cerr << "rocket bench overlap: call failed\n";
+        return 1;
+      }
+      samples[k].push_back(t);
+    }
+  }
+  const double base = summarize(samples[0]).p50;
+  json points = json::array();
+  double hidden = 0;
+  bool contiguous = true;  // a fraction counts only if every smaller one did too
+  for (size_t k = 1; k < fractions.size(); ++k) {
+    double f = fractions[k];
+    Summary sm = summarize(samples[k]);
+    bool same = sm.p50 <= base * 1.05;  // within 5%: the call did not get longer
+    contiguous = contiguous && same;
+    if (contiguous) hidden = f;
+    points.push_back({{"work_fraction", f}, {"work_us", f * copy_us}, {"call_p50_us", sm.p50},
+                      {"call_p99_us", sm.p99}, {"not_lengthened", same}});
+    if (!o.json_out) {
+      std::fprintf(stderr, "  work %4.0f%% of the copy (%8.1f us): call p50 %8.1f us p99 %8.1f (alone %8.1f)%s\n",
+                   f * 100, f * copy_us, sm.p50, sm.p99, base, same ? "" : "  <- lengthened");
+    }
+  }
+  server->stop();
+  json out{{"size", size}, {"mover", o.mover}, {"copy_us", copy_us}, {"call_alone_us", base}, {"points", points},
+           {"hidden_fraction", hidden}};
+  if (o.json_out) {
+    std::cout << out.dump(1) << std::endl;
+  } else {
+    std::printf("call_async of %s with %s: copy %.1f us, call alone %.1f us; the caller can do %.0f%% of the copy "
+                "time's worth of work without lengthening the call (target >= 70%%)\n",
+                human(size).c_str(), o.mover.c_str(), copy_us, base, hidden * 100);
+  }
+  return 0;
+}
+
+// --- calibrate ---------------------------------------------------------------------
+
+// Fits L = a + b * MiB over (MiB, median latency) points in two stages. One
+// line cannot follow the cache hierarchy, so each parameter comes from where
+// it matters: the slope from copies of 1 MiB and more (least squares: what
+// large transfers really cost), the fixed cost from the smaller copies (the
+// median of what is left after the slope).
+CostModel fit(const std::vector<std::pair<double, double>>& pts) {
+  double n = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (auto [x, y] : pts) {
+    if (x < 1.0) continue;
+    n += 1;
+    sx += x;
+    sy += y;
+    sxx += x * x;
+    sxy += x * y;
+  }
+  double den = n * sxx - sx * sx;
+  double b = n >= 2 && den != 0 ? (n * sxy - sx * sy) / den : (n > 0 ? sy / sx : 0);
+  b = std::max(0.0, b);
+  std::vector<double> rest;
+  for (auto [x, y] : pts) {
+    if (x < 1.0) rest.push_back(y - b * x);
+  }
+  double a = rest.empty() ? 0 : percentile(rest, 0.5);
+  return {std::max(0.0, a), b};
+}
+
+struct CalibrateOptions {
+  std::string out = default_profile_path();
+  std::string sizes = "4K,64K,256K,1M,4M,16M,64M";
+  double budget_ms = 150;
+  bool json_out = false;
+};
+
+int run_calibrate(const CalibrateOptions& o) {
+  std::vector<size_t> sizes;
+  for (auto& s : split(o.sizes)) sizes.push_back(parse_size(s));
+  set_cost_profile({});  // measure engines, not a previous profile's predictions
+  CostProfile profile;
+  utsname u{};
+  ::uname(&u);
+  profile.machine = std::string(u.nodename) + " " + u.machine + ", " +
+                    std::to_string(std::thread::hardware_concurrency()) + " cpus";
+  json report = json::array();
+  auto movers = probe_movers();
+  size_t total_steps = 0, step = 0;
+  for (const auto& info : movers) {
+    if (!info.usable) continue;
+    auto m = make_mover(info.kind);
+    if (m.ok()) total_steps += sizes.size() * ((*m)->capabilities().cache_control ? 3 : 1);
+  }
+  for (const auto& info : movers) {
+    if (!info.usable) continue;
+    auto m = make_mover(info.kind);
+    if (!m.ok()) continue;
+    for (Cache cache : {Cache::kAuto, Cache::kInject, Cache::kBypass}) {
+      if (!(*m)->capabilities().cache_control && cache != Cache::kAuto) continue;  // same copy either way
+      std::vector<std::pair<double, double>> pts;
+      for (size_t size : sizes) {
+        ++step;
+        if (!o.json_out) {
+          std::fprintf(stderr, "\r  [%3zu/%3zu] %-10s %-6s %6s", step, total_steps,
+                       std::string(mover_kind_name(info.kind)).c_str(), std::string(cache_name(cache)).c_str(),
+                       human(size).c_str());
+        }
+        auto p = measure(**m, cache, size, o.budget_ms, WaitHow::kWait);
+        if (!p.ok()) continue;
+        pts.emplace_back(static_cast<double>(size) / (1024.0 * 1024.0), p->lat.p50);
+      }
+      if (pts.size() < 2) continue;
+      CostModel cm = fit(pts);
+      profile.entries.push_back({info.kind, cache, cm});
+      report.push_back({{"mover", std::string(mover_kind_name(info.kind))}, {"cache", std::string(cache_name(cache))},
+                        {"fixed_us", cm.fixed_us}, {"us_per_mib", cm.us_per_mib},
+                        {"gbps", cm.us_per_mib > 0 ? 1048.576 / cm.us_per_mib : 0}});  // MiB per us -> GB/s
+    }
+  }
+  if (!o.json_out) std::fprintf(stderr, "\n");
+  if (auto s = save_cost_profile(profile, o.out); !s.ok()) {
+    std::cerr << "rocket calibrate: " << s.to_string() << "\n";
+    return 1;
+  }
+  if (o.json_out) {
+    std::cout << json{{"profile", o.out}, {"machine", profile.machine}, {"movers", report}}.dump(1) << std::endl;
+    return 0;
+  }
+  std::printf("%-10s %-7s %10s %11s %8s\n", "mover", "cache", "fixed_us", "us_per_MiB", "GB/s");
+  for (const auto& r : report) {
+    std::printf("%-10s %-7s %10.2f %11.2f %8.2f\n", r["mover"].get<std::string>().c_str(),
+                r["cache"].get<std::string>().c_str(), r["fixed_us"].get<double>(), r["us_per_mib"].get<double>(),
+                r["gbps"].get<double>());
+  }
+  std::printf("profile written to %s (the runtime loads it at start; override with ROCKET_PROFILE)\n", o.out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_movers(CLI::App& bench) {
+  auto mo = std::make_shared<MoverBenchOptions>();
+  auto* movers = bench.add_subcommand("movers", "Every data mover: latency, GB/s, caller CPU, consumer read time");
+  movers->add_option("--sizes", mo->sizes, "copy sizes")->capture_default_str();
+  movers->add_option("--movers", mo->movers, "engines")->capture_default_str();
+  movers->add_option("--caches", mo->caches, "inject,bypass")->capture_default_str();
+  movers->add_option("--budget-ms", mo->budget_ms, "measuring time per point")->capture_default_str();
+  movers->add_flag("--json", mo->json_out, "print {\"results\": [...]}");
+  movers->callback([mo] { std::exit(run_bench_movers(*mo)); });
+
+  auto oo = std::make_shared<OverlapOptions>();
+  auto* overlap = bench.add_subcommand("overlap", "How much caller work hides behind call_async's copy");
+  overlap->add_option("--size", oo->size, "request size")->capture_default_str();
+  overlap->add_option("--mover", oo->mover, "async engine")->capture_default_str();
+  overlap->add_option("--iters", oo->iters, "calls per point")->capture_default_str();
+  overlap->add_flag("--json", oo->json_out, "print JSON");
+  overlap->callback([oo] { std::exit(run_bench_overlap(*oo)); });
+}
+
+void add_calibrate(CLI::App& app) {
+  auto co = std::make_shared<CalibrateOptions>();
+  auto* cal = app.add_subcommand("calibrate", "Fit each mover's cost L = fixed + a*MiB here and save the profile");
+  cal->add_option("--out", co->out, "profile path")->capture_default_str();
+  cal->add_option("--sizes", co->sizes, "sizes to sweep")->capture_default_str();
+  cal->add_option("--budget-ms", co->budget_ms, "measuring time per point")->capture_default_str();
+  cal->add_flag("--json", co->json_out, "print JSON");
+  cal->callback([co] { std::exit(run_calibrate(*co)); });
+}
+
+}  // namespace rocket::tools
