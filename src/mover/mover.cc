@@ -1,6 +1,7 @@
 #include "rocket/mover/mover.h"
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,6 +18,7 @@
 #include "mover/copy_kernels.h"
 #include "mover/cpu_mover.h"
 #include "mover/hybrid_wait.h"
+#include "mover/kernel_copy.h"
 #include "mover/threads_mover.h"
 
 namespace rocket {
@@ -72,7 +74,10 @@ Status Mover::validate(std::span<const CopyOp> ops) noexcept {
     auto d = reinterpret_cast<uintptr_t>(op.dst);
     auto s = reinterpret_cast<uintptr_t>(op.src);
     if (d + op.size < d || s + op.size < s) return invalid_argument("copy range wraps the address space");
-    if (d < s + op.size && s < d + op.size) return invalid_argument("source and destination overlap");
+    // Ranges in two address spaces cannot overlap.
+    if (op.remote == RemoteSide::kNone && d < s + op.size && s < d + op.size) {
+      return invalid_argument("source and destination overlap");
+    }
   }
   return ok_status();
 }
@@ -169,10 +174,19 @@ std::string read_first_line(const char* path) {
 
 MoverInfo probe_kernel() {
   // process_vm_readv/writev need ptrace access to the peer; Yama narrows it.
+  char probe = 42, got = 0;
+  Status self = detail::kernel_read(::getpid(), &got, &probe, 1);
+  if (!self.ok()) return {MoverKind::kKernel, false, "process_vm_readv is unavailable: " + self.message()};
   std::string scope = read_first_line("/proc/sys/kernel/yama/ptrace_scope");
-  std::string why = "process_vm_readv/writev engine is not part of this build yet";
-  if (!scope.empty()) why += "; yama ptrace_scope=" + scope;
-  return {MoverKind::kKernel, false, why};
+  std::string why = "process_vm_readv/writev";
+  if (scope.empty() || scope == "0") {
+    why += "; peers of the same uid may read each other (no Yama restriction)";
+  } else if (scope == "1") {
+    why += "; yama ptrace_scope=1: a client grants its server access (ClientOptions::allow_kernel_copy)";
+  } else {
+    return {MoverKind::kKernel, false, "yama ptrace_scope=" + scope + " forbids process_vm_readv between peers"};
+  }
+  return {MoverKind::kKernel, true, why};
 }
 
 MoverInfo probe_dsa() {
@@ -223,7 +237,12 @@ Result<std::unique_ptr<Mover>> make_mover(MoverKind kind, const MoverConfig& con
       }
       return std::unique_ptr<Mover>(std::make_unique<detail::CpuStreamMover>());
     case MoverKind::kThreads:
-      return std::unique_ptr<Mover>(std::make_unique<detail::ThreadsMover>(config));
+      return std::unique_ptr<Mover>(std::make_unique<detail::ThreadsMover>(config, MoverKind::kThreads));
+    case MoverKind::kKernel: {
+      MoverInfo info = probe_kernel();
+      if (!info.usable) return unavailable("mover 'kernel' is not usable: " + info.reason);
+      return std::unique_ptr<Mover>(std::make_unique<detail::ThreadsMover>(config, MoverKind::kKernel));
+    }
     default:
       break;
   }

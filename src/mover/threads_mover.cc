@@ -1,15 +1,25 @@
 #include "mover/threads_mover.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <string>
 
 #include "mover/copy_kernels.h"
+#include "mover/kernel_copy.h"
 
 namespace rocket::detail {
 
 using Clock = std::chrono::steady_clock;
 
-ThreadsMover::ThreadsMover(const MoverConfig& config) : config_(config) {
+namespace {
+std::string copy_error(int32_t code) {
+  if (code == static_cast<int32_t>(StatusCode::kCancelled)) return "copy cancelled";
+  return "copy failed: " + std::string(status_code_name(static_cast<StatusCode>(code)));
+}
+}  // namespace
+
+ThreadsMover::ThreadsMover(const MoverConfig& config, MoverKind kind) : kind_(kind), config_(config) {
   // Default: one worker per core but one, so the caller keeps a core for the
   // work it overlaps with the copy.
   unsigned hw = std::max(1u, std::thread::hardware_concurrency());
@@ -18,9 +28,9 @@ ThreadsMover::ThreadsMover(const MoverConfig& config) : config_(config) {
   if (config_.min_chunk_bytes < 4096) config_.min_chunk_bytes = 4096;
   caps_ = MoverCapabilities{.async = true,
                             .batch = true,
-                            .cache_control = true,
+                            .cache_control = kind == MoverKind::kThreads,
                             .needs_registered_memory = false,
-                            .cross_process = false,
+                            .cross_process = kind == MoverKind::kKernel,
                             .max_op_bytes = SIZE_MAX,
                             .alignment = 1};
   // Each submission needs one slot; at most one per queued chunk can exist.
@@ -47,12 +57,20 @@ ThreadsMover::~ThreadsMover() {
 CostModel ThreadsMover::default_cost(Cache cache) const noexcept {
   // Hand-off to a worker (a futex wake) plus parallel copying; refined by
   // `rocket calibrate`.
+  if (kind_ == MoverKind::kKernel) {
+    return {.fixed_us = 18.0, .us_per_mib = 70.0 / static_cast<double>(std::max<size_t>(1, threads_.size()))};
+  }
   double per_mib = cache == Cache::kBypass ? 40.0 : 58.0;
   return {.fixed_us = 15.0, .us_per_mib = per_mib / static_cast<double>(std::max<size_t>(1, threads_.size()))};
 }
 
 Result<Ticket> ThreadsMover::submit(std::span<const CopyOp> ops, const SubmitOptions& options) {
   ROCKET_RETURN_IF_ERROR(validate(ops));
+  if (kind_ == MoverKind::kThreads) {
+    for (const CopyOp& op : ops) {
+      if (op.remote != RemoteSide::kNone) return invalid_argument("the threads mover copies within this process only");
+    }
+  }
   size_t total = 0;
   for (const CopyOp& op : ops) total += op.size;
   if (total == 0) {
@@ -92,7 +110,8 @@ Result<Ticket> ThreadsMover::submit(std::span<const CopyOp> ops, const SubmitOpt
   const bool detached = s.detached;
   for (const CopyOp& op : ops) {
     for (size_t off = 0; off < op.size; off += chunk) {
-      queue_.push_back(Chunk{op.dst + off, op.src + off, std::min(chunk, op.size - off), cache, index, options.owner});
+      queue_.push_back(Chunk{op.dst + off, op.src + off, std::min(chunk, op.size - off), cache, index, options.owner,
+                             op.remote, op.pid});
     }
   }
   lock.unlock();
@@ -115,9 +134,20 @@ void ThreadsMover::worker_loop() {
       c = queue_.front();
       queue_.pop_front();
     }
-    copy_with_policy(c.dst, c.src, c.size, c.cache);
-    finish_chunk(c.slot, StatusCode::kOk);
+    finish_chunk(c.slot, copy_chunk(c));
   }
+}
+
+StatusCode ThreadsMover::copy_chunk(const Chunk& c) noexcept {
+  if (kind_ == MoverKind::kThreads) {
+    copy_with_policy(c.dst, c.src, c.size, c.cache);
+    return StatusCode::kOk;
+  }
+  // kernel: a local op goes through the kernel too (pid = ourselves).
+  Status st = c.remote == RemoteSide::kDst ? kernel_write(c.pid, c.dst, c.src, c.size)
+              : c.remote == RemoteSide::kSrc ? kernel_read(c.pid, c.dst, c.src, c.size)
+                                             : kernel_read(::getpid(), c.dst, c.src, c.size);
+  return st.code();
 }
 
 void ThreadsMover::finish_chunk(uint32_t index, StatusCode code) noexcept {
@@ -133,7 +163,7 @@ void ThreadsMover::finish_chunk(uint32_t index, StatusCode code) noexcept {
     int32_t st = s.status.load(std::memory_order_relaxed);
     CopyCallback cb = std::move(s.on_done);
     release_slot(index);
-    cb(st == 0 ? ok_status() : Status(static_cast<StatusCode>(st), "copy cancelled"));
+    cb(st == 0 ? ok_status() : Status(static_cast<StatusCode>(st), copy_error(st)));
     return;
   }
   complete_and_wake(&s.done, &s.waiters);
@@ -163,7 +193,7 @@ Result<bool> ThreadsMover::poll(Ticket t) {
   if (s->done.load(std::memory_order_acquire) == 0) return false;
   int32_t st = s->status.load(std::memory_order_relaxed);
   release_slot(static_cast<uint32_t>(t.id));
-  if (st != 0) return Status(static_cast<StatusCode>(st), "copy cancelled");
+  if (st != 0) return Status(static_cast<StatusCode>(st), copy_error(st));
   return true;
 }
 
@@ -173,7 +203,7 @@ Status ThreadsMover::wait(Ticket t) {
   hybrid_wait(&s->done, &s->waiters, s->predicted, s->started);
   int32_t st = s->status.load(std::memory_order_relaxed);
   release_slot(static_cast<uint32_t>(t.id));
-  if (st != 0) return Status(static_cast<StatusCode>(st), "copy cancelled");
+  if (st != 0) return Status(static_cast<StatusCode>(st), copy_error(st));
   return ok_status();
 }
 

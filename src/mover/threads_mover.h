@@ -1,8 +1,10 @@
-// The `threads` engine: a software copy engine. Its own worker threads take
-// chunks from a bounded queue and copy them with regular or streaming stores
-// per the submission's cache policy. Copies are split so large ones run on all
-// workers at once. The pool starts with the engine and stops and joins in its
-// destructor; queued work still pending then completes with kCancelled.
+// A software copy engine: its own worker threads take chunks from a bounded
+// queue; copies are split so large ones run on all workers at once. The pool
+// starts with the engine and stops and joins in its destructor; queued work
+// still pending then completes with kCancelled. Two engines share it:
+//   `threads`  workers copy with regular or streaming stores per the cache policy;
+//   `kernel`   workers copy with process_vm_readv/writev, so one side of a copy
+//              may be another process's private memory (CopyOp::remote).
 #pragma once
 
 #include <atomic>
@@ -22,10 +24,11 @@ namespace rocket::detail {
 // Thread safety: all public methods are safe from any thread.
 class ThreadsMover final : public Mover {
  public:
-  explicit ThreadsMover(const MoverConfig& config);
+  // `kind` is kThreads or kKernel.
+  ThreadsMover(const MoverConfig& config, MoverKind kind);
   ~ThreadsMover() override;
 
-  MoverKind kind() const noexcept override { return MoverKind::kThreads; }
+  MoverKind kind() const noexcept override { return kind_; }
   const MoverCapabilities& capabilities() const noexcept override { return caps_; }
   Result<Ticket> submit(std::span<const CopyOp> ops, const SubmitOptions& options) override;
   Result<bool> poll(Ticket ticket) override;
@@ -59,13 +62,17 @@ class ThreadsMover final : public Mover {
     Cache cache;  // resolved: kInject or kBypass
     uint32_t slot;
     uint64_t owner;
+    RemoteSide remote;
+    pid_t pid;
   };
+  StatusCode copy_chunk(const Chunk& c) noexcept;
 
   void worker_loop();
   void finish_chunk(uint32_t slot, StatusCode code) noexcept;
   Result<Slot*> lookup(Ticket t);
   void release_slot(uint32_t index) noexcept;
 
+  MoverKind kind_;
   MoverCapabilities caps_;
   MoverConfig config_;
   std::vector<std::thread> threads_;

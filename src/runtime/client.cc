@@ -1,5 +1,6 @@
 #include "rocket/runtime/client.h"
 
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -90,6 +91,12 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   const std::byte* server_data() const noexcept { return spool_.data(); }
   std::vector<std::string> ops() const { return op_names_; }
   uint64_t session_id() const noexcept { return session_id_; }
+  bool kernel_copy() const noexcept { return kernel_copy_; }
+  // Bytes the server wrote into the caller's buffer (kernel path replies).
+  static size_t written_length(const Reply& r) noexcept { return r.block_ ? r.block_->length : 0; }
+  // Posts a request whose payload (and optionally response) stay in this
+  // process's private memory for the server to reach with process_vm_*.
+  Result<JobId> post_remote(uint32_t op, std::span<const std::byte> request, std::span<std::byte> response);
   ClientStats stats();
 
  private:
@@ -101,6 +108,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
     bool abandoned = false;
     bool copying = false;  // an async copy-in is still running; not posted yet
     uint32_t op = 0;
+    uint64_t remote_capacity = 0;  // kernel path: the caller's response buffer
     Status local_error;    // the copy-in failed; the request was never posted
     CompDesc comp{};
   };
@@ -122,6 +130,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   int sock_ = -1;
   int server_wake_fd_ = -1;
   uint64_t session_id_ = 0;
+  bool kernel_copy_ = false;
   shm::Segment control_, cpool_, spool_;
   ControlBlock* cb_ = nullptr;
   std::vector<std::string> op_names_;
@@ -162,6 +171,18 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
   core->sock_ = fd;  // closed by ~ClientCore on every failure below
   core->opts_ = opts;
 
+  // The kernel path: let the server (our peer) read our memory where Yama
+  // restricts ptrace to ancestors, and give it a token to prove it can.
+  uint64_t probe_token = 0;
+  if (opts.allow_kernel_copy) {
+    ucred peer{};
+    socklen_t len = sizeof(peer);
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 && peer.pid > 0) {
+      ::prctl(PR_SET_PTRACER, static_cast<unsigned long>(peer.pid), 0, 0, 0);  // fails harmlessly without Yama
+    }
+    probe_token = (reinterpret_cast<uint64_t>(&probe_token) * 0x9e3779b97f4a7c15ULL) ^
+                  static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^ 1;
+  }
   Hello hello{};
   hello.magic = kProtocolMagic;
   hello.version = kProtocolVersion;
@@ -170,6 +191,8 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
   hello.server_pool_bytes = opts.server_pool_bytes;
   hello.sub_ring_entries = opts.ring_entries;
   hello.comp_ring_entries = opts.ring_entries;
+  hello.probe_addr = probe_token != 0 ? reinterpret_cast<uint64_t>(&probe_token) : 0;
+  hello.probe_value = probe_token;
   ROCKET_RETURN_IF_ERROR(send_message(fd, &hello, sizeof(hello), {}));
 
   auto w = std::make_unique<Welcome>();
@@ -231,6 +254,7 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
   core->cpool_ = std::move(*cpool);
   core->spool_ = std::move(*spool);
   core->session_id_ = w->session_id;
+  core->kernel_copy_ = opts.allow_kernel_copy && (w->flags & kWelcomeKernelCopy) != 0;
   auto view = control_view(core->control_.data(), w->sub_ring_entries);
   core->cb_ = view.block;
   core->tx_ = shm::RingProducer<SubDesc>(&core->cb_->sub, view.sub_slots, w->sub_ring_entries);
@@ -402,6 +426,50 @@ Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, ui
   return id;
 }
 
+Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> request,
+                                     std::span<std::byte> response) {
+  if (!kernel_copy_) {
+    return failed_precondition("the kernel mover needs a session with the kernel copy path "
+                               "(ClientOptions::allow_kernel_copy, and ptrace access for the server)");
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!failure_.ok()) return failure_;
+  if (outstanding_ >= rx_.capacity()) return unavailable("completion ring is full; query some jobs first");
+  const JobId id = next_job_++;
+  SubDesc d{};
+  d.kind = static_cast<uint16_t>(SubKind::kRequest);
+  d.flags = kSubRemoteRequest | (response.data() != nullptr ? kSubRemoteResponse : 0);
+  d.op_id = op;
+  d.job_id = id;
+  d.offset = reinterpret_cast<uint64_t>(request.data());
+  d.length = request.size();
+  d.reserved[0] = reinterpret_cast<uint64_t>(response.data());
+  d.reserved[1] = response.size();
+  for (;;) {
+    shm::RingResult r = tx_.try_push(d);
+    if (r == shm::RingResult::kOk) break;
+    if (r == shm::RingResult::kCorrupt) {
+      fail_locked(data_loss("submission ring indices corrupted by the server"));
+      return failure_;
+    }
+    drain_locked();
+    lock.unlock();
+    wake_server();
+    std::this_thread::yield();
+    lock.lock();
+    if (!failure_.ok()) return failure_;
+  }
+  ++outstanding_;
+  Job job{};
+  job.op = op;
+  job.remote_capacity = response.data() != nullptr ? response.size() : 0;
+  jobs_.emplace(id, std::move(job));
+  lock.unlock();
+  requests_.fetch_add(1, std::memory_order_relaxed);
+  wake_server();
+  return id;
+}
+
 Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy) {
   ROCKET_ASSIGN_OR_RETURN(Mover * m, choose_mover(policy.mover, bytes.size(), policy.cache, /*async=*/true));
   if (bytes.empty() || !m->capabilities().async) {
@@ -490,6 +558,8 @@ void ClientCore::drain_locked() {
     if (valid) {
       switch (static_cast<PayloadPool>(c.pool)) {
         case PayloadPool::kNone:
+          // Only a kernel-path response carries a length without a pool.
+          valid = c.length == 0 || ((c.flags & kCompWrittenRemote) != 0 && c.length <= it->second.remote_capacity);
           break;
         case PayloadPool::kServer:
           valid = c.offset <= spool_.data_bytes() && c.length <= spool_.data_bytes() - c.offset;
@@ -797,11 +867,39 @@ Result<Reply> Client::call(std::string_view op, const Buffer& request, const Cal
 
 Result<Reply> Client::call(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
   ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  if (options.policy.mover == MoverKind::kKernel) {
+    // The server reads the request from our memory; the reply comes back in
+    // the server pool as usual.
+    ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post_remote(id, request, {}));
+    return core_->wait_job(job, options.timeout);
+  }
   ROCKET_ASSIGN_OR_RETURN(auto block, core_->copy_in(request, options.policy));
   uint64_t off = block ? block->offset : 0;
   ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, std::move(block), off, request.size(), true));
   return core_->wait_job(job, options.timeout);
 }
+
+Result<size_t> Client::call_into(std::string_view op, std::span<const std::byte> request,
+                                 std::span<std::byte> response, const CallOptions& options) {
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  if (options.policy.mover == MoverKind::kKernel) {
+    // A zero-capacity span still names a destination for the server.
+    static std::byte empty_response;
+    std::span<std::byte> dst = response.data() != nullptr ? response : std::span<std::byte>(&empty_response, 0);
+    ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post_remote(id, request, dst));
+    ROCKET_ASSIGN_OR_RETURN(Reply r, core_->wait_job(job, options.timeout));
+    return detail::ClientCore::written_length(r);
+  }
+  ROCKET_ASSIGN_OR_RETURN(Reply r, call(op, request, options));
+  if (r.size() > response.size()) {
+    return Status(StatusCode::kOutOfRange, "response of " + std::to_string(r.size()) + " bytes does not fit the " +
+                                               std::to_string(response.size()) + "-byte buffer");
+  }
+  ROCKET_RETURN_IF_ERROR(r.copy_to(response, {.mover = options.policy.mover, .cache = options.policy.cache}));
+  return r.size();
+}
+
+bool Client::kernel_copy() const noexcept { return core_->kernel_copy(); }
 
 Future Client::call_async(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
   auto id = core_->op_id(op);

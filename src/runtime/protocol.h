@@ -36,6 +36,11 @@ struct Hello {
   uint64_t server_pool_bytes;  // 0: server default
   uint32_t sub_ring_entries;   // 0: server default
   uint32_t comp_ring_entries;  // 0: server default
+  // Kernel single-copy path: the address of an 8-byte token in the client's
+  // memory and its value. The server reads it with process_vm_readv to learn
+  // whether it may; 0: the client does not offer the path.
+  uint64_t probe_addr;
+  uint64_t probe_value;
 };
 
 struct OpEntry {
@@ -56,8 +61,12 @@ struct Welcome {
   uint32_t sub_ring_entries;
   uint32_t comp_ring_entries;
   uint32_t op_count;
-  uint32_t reserved;
+  uint32_t flags;  // WelcomeFlags
   OpEntry ops[kMaxOps];
+};
+
+enum WelcomeFlags : uint32_t {
+  kWelcomeKernelCopy = 1,  // the server can read and write this client's memory
 };
 inline constexpr size_t kWelcomeHeaderBytes = offsetof(Welcome, ops);
 
@@ -68,9 +77,19 @@ enum class SubKind : uint16_t {
   kFreeReply = 2,  // the client is done with the server-pool block at `offset`
 };
 
+// SubDesc flags for kRequest.
+enum SubFlags : uint16_t {
+  // offset/length are an address range in the client's private memory; the
+  // server reads it with process_vm_readv (the session must allow it).
+  kSubRemoteRequest = 1,
+  // reserved[0]/reserved[1] are the address and capacity of a buffer in the
+  // client's private memory; the server writes the response there.
+  kSubRemoteResponse = 2,
+};
+
 struct SubDesc {
   uint16_t kind;
-  uint16_t flags;
+  uint16_t flags;  // SubFlags
   uint32_t op_id;
   uint64_t job_id;
   uint64_t offset;
@@ -92,13 +111,17 @@ struct CompDesc {
   uint64_t job_id;
   int32_t status;   // StatusCode
   uint16_t pool;    // PayloadPool
-  uint16_t flags;
+  uint16_t flags;   // CompFlags
   uint64_t offset;  // pool offset of the payload
   uint64_t length;
   uint64_t service_ns;  // time the handler took, for statistics and policy
   uint64_t reserved[3];
 };
 static_assert(sizeof(CompDesc) == 64);
+
+enum CompFlags : uint16_t {
+  kCompWrittenRemote = 1,  // `length` bytes were written to the caller's buffer
+};
 
 // --- control segment ----------------------------------------------------------
 

@@ -17,9 +17,11 @@
 #include <new>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "rocket/shm/pool.h"
 #include "rocket/shm/segment.h"
+#include "mover/kernel_copy.h"
 #include "runtime/futex.h"
 #include "runtime/protocol.h"
 #include "runtime/socket.h"
@@ -66,6 +68,9 @@ struct ServerSession {
   shm::PoolAllocator alloc;  // the server pool's allocator
   std::optional<CompDesc> backlog;  // a completion the full ring could not take
   bool dead = false;
+  // Kernel single-copy path: allowed after the handshake probe succeeded.
+  bool kernel_copy = false;
+  int pidfd = -1;  // to notice pid reuse before touching the client's memory
   EpollTag sock_tag{this, true};
   EpollTag wake_tag{this, false};
 };
@@ -98,6 +103,7 @@ struct Server::Impl {
 };
 
 detail::ServerSession::~ServerSession() {
+  if (pidfd >= 0) ::close(pidfd);
   if (sock >= 0) ::close(sock);
   if (wake_fd >= 0) ::close(wake_fd);
   uint64_t mapped = control.total_bytes() + client_pool.total_bytes() + server_pool.total_bytes();
@@ -204,6 +210,7 @@ class Server::Impl::Dispatcher {
 
   Impl* server_;
   std::vector<Handler> handlers_;  // this thread's instances, by op id
+  std::vector<std::byte> scratch_;  // remote request payloads (kernel path)
   int epfd_ = -1;
   int wake_fd_ = -1;
   std::thread thread_;
@@ -363,17 +370,51 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
     return;
   }
   const uint64_t cap = s.client_pool.data_bytes();
-  if (d.offset > cap || d.length > cap - d.offset) {
+  const bool remote_req = (d.flags & detail::kSubRemoteRequest) != 0;
+  const bool remote_resp = (d.flags & detail::kSubRemoteResponse) != 0;
+  if ((d.flags & ~(detail::kSubRemoteRequest | detail::kSubRemoteResponse)) != 0) {
     server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
-    fail_request(s, d.job_id,
-                 invalid_argument("request range [" + std::to_string(d.offset) + ", +" +
-                                  std::to_string(d.length) + ") lies outside the client pool of " +
-                                  std::to_string(cap) + " bytes"));
+    fail_request(s, d.job_id, invalid_argument("unknown request flags " + std::to_string(d.flags)));
     return;
+  }
+  if ((remote_req || remote_resp) && !s.kernel_copy) {
+    fail_request(s, d.job_id, permission_denied("this session has no kernel copy path (the handshake probe failed)"));
+    return;
+  }
+  if ((remote_req || remote_resp) && detail::pidfd_exited(s.pidfd)) {
+    s.dead = true;  // the client is gone; its pid must not be touched again
+    return;
+  }
+  std::span<const std::byte> payload;
+  if (remote_req) {
+    // A remote payload is bounded like a pooled one: no larger than the pool
+    // the client would otherwise have needed.
+    if (d.length > cap) {
+      fail_request(s, d.job_id, invalid_argument("remote request of " + std::to_string(d.length) +
+                                                 " bytes exceeds the session's limit of " + std::to_string(cap)));
+      return;
+    }
+    if (scratch_.size() < d.length) scratch_.resize(d.length);
+    Status st = detail::kernel_read(s.cred.pid, scratch_.data(), reinterpret_cast<const void*>(d.offset), d.length);
+    if (!st.ok()) {
+      fail_request(s, d.job_id, st);
+      return;
+    }
+    payload = {scratch_.data(), d.length};
+  } else {
+    if (d.offset > cap || d.length > cap - d.offset) {
+      server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+      fail_request(s, d.job_id,
+                   invalid_argument("request range [" + std::to_string(d.offset) + ", +" +
+                                    std::to_string(d.length) + ") lies outside the client pool of " +
+                                    std::to_string(cap) + " bytes"));
+      return;
+    }
+    payload = {s.client_pool.data() + d.offset, d.length};
   }
   Request req;
   req.op_ = server_->ops[d.op_id].name;
-  req.data_ = {s.client_pool.data() + d.offset, d.length};
+  req.data_ = payload;
   req.tenant_ = s.tenant;
   req.uid_ = s.cred.uid;
   req.pid_ = s.cred.pid;
@@ -397,6 +438,40 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   c.job_id = d.job_id;
   c.status = 0;
   c.service_ns = static_cast<uint64_t>(service_ns.count());
+  if (remote_resp) {
+    // Push the response straight into the caller's buffer; the pool block,
+    // if any, is freed with `resp`.
+    std::span<const std::byte> out;
+    if (resp.kind_ == Response::Kind::kPool) out = {s.server_pool.data() + resp.offset_, resp.length_};
+    if (resp.kind_ == Response::Kind::kInPlace) out = payload.subspan(resp.offset_, resp.length_);
+    const uint64_t dst = d.reserved[0], dst_cap = d.reserved[1];
+    if (out.size() > dst_cap) {
+      fail_request(s, d.job_id, Status(StatusCode::kOutOfRange, "response of " + std::to_string(out.size()) +
+                                                                    " bytes does not fit the caller's " +
+                                                                    std::to_string(dst_cap) + "-byte buffer"));
+      return;
+    }
+    Status pushed = detail::kernel_write(s.cred.pid, reinterpret_cast<void*>(dst), out.data(), out.size());
+    if (!pushed.ok()) {
+      fail_request(s, d.job_id, pushed);
+      return;
+    }
+    c.pool = static_cast<uint16_t>(detail::PayloadPool::kNone);
+    c.flags = detail::kCompWrittenRemote;
+    c.length = out.size();
+    post(s, c);
+    return;
+  }
+  if (remote_req && resp.kind_ == Response::Kind::kInPlace) {
+    // The request bytes live in our scratch, which the client cannot see:
+    // the response goes to the server pool instead.
+    auto in_place = payload.subspan(resp.offset_, resp.length_);
+    Status copied = resp.write(in_place);
+    if (!copied.ok()) {
+      fail_request(s, d.job_id, copied);
+      return;
+    }
+  }
   switch (resp.kind_) {
     case Response::Kind::kEmpty:
       c.pool = static_cast<uint16_t>(detail::PayloadPool::kNone);
@@ -521,6 +596,21 @@ void Server::Impl::handshake(int fd) {
     return refuse(fd, unavailable("server has its maximum of " + std::to_string(opts.max_sessions) + " sessions"));
   }
 
+  // Kernel copy path: read the client's token to learn whether we may.
+  bool kernel_copy = false;
+  struct PidFd {  // closed on every refusal below; handed to the session on success
+    int fd = -1;
+    ~PidFd() {
+      if (fd >= 0) ::close(fd);
+    }
+  } pidfd;
+  if (hello.probe_addr != 0) {
+    pidfd.fd = detail::open_pidfd(cred.pid);
+    uint64_t token = 0;
+    kernel_copy = pidfd.fd >= 0 &&
+                  detail::kernel_read(cred.pid, &token, reinterpret_cast<const void*>(hello.probe_addr), 8).ok() &&
+                  token == hello.probe_value;
+  }
   const uint64_t sid = next_session_id.fetch_add(1, std::memory_order_relaxed);
   shm::SegmentOptions so{.prefault = opts.prefault, .lock = false, .writable = true};
   auto control = shm::Segment::create("rocket-control", shm::SegmentKind::kControl,
@@ -540,6 +630,8 @@ void Server::Impl::handshake(int fd) {
   s->wake_fd = wake;
   s->tenant = std::string(tenant);
   s->cred = cred;
+  s->kernel_copy = kernel_copy;
+  s->pidfd = std::exchange(pidfd.fd, -1);
   s->control = std::move(*control);
   s->client_pool = std::move(*cpool);
   s->server_pool = std::move(*spool);
@@ -561,6 +653,7 @@ void Server::Impl::handshake(int fd) {
   w->sub_ring_entries = sub_n;
   w->comp_ring_entries = comp_n;
   w->op_count = static_cast<uint32_t>(ops.size());
+  w->flags = kernel_copy ? uint32_t{detail::kWelcomeKernelCopy} : 0u;
   for (size_t i = 0; i < ops.size(); ++i) {
     w->ops[i].id = static_cast<uint32_t>(i);
     detail::set_fixed_string(w->ops[i].name, sizeof(w->ops[i].name), ops[i].name);

@@ -99,6 +99,44 @@ TEST_F(Hostile, GarbageDescriptorsFailWithoutHarm) {
   EXPECT_GE(srv_.server->stats().protocol_errors, 500u);
 }
 
+TEST_F(Hostile, RemoteFlagsWithoutTheKernelPathAreRefused) {
+  auto d = request(raw_->op("echo"), 1, 0x1000, 16);
+  d.flags = detail::kSubRemoteRequest;
+  expect_error(d, StatusCode::kPermissionDenied);
+  d.flags = 0x80;  // unknown
+  d.job_id = 2;
+  expect_error(d, StatusCode::kInvalidArgument);
+  expect_bystander_ok();
+}
+
+TEST_F(Hostile, RemoteAddressesThatAreNotMappedFailThatRequest) {
+  auto k = RawSession::open(srv_.path, detail::kProtocolVersion, nullptr, /*kernel=*/true);
+  ASSERT_NE(k, nullptr);
+  ASSERT_NE(k->welcome->flags & detail::kWelcomeKernelCopy, 0u);
+  auto d = request(k->op("echo"), 1, 0x10, 4096);  // page zero: never mapped
+  d.flags = detail::kSubRemoteRequest;
+  k->push(d);
+  detail::CompDesc c{};
+  ASSERT_TRUE(k->pop(&c));
+  EXPECT_EQ(c.status, static_cast<int32_t>(StatusCode::kInvalidArgument));
+  // A remote request larger than the session's pool limit.
+  d = request(k->op("echo"), 2, reinterpret_cast<uint64_t>(&c), uint64_t{1} << 40);
+  d.flags = detail::kSubRemoteRequest;
+  k->push(d);
+  ASSERT_TRUE(k->pop(&c));
+  EXPECT_EQ(c.status, static_cast<int32_t>(StatusCode::kInvalidArgument));
+  // A response destination that is not mapped.
+  static char src[8] = "payload";
+  d = request(k->op("echo"), 3, reinterpret_cast<uint64_t>(src), 7);
+  d.flags = detail::kSubRemoteRequest | detail::kSubRemoteResponse;
+  d.reserved[0] = 0x10;
+  d.reserved[1] = 7;
+  k->push(d);
+  ASSERT_TRUE(k->pop(&c));
+  EXPECT_EQ(c.status, static_cast<int32_t>(StatusCode::kInvalidArgument));
+  expect_bystander_ok();
+}
+
 TEST_F(Hostile, ForgedFreesAreIgnored) {
   // Make the bystander hold a reply in its own server pool, then have the raw
   // session "free" offsets: its pool is separate, so nothing of the

@@ -184,7 +184,7 @@ class Peer {
 // raw rings, so tests can send descriptors the real Client never would.
 struct RawSession {
   static std::unique_ptr<RawSession> open(const std::string& path, uint32_t version = detail::kProtocolVersion,
-                                          Status* refused = nullptr) {
+                                          Status* refused = nullptr, bool kernel = false) {
     auto fd = detail::connect_unix(path);
     if (!fd.ok()) return nullptr;
     auto s = std::make_unique<RawSession>();
@@ -197,6 +197,11 @@ struct RawSession {
     h.server_pool_bytes = 1 << 20;
     h.sub_ring_entries = 64;
     h.comp_ring_entries = 64;
+    static uint64_t token = 0x1234567890abcdefULL;
+    if (kernel) {
+      h.probe_addr = reinterpret_cast<uint64_t>(&token);
+      h.probe_value = token;
+    }
     if (!detail::send_message(s->sock, &h, sizeof(h), {}).ok()) return nullptr;
     s->welcome = std::make_unique<detail::Welcome>();
     std::vector<int> fds;

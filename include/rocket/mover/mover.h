@@ -16,6 +16,8 @@
 // Thread safety: every Mover is safe for concurrent use from multiple threads.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -41,11 +43,18 @@ Result<MoverKind> parse_mover_kind(std::string_view name);
 std::string_view cache_name(Cache cache) noexcept;
 Result<Cache> parse_cache(std::string_view name);
 
-// One contiguous copy. Source and destination must not overlap.
+// Which side of a copy lives in another process (the `kernel` engine).
+enum class RemoteSide : uint8_t { kNone, kSrc, kDst };
+
+// One contiguous copy. Source and destination must not overlap. With
+// `remote` set, that side is an address in process `pid` (only engines whose
+// capabilities say cross_process accept such ops).
 struct CopyOp {
   std::byte* dst = nullptr;
   const std::byte* src = nullptr;
   size_t size = 0;
+  RemoteSide remote = RemoteSide::kNone;
+  pid_t pid = 0;
 };
 
 struct MoverCapabilities {

@@ -63,6 +63,11 @@ struct ClientOptions {
   std::chrono::microseconds spin{50};
   std::chrono::milliseconds connect_timeout{5000};
   bool prefault = true;
+  // Offer the `kernel` single-copy path: the server may read requests from
+  // and write responses into this process's private memory (it verifies
+  // access with a probe at the handshake). Grants the server process ptrace
+  // access to us where Yama requires it (PR_SET_PTRACER). Off by default.
+  bool allow_kernel_copy = false;
   // Engine for the copy path when a call's policy says kAuto; kAuto picks by
   // the (calibrated) cost model, and an asynchronous engine for large async
   // copies.
@@ -160,6 +165,15 @@ class Client {
   Result<Reply> call(std::string_view op, const Buffer& request, const CallOptions& options = {});
   Result<Reply> call(std::string_view op, std::span<const std::byte> request,
                      const CallOptions& options = {});
+  // Synchronous call whose response lands in `response` (which must be large
+  // enough: kOutOfRange otherwise). Returns the response's size. With the
+  // `kernel` mover the server reads `request` and writes `response` straight
+  // from and into this process's memory (one copy each way, no pool space);
+  // with other movers: copy-in, call, copy-out.
+  Result<size_t> call_into(std::string_view op, std::span<const std::byte> request, std::span<std::byte> response,
+                           const CallOptions& options = {});
+  // Whether the server accepted the kernel single-copy path.
+  bool kernel_copy() const noexcept;
   // Returns at once; the copy-in (on an asynchronous engine for large
   // payloads) and the request proceed while the caller works. `request` must
   // stay valid until the future is ready; a future dropped early waits for
