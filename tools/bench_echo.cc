@@ -71,6 +71,7 @@ struct WorkerArgs {
   int iters = 100, warmup = 10, depth = 1;
   long spin_us = 50;
   long gap_us = 0;  // idle time between round trips (not measured) so the server falls asleep
+  std::string mover = "cpu";  // engine for the copy path (kernel: process_vm_readv/writev)
 };
 
 std::vector<std::byte> random_bytes(size_t n, uint64_t seed) {
@@ -191,7 +192,10 @@ Status run_worker(const WorkerArgs& a) {
     co.spin = std::chrono::microseconds(a.spin_us);
     co.client_pool_bytes = ((a.size * static_cast<size_t>(a.depth) + (1 << 20)) + 4095) / 4096 * 4096;
     co.server_pool_bytes = 4 << 20;
+    ROCKET_ASSIGN_OR_RETURN(MoverKind mover, parse_mover_kind(a.mover));
+    co.allow_kernel_copy = mover == MoverKind::kKernel;
     ROCKET_ASSIGN_OR_RETURN(Client c, Client::connect(a.socket, co));
+    const CallOptions call_opts{.policy = {.mover = mover, .cache = Cache::kAuto}};
     bool checked = false;
     const bool zc = a.path == "zerocopy";
     if (a.mode == "sync" && zc) {
@@ -203,16 +207,19 @@ Status run_worker(const WorkerArgs& a) {
         if (!checked) checked = verify(r->data());
         return checked;
       }, &samples, &wall, &cpu));
-    } else if (a.mode == "sync" || a.mode == "async") {
-      const bool async = a.mode == "async";
+    } else if (a.mode == "sync") {
+      // Private request in, private response out: copy-in, call, copy-out
+      // (or, with the kernel mover, the server reads and writes our memory).
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
-        Result<Reply> r = unavailable("");
-        if (async) {
-          auto f = c.call_async("echo", std::span<const std::byte>(src));
-          r = f.get();
-        } else {
-          r = c.call("echo", std::span<const std::byte>(src));
-        }
+        auto n = c.call_into("echo", std::span<const std::byte>(src), dst, call_opts);
+        if (!n.ok() || *n != a.size) return false;
+        if (!checked) checked = verify(dst);
+        return checked;
+      }, &samples, &wall, &cpu));
+    } else if (a.mode == "async") {
+      ROCKET_RETURN_IF_ERROR(measure(a, [&] {
+        auto f = c.call_async("echo", std::span<const std::byte>(src), call_opts);
+        auto r = f.get();
         if (!r.ok() || !r->copy_to(dst).ok()) return false;
         if (!checked) checked = verify(dst);
         return checked;
@@ -231,7 +238,8 @@ Status run_worker(const WorkerArgs& a) {
       size_t next = 0;
       auto submit_one = [&]() -> bool {
         auto t = Clock::now();
-        auto id = zc ? c.submit("echo", bufs[next++ % bufs.size()]) : c.submit("echo", std::span<const std::byte>(src));
+        auto id = zc ? c.submit("echo", bufs[next++ % bufs.size()])
+                     : c.submit("echo", std::span<const std::byte>(src), call_opts);
         if (!id.ok()) return false;
         inflight.emplace_back(*id, t);
         return true;
@@ -316,6 +324,7 @@ struct EchoConfig {
   std::string transport, mode, path, wake;
   size_t size;
   int clients;
+  std::string mover = "cpu";
 };
 
 // Round trips per point: about `budget_ms` of work, but at least enough
@@ -340,7 +349,7 @@ Result<json> run_config(const EchoConfig& cfg, const std::string& socket, int it
                                                     "--warmup", std::to_string(std::max(2, iters / 10)),
                                                     "--depth", std::to_string(depth), "--spin-us",
                                                     std::to_string(client_spin_us), "--gap-us",
-                                                    std::to_string(gap_us)}));
+                                                    std::to_string(gap_us), "--mover", cfg.mover}));
     workers.push_back(std::move(w));
   }
   for (auto& w : workers) {
@@ -363,7 +372,7 @@ Result<json> run_config(const EchoConfig& cfg, const std::string& socket, int it
   Summary s = summarize(all);
   double ops = static_cast<double>(all.size());
   double gbps = wall > 0 ? static_cast<double>(cfg.size) * ops / (wall * 1e3) : 0;
-  return json{{"transport", cfg.transport}, {"mode", cfg.mode}, {"mover", cfg.transport == "rocket" ? "cpu" : "none"},
+  return json{{"transport", cfg.transport}, {"mode", cfg.mode}, {"mover", cfg.transport == "rocket" ? cfg.mover : "none"},
               {"path", cfg.path}, {"size", cfg.size}, {"clients", cfg.clients}, {"wake", cfg.wake},
               {"p50_us", s.p50}, {"p99_us", s.p99}, {"mad_us", s.mad}, {"gbps", gbps},
               {"cpu_us", ops > 0 ? cpu / ops : 0}, {"ops", all.size()}, {"server_wakeups", wakeups}};
@@ -388,6 +397,7 @@ struct EchoOptions {
   std::string transports = "rocket,uds,memcpy";
   std::string clients = "1,2";
   std::string wakes = "spin,sleep";
+  std::string movers = "cpu,kernel";  // engines for the sync copy path
   int iters = 0;
   double budget_ms = 250;
   bool json_out = false;
@@ -395,10 +405,12 @@ struct EchoOptions {
 };
 
 const json* find_row(const json& rows, const std::string& transport, const std::string& mode,
-                     const std::string& path, size_t size, const std::string& wake) {
+                     const std::string& path, size_t size, const std::string& wake,
+                     const std::string& mover = "cpu") {
   for (const auto& r : rows) {
     if (r["transport"] == transport && r["mode"] == mode && r["path"] == path && r["size"] == size &&
-        r["clients"] == 1 && (wake.empty() || r["wake"] == wake)) {
+        r["clients"] == 1 && (wake.empty() || r["wake"] == wake) &&
+        (transport != "rocket" || r["mover"] == mover)) {
       return &r;
     }
   }
@@ -431,6 +443,9 @@ json evaluate_targets(const json& rows) {
       find_row(rows, "rocket", "sync", "zerocopy", k64, "spin"), 2.0, true);
   add("copy path 16 MiB / two memcpy of 16 MiB", find_row(rows, "rocket", "sync", "copy", k16m, "spin"),
       find_row(rows, "memcpy", "sync", "copy", k16m, ""), 1.2, true);
+  add("kernel-mover echo 16 MiB / copy-in + copy-out (cpu)",
+      find_row(rows, "rocket", "sync", "copy", k16m, "spin", "kernel"),
+      find_row(rows, "rocket", "sync", "copy", k16m, "spin", "cpu"), 1.0, true);
   return checks;
 }
 
@@ -491,12 +506,17 @@ int run_bench_echo(const EchoOptions& o) {
         if (!spin && mode != "sync") continue;  // wake-up cost matters for lone calls
         for (const auto& path : split(opt.paths)) {
           if (mode == "async" && path == "zerocopy") continue;  // call_async takes private bytes
-          for (int clients : client_counts) {
-            for (size_t size : sizes) {
-              EchoConfig cfg{"rocket", mode, path, wake, size, clients};
-              // Asleep means idle first: 200 us between round trips lets the
-              // dispatcher give up polling, so each request must wake it.
-              emit(run_config(cfg, sock, opt.iters, opt.budget_ms, spin_us, spin ? 0 : 200), cfg);
+          // The sync copy path runs once per engine; everything else with cpu.
+          std::vector<std::string> movers{"cpu"};
+          if (mode == "sync" && path == "copy" && spin) movers = split(opt.movers);
+          for (const auto& mover : movers) {
+            for (int clients : client_counts) {
+              for (size_t size : sizes) {
+                EchoConfig cfg{"rocket", mode, path, wake, size, clients, mover};
+                // Asleep means idle first: 200 us between round trips lets the
+                // dispatcher give up polling, so each request must wake it.
+                emit(run_config(cfg, sock, opt.iters, opt.budget_ms, spin_us, spin ? 0 : 200), cfg);
+              }
             }
           }
         }
@@ -567,6 +587,8 @@ void add_bench_echo(CLI::App& bench) {
   cmd->add_option("--clients", opt->clients, "client process counts, e.g. 1,2")->capture_default_str();
   cmd->add_option("--wake", opt->wakes, "spin (both sides poll) and/or sleep (every message wakes the peer)")
       ->capture_default_str();
+  cmd->add_option("--movers", opt->movers, "engines for the sync copy path (cpu, kernel, threads, ...)")
+      ->capture_default_str();
   cmd->add_option("--iters", opt->iters, "round trips per point (0: about --budget-ms each)");
   cmd->add_option("--budget-ms", opt->budget_ms, "measuring time per point")->capture_default_str();
   cmd->add_flag("--json", opt->json_out, "print {\"results\": [...]} instead of a table");
@@ -587,6 +609,7 @@ void add_bench_children(CLI::App& app) {
   worker->add_option("--depth", w->depth);
   worker->add_option("--spin-us", w->spin_us);
   worker->add_option("--gap-us", w->gap_us);
+  worker->add_option("--mover", w->mover);
   worker->callback([w] {
     Status s = run_worker(*w);
     if (!s.ok()) {
