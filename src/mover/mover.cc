@@ -17,6 +17,7 @@
 
 #include "mover/copy_kernels.h"
 #include "mover/cpu_mover.h"
+#include "mover/cuda_mover.h"
 #include "mover/hybrid_wait.h"
 #include "mover/kernel_copy.h"
 #include "mover/threads_mover.h"
@@ -203,25 +204,10 @@ MoverInfo probe_dsa() {
 }
 
 MoverInfo probe_cuda() {
-  void* lib = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-  if (lib == nullptr) return {MoverKind::kCuda, false, "no GPU driver: libcuda.so.1 cannot be loaded"};
-  using InitFn = int (*)(unsigned);
-  using CountFn = int (*)(int*);
-  auto init = reinterpret_cast<InitFn>(::dlsym(lib, "cuInit"));
-  auto count = reinterpret_cast<CountFn>(::dlsym(lib, "cuDeviceGetCount"));
-  int n = 0;
-  std::string why;
-  if (init == nullptr || count == nullptr) {
-    why = "libcuda.so.1 lacks cuInit/cuDeviceGetCount";
-  } else if (int rc = init(0); rc != 0) {
-    why = "cuInit failed with CUDA error " + std::to_string(rc) + " (no usable GPU)";
-  } else if (count(&n) != 0 || n == 0) {
-    why = "CUDA driver reports no GPU";
-  } else {
-    why = std::to_string(n) + " GPU(s) found, but the cuda engine is not part of this build";
-  }
-  ::dlclose(lib);
-  return {MoverKind::kCuda, false, why};
+  auto api = detail::load_cuda_module(0);
+  if (!api.ok()) return {MoverKind::kCuda, false, api.status().message()};
+  return {MoverKind::kCuda, true,
+          std::string("GPU 0: ") + (*api)->device_name() + "; copy engines and copy kernels (librocket_cuda.so)"};
 }
 
 }  // namespace
@@ -238,6 +224,8 @@ Result<std::unique_ptr<Mover>> make_mover(MoverKind kind, const MoverConfig& con
       return std::unique_ptr<Mover>(std::make_unique<detail::CpuStreamMover>());
     case MoverKind::kThreads:
       return std::unique_ptr<Mover>(std::make_unique<detail::ThreadsMover>(config, MoverKind::kThreads));
+    case MoverKind::kCuda:
+      return detail::CudaMover::open(config);
     case MoverKind::kKernel: {
       MoverInfo info = probe_kernel();
       if (!info.usable) return unavailable("mover 'kernel' is not usable: " + info.reason);

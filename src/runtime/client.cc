@@ -151,6 +151,11 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   std::atomic<bool> failed_{false};              // mirrors !failure_.ok() for lock-free checks
 
   bool used_async_movers_ = false;               // guarded by mu_: cancel their queued copies on close
+  // Pools registered with an engine that needs it (the GPU): unregistered
+  // before the mappings go.
+  std::mutex registered_mu_;
+  Mover* registered_with_ = nullptr;             // guarded by registered_mu_
+  Status ensure_registered(Mover* m);
 
   // Statistics; relaxed: reported only.
   std::atomic<uint64_t> requests_{0}, futex_sleeps_{0}, server_wakeups_{0};
@@ -264,6 +269,10 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
 }
 
 ClientCore::~ClientCore() {
+  if (registered_with_ != nullptr) {
+    registered_with_->unregister_memory(cpool_.base());
+    registered_with_->unregister_memory(spool_.base());
+  }
   if (sock_ >= 0) ::close(sock_);
   if (server_wake_fd_ >= 0) ::close(server_wake_fd_);
 }
@@ -701,15 +710,34 @@ void ClientCore::abandon(JobId id) noexcept {
   }
 }
 
+Status ClientCore::ensure_registered(Mover* m) {
+  if (!m->capabilities().needs_registered_memory) return ok_status();
+  std::lock_guard<std::mutex> lock(registered_mu_);
+  if (registered_with_ == m) return ok_status();
+  if (registered_with_ != nullptr) return failed_precondition("session pools are registered with another engine");
+  // Both pools, whole segments (page-aligned): the GPU reads requests from the
+  // client pool and response payloads from the (read-only here) server pool.
+  ROCKET_RETURN_IF_ERROR(m->register_memory(cpool_.base(), cpool_.total_bytes(), false));
+  Status s = m->register_memory(spool_.base(), spool_.total_bytes(), true);
+  if (!s.ok()) {
+    m->unregister_memory(cpool_.base());
+    return s;
+  }
+  registered_with_ = m;
+  return ok_status();
+}
+
 Result<Mover*> ClientCore::mover(MoverKind kind) {
   if (kind == MoverKind::kAuto) kind = opts_.default_mover;
   if (kind == MoverKind::kAuto) kind = MoverKind::kCpu;
-  return shared_mover(kind);
+  ROCKET_ASSIGN_OR_RETURN(Mover * m, shared_mover(kind));
+  ROCKET_RETURN_IF_ERROR(ensure_registered(m));
+  return m;
 }
 
 Result<Mover*> ClientCore::choose_mover(MoverKind kind, size_t bytes, Cache cache, bool async) {
-  if (kind != MoverKind::kAuto) return shared_mover(kind);
-  if (opts_.default_mover != MoverKind::kAuto) return shared_mover(opts_.default_mover);
+  if (kind != MoverKind::kAuto) return mover(kind);
+  if (opts_.default_mover != MoverKind::kAuto) return mover(opts_.default_mover);
   // Handing a small copy to another thread costs more than it overlaps.
   if (async && bytes >= kAsyncCopyThreshold) return shared_mover(MoverKind::kThreads);
   Mover* best = nullptr;

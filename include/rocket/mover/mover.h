@@ -121,6 +121,16 @@ class Mover {
   // Blocks until the submission completes. Asynchronous engines wait the
   // hybrid way: sleep for most of the predicted time, then poll.
   virtual Status wait(Ticket ticket) = 0;
+  // Makes [p, p+n) reachable by the engine at full speed (pins and maps it
+  // for a GPU); engines that need nothing return OK. Unregister before the
+  // memory is unmapped.
+  virtual Status register_memory(void* p, size_t n, bool read_only) {
+    (void)p;
+    (void)n;
+    (void)read_only;
+    return ok_status();
+  }
+  virtual void unregister_memory(void* p) noexcept { (void)p; }
   // Drops queued work of `owner`; its submissions complete with kCancelled.
   // Copies already running finish. Synchronous engines have nothing queued.
   virtual void cancel(uint64_t owner) noexcept { (void)owner; }
@@ -150,6 +160,11 @@ struct MoverConfig {
   size_t queue_chunks = 4096;
   // Copies are split into chunks of at least this size across the workers.
   size_t min_chunk_bytes = size_t{256} << 10;
+  // `cuda` engine: how host-to-host copies cross the GPU -- "kernel" (a copy
+  // kernel over mapped pinned memory), "staged" (the copy engines through
+  // device buffers) or "auto" (staged; $ROCKET_CUDA_H2H overrides).
+  std::string cuda_h2h = "auto";
+  int cuda_device = 0;
 };
 
 // Creates an engine of `kind`. kUnavailable, with the reason, where the engine

@@ -1,0 +1,104 @@
+// The cuda engine on real hardware: registered host-to-host copies through
+// the GPU (copy kernel and staged copy engines), host<->device round trips and
+// CUDA IPC handles. Skips with the reason where there is no GPU or module.
+#include <sys/mman.h>
+
+#include <cstring>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "mover/cuda_mover.h"
+#include "rocket/mover/mover.h"
+
+namespace rocket {
+namespace {
+
+struct Pinned {  // page-aligned host memory registered with the engine
+  Pinned(Mover& m, size_t n) : mover(m), size(n) {
+    p = static_cast<std::byte*>(::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
+    ok = p != MAP_FAILED && m.register_memory(p, n, false).ok();
+  }
+  ~Pinned() {
+    if (ok) mover.unregister_memory(p);
+    if (p != MAP_FAILED) ::munmap(p, size);
+  }
+  Mover& mover;
+  size_t size;
+  std::byte* p;
+  bool ok = false;
+};
+
+class CudaEngine : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    MoverConfig cfg;
+    cfg.cuda_h2h = GetParam();
+    auto m = make_mover(MoverKind::kCuda, cfg);
+    if (!m.ok()) GTEST_SKIP() << m.status().to_string();
+    mover_ = std::move(*m);
+  }
+  std::unique_ptr<Mover> mover_;
+};
+
+TEST_P(CudaEngine, RegisteredHostToHostThroughTheGpu) {
+  for (size_t n : {size_t{1}, size_t{4097}, size_t{1} << 20, (size_t{24} << 20) + 13}) {
+    Pinned src(*mover_, n + 64), dst(*mover_, n + 64);
+    ASSERT_TRUE(src.ok && dst.ok);
+    for (size_t i = 0; i < n; ++i) src.p[i] = static_cast<std::byte>(i * 7 + n);
+    std::memset(dst.p, 0, n + 64);
+    for (size_t off : {size_t{0}, size_t{3}}) {  // aligned and misaligned
+      CopyOp op{dst.p + off, src.p + off, n - (off < n ? off : 0)};
+      auto t = mover_->submit({&op, 1}, Cache::kAuto);
+      ASSERT_TRUE(t.ok()) << t.status().to_string();
+      ASSERT_TRUE(mover_->wait(*t).ok());
+      ASSERT_EQ(std::memcmp(dst.p + off, src.p + off, op.size), 0) << n << " +" << off;
+    }
+  }
+}
+
+TEST_P(CudaEngine, HostDeviceRoundTripAndIpcHandle) {
+  auto api = detail::load_cuda_module(0);
+  ASSERT_TRUE(api.ok());
+  const size_t n = (size_t{16} << 20) + 5;
+  void* dev = nullptr;
+  ASSERT_EQ((*api)->device_alloc(&dev, n), 0) << (*api)->last_error();
+  Pinned a(*mover_, n), b(*mover_, n);
+  ASSERT_TRUE(a.ok && b.ok);
+  for (size_t i = 0; i < n; ++i) a.p[i] = static_cast<std::byte>(i ^ (i >> 9));
+  CopyOp h2d{static_cast<std::byte*>(dev), a.p, n};
+  ASSERT_TRUE(mover_->execute({&h2d, 1}, Cache::kAuto).ok());
+  CopyOp d2h{b.p, static_cast<std::byte*>(dev), n};
+  ASSERT_TRUE(mover_->execute({&d2h, 1}, Cache::kAuto).ok());
+  EXPECT_EQ(std::memcmp(a.p, b.p, n), 0);
+  unsigned char handle[64] = {};
+  ASSERT_EQ((*api)->ipc_get(dev, handle), 0) << (*api)->last_error();
+  bool nonzero = false;
+  for (unsigned char c : handle) nonzero = nonzero || c != 0;
+  EXPECT_TRUE(nonzero);
+  EXPECT_EQ((*api)->device_free(dev), 0);
+}
+
+TEST_P(CudaEngine, DetachedCallbacksArriveAfterTheData) {
+  const size_t n = size_t{8} << 20;
+  Pinned src(*mover_, n), dst(*mover_, n);
+  ASSERT_TRUE(src.ok && dst.ok);
+  std::memset(src.p, 0x6b, n);
+  std::atomic<int> done{0};
+  std::atomic<bool> correct{false};
+  CopyOp op{dst.p, src.p, n};
+  SubmitOptions so{.cache = Cache::kAuto, .owner = 0, .on_done = [&](Status st) {
+                     correct = st.ok() && dst.p[n - 1] == std::byte{0x6b} && dst.p[0] == std::byte{0x6b};
+                     done++;
+                   }};
+  ASSERT_TRUE(mover_->submit({&op, 1}, so).ok());
+  for (int i = 0; i < 5000 && done.load() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_EQ(done.load(), 1);
+  EXPECT_TRUE(correct.load());
+}
+
+INSTANTIATE_TEST_SUITE_P(H2H, CudaEngine, ::testing::Values("kernel", "staged"),
+                         [](const auto& info) { return std::string(info.param); });
+
+}  // namespace
+}  // namespace rocket
