@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "args.h"
 #include "process.h"
 #include "rocket/rocket.h"
 #include "stats.h"
@@ -38,30 +39,7 @@ double cpu_us_now() {
   return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) / 1e3;
 }
 
-Result<size_t> parse_size(const std::string& s) {
-  if (s.empty()) return invalid_argument("empty size");
-  size_t mult = 1;
-  std::string num = s;
-  char last = static_cast<char>(std::toupper(static_cast<unsigned char>(s.back())));
-  if (last == 'K' || last == 'M' || last == 'G') {
-    mult = last == 'K' ? 1024 : last == 'M' ? 1024 * 1024 : size_t{1} << 30;
-    num = s.substr(0, s.size() - 1);
-  }
-  try {
-    size_t pos = 0;
-    unsigned long long v = std::stoull(num, &pos);
-    if (pos != num.size()) return invalid_argument("bad size '" + s + "'");
-    return static_cast<size_t>(v) * mult;
-  } catch (...) {
-    return invalid_argument("bad size '" + s + "'");
-  }
-}
 
-std::string human_size(size_t n) {
-  if (n >= (size_t{1} << 20) && n % (size_t{1} << 20) == 0) return std::to_string(n >> 20) + "M";
-  if (n >= 1024 && n % 1024 == 0) return std::to_string(n >> 10) + "K";
-  return std::to_string(n);
-}
 
 // --- worker side ----------------------------------------------------------------
 
@@ -378,17 +356,6 @@ Result<json> run_config(const EchoConfig& cfg, const std::string& socket, int it
               {"cpu_us", ops > 0 ? cpu / ops : 0}, {"ops", all.size()}, {"server_wakeups", wakeups}};
 }
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t b = 0;
-  while (b <= s.size()) {
-    size_t e = s.find(',', b);
-    if (e == std::string::npos) e = s.size();
-    if (e > b) out.push_back(s.substr(b, e - b));
-    b = e + 1;
-  }
-  return out;
-}
 
 struct EchoOptions {
   std::string sizes = "64,4K,64K,1M,16M,128M,256M";

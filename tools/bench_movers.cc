@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "args.h"
 #include "process.h"
 #include "rocket/rocket.h"
 #include "stats.h"
@@ -35,34 +36,8 @@ double thread_cpu_us() {
   return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) / 1e3;
 }
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t b = 0;
-  while (b <= s.size()) {
-    size_t e = s.find(',', b);
-    if (e == std::string::npos) e = s.size();
-    if (e > b) out.push_back(s.substr(b, e - b));
-    b = e + 1;
-  }
-  return out;
-}
 
-size_t parse_size(const std::string& s) {
-  size_t mult = 1;
-  std::string num = s;
-  char last = static_cast<char>(std::toupper(static_cast<unsigned char>(s.back())));
-  if (last == 'K' || last == 'M' || last == 'G') {
-    mult = last == 'K' ? 1024 : last == 'M' ? 1024 * 1024 : size_t{1} << 30;
-    num = s.substr(0, s.size() - 1);
-  }
-  return static_cast<size_t>(std::stoull(num)) * mult;
-}
 
-std::string human(size_t n) {
-  if (n >= (size_t{1} << 20) && n % (size_t{1} << 20) == 0) return std::to_string(n >> 20) + "M";
-  if (n >= 1024 && n % 1024 == 0) return std::to_string(n >> 10) + "K";
-  return std::to_string(n);
-}
 
 // Page-aligned, pre-faulted memory, registered with the engine when it needs
 // that (the GPU) and unregistered before it is unmapped.
@@ -170,12 +145,19 @@ json row(const std::string& mover, const std::string& mode, const std::string& c
 int run_bench_movers(const MoverBenchOptions& o) {
   json rows = json::array();
   std::vector<size_t> sizes;
-  for (auto& s : split(o.sizes)) sizes.push_back(parse_size(s));
+  for (auto& s : split(o.sizes)) {
+    auto v = parse_size(s);
+    if (!v.ok()) {
+      std::cerr << "rocket bench movers: " << v.status().message() << "\n";
+      return 2;
+    }
+    sizes.push_back(*v);
+  }
   auto print = [&](const json& r) {
     if (o.json_out) return;
     std::fprintf(stderr, "  %-10s %-10s %-7s %6s  p50 %10.2f us  p99 %10.2f us  %6.2f GB/s  caller CPU %9.2f us  read %9.2f us\n",
                  r["mover"].get<std::string>().c_str(), r["mode"].get<std::string>().c_str(),
-                 r["cache"].get<std::string>().c_str(), human(r["size"].get<size_t>()).c_str(),
+                 r["cache"].get<std::string>().c_str(), human_size(r["size"].get<size_t>()).c_str(),
                  r["p50_us"].get<double>(), r["p99_us"].get<double>(), r["gbps"].get<double>(),
                  r["cpu_us"].get<double>(), r["read_us"].get<double>());
   };
@@ -240,7 +222,7 @@ int run_bench_movers(const MoverBenchOptions& o) {
   for (const auto& r : rows) {
     std::printf("%-10s %-11s %-7s %6s %11.2f %11.2f %8.2f %12.2f %10.2f\n", r["mover"].get<std::string>().c_str(),
                 r["mode"].get<std::string>().c_str(), r["cache"].get<std::string>().c_str(),
-                human(r["size"].get<size_t>()).c_str(), r["p50_us"].get<double>(), r["p99_us"].get<double>(),
+                human_size(r["size"].get<size_t>()).c_str(), r["p50_us"].get<double>(), r["p99_us"].get<double>(),
                 r["gbps"].get<double>(), r["cpu_us"].get<double>(), r["read_us"].get<double>());
   }
   return 0;
@@ -264,9 +246,13 @@ struct OverlapOptions {
 };
 
 int run_bench_overlap(const OverlapOptions& o) {
-  const size_t size = parse_size(o.size);
+  auto parsed = parse_size(o.size);
   auto kind = parse_mover_kind(o.mover);
-  if (!kind.ok()) return 2;
+  if (!parsed.ok() || !kind.ok()) {
+    std::cerr << "rocket bench overlap: " << (parsed.ok() ? kind.status() : parsed.status()).message() << "\n";
+    return 2;
+  }
+  const size_t size = *parsed;
   const std::string sock = "/tmp/rocket-overlap-" + std::to_string(::getpid()) + ".sock";
   auto server = Child::spawn({"serve", "--socket", sock, "--dispatchers", "1"});
   if (!server.ok() || !server->read_line(30000).ok()) {
@@ -347,7 +333,7 @@ int run_bench_overlap(const OverlapOptions& o) {
   } else {
     std::printf("call_async of %s with %s: copy %.1f us, call alone %.1f us; the caller can do %.0f%% of the copy "
                 "time's worth of work without lengthening the call (target >= 70%%)\n",
-                human(size).c_str(), o.mover.c_str(), copy_us, base, hidden * 100);
+                human_size(size).c_str(), o.mover.c_str(), copy_us, base, hidden * 100);
   }
   return 0;
 }
@@ -389,7 +375,14 @@ struct CalibrateOptions {
 
 int run_calibrate(const CalibrateOptions& o) {
   std::vector<size_t> sizes;
-  for (auto& s : split(o.sizes)) sizes.push_back(parse_size(s));
+  for (auto& s : split(o.sizes)) {
+    auto v = parse_size(s);
+    if (!v.ok()) {
+      std::cerr << "rocket calibrate: " << v.status().message() << "\n";
+      return 2;
+    }
+    sizes.push_back(*v);
+  }
   set_cost_profile({});  // measure engines, not a previous profile's predictions
   CostProfile profile;
   utsname u{};
@@ -416,7 +409,7 @@ int run_calibrate(const CalibrateOptions& o) {
         if (!o.json_out) {
           std::fprintf(stderr, "\r  [%3zu/%3zu] %-10s %-6s %6s", step, total_steps,
                        std::string(mover_kind_name(info.kind)).c_str(), std::string(cache_name(cache)).c_str(),
-                       human(size).c_str());
+                       human_size(size).c_str());
         }
         auto p = measure(**m, cache, size, o.budget_ms, WaitHow::kWait);
         if (!p.ok()) continue;

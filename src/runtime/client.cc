@@ -120,6 +120,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // Pushes a request descriptor, waiting for ring space. Unlocks `lock`
   // while it waits.
   Status push_request(std::unique_lock<std::mutex>& lock, uint32_t op, JobId id, uint64_t offset, uint64_t length);
+  Status push_locked(std::unique_lock<std::mutex>& lock, const SubDesc& d);
   void copy_done(JobId id, Status st);
   void wake_waiters() noexcept;
   void fail_locked(Status why);
@@ -382,15 +383,19 @@ void ClientCore::wake_server() {
 
 Status ClientCore::push_request(std::unique_lock<std::mutex>& lock, uint32_t op, JobId id, uint64_t offset,
                                 uint64_t length) {
+  SubDesc d{};
+  d.kind = static_cast<uint16_t>(SubKind::kRequest);
+  d.op_id = op;
+  d.job_id = id;
+  d.offset = offset;
+  d.length = length;
+  return push_locked(lock, d);
+}
+
+Status ClientCore::push_locked(std::unique_lock<std::mutex>& lock, const SubDesc& d) {
   for (;;) {
     if (!failure_.ok()) return failure_;
     flush_frees_locked();
-    SubDesc d{};
-    d.kind = static_cast<uint16_t>(SubKind::kRequest);
-    d.op_id = op;
-    d.job_id = id;
-    d.offset = offset;
-    d.length = length;
     shm::RingResult r = tx_.try_push(d);
     if (r == shm::RingResult::kOk) return ok_status();
     if (r == shm::RingResult::kCorrupt) {
@@ -454,20 +459,7 @@ Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> re
   d.length = request.size();
   d.reserved[0] = reinterpret_cast<uint64_t>(response.data());
   d.reserved[1] = response.size();
-  for (;;) {
-    shm::RingResult r = tx_.try_push(d);
-    if (r == shm::RingResult::kOk) break;
-    if (r == shm::RingResult::kCorrupt) {
-      fail_locked(data_loss("submission ring indices corrupted by the server"));
-      return failure_;
-    }
-    drain_locked();
-    lock.unlock();
-    wake_server();
-    std::this_thread::yield();
-    lock.lock();
-    if (!failure_.ok()) return failure_;
-  }
+  ROCKET_RETURN_IF_ERROR(push_locked(lock, d));
   ++outstanding_;
   Job job{};
   job.op = op;

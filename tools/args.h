@@ -1,0 +1,49 @@
+// Small parsers shared by the rocket tool's subcommands.
+#pragma once
+
+#include <cctype>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "rocket/status.h"
+
+namespace rocket::tools {
+
+// "a,b,,c" -> {"a", "b", "c"}.
+inline std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    size_t e = s.find(',', b);
+    if (e == std::string::npos) e = s.size();
+    if (e > b) out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+  return out;
+}
+
+// "64", "4K", "16M", "1G" -> bytes.
+inline Result<size_t> parse_size(const std::string& s) {
+  if (s.empty()) return invalid_argument("empty size");
+  size_t mult = 1;
+  std::string num = s;
+  char last = static_cast<char>(std::toupper(static_cast<unsigned char>(s.back())));
+  if (last == 'K' || last == 'M' || last == 'G') {
+    mult = last == 'K' ? 1024 : last == 'M' ? 1024 * 1024 : size_t{1} << 30;
+    num = s.substr(0, s.size() - 1);
+  }
+  if (num.empty() || num.find_first_not_of("0123456789") != std::string::npos || num.size() > 12) {
+    return invalid_argument("bad size '" + s + "' (use 64, 4K, 16M, 1G)");
+  }
+  return static_cast<size_t>(std::stoull(num)) * mult;
+}
+
+// Bytes -> "64", "4K", "16M".
+inline std::string human_size(size_t n) {
+  if (n >= (size_t{1} << 20) && n % (size_t{1} << 20) == 0) return std::to_string(n >> 20) + "M";
+  if (n >= 1024 && n % 1024 == 0) return std::to_string(n >> 10) + "K";
+  return std::to_string(n);
+}
+
+}  // namespace rocket::tools
