@@ -151,7 +151,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   Status failure_;                               // guarded by mu_
   std::atomic<bool> failed_{false};              // mirrors !failure_.ok() for lock-free checks
 
-  bool used_async_movers_ = false;               // guarded by mu_: cancel their queued copies on close
+  std::vector<Mover*> async_movers_;             // guarded by mu_: engines holding our queued copy-ins
   // Pools registered with an engine that needs it (the GPU): unregistered
   // before the mappings go.
   std::mutex registered_mu_;
@@ -279,21 +279,16 @@ ClientCore::~ClientCore() {
 }
 
 void ClientCore::close() noexcept {
-  bool cancel;
+  std::vector<Mover*> movers;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (sock_ >= 0) ::shutdown(sock_, SHUT_RDWR);  // the server sees the hang-up
     fail_locked(failed_precondition("session closed"));
-    cancel = used_async_movers_;
+    movers = async_movers_;
   }
   // Queued copy-ins of this session will never be posted: drop them. Their
   // callbacks find no job and only release the pool block.
-  if (cancel) {
-    for (MoverKind k : {MoverKind::kThreads}) {
-      auto m = shared_mover(k);
-      if (m.ok()) (*m)->cancel(reinterpret_cast<uint64_t>(this));
-    }
-  }
+  for (Mover* m : movers) m->cancel(reinterpret_cast<uint64_t>(this));
 }
 
 void ClientCore::fail_locked(Status why) {
@@ -433,7 +428,7 @@ Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, ui
   const JobId id = next_job_++;
   ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, offset, length));
   ++outstanding_;
-  jobs_.emplace(id, Job{std::move(block), offset, length, false, false, false, op, {}, {}});
+  jobs_.emplace(id, Job{std::move(block), offset, length, false, false, false, op, 0, {}, {}});
   lock.unlock();
   requests_.fetch_add(1, std::memory_order_relaxed);
   wake_server();
@@ -488,8 +483,8 @@ Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> by
     }
     id = next_job_++;
     ++outstanding_;  // the credit is taken now so the post can never be refused
-    jobs_.emplace(id, Job{block, block->offset, bytes.size(), false, false, true, op, {}, {}});
-    used_async_movers_ = true;
+    jobs_.emplace(id, Job{block, block->offset, bytes.size(), false, false, true, op, 0, {}, {}});
+    if (std::find(async_movers_.begin(), async_movers_.end(), m) == async_movers_.end()) async_movers_.push_back(m);
   }
   CopyOp cop{client_data() + block->offset, bytes.data(), bytes.size()};
   // The callback keeps the block (and so the core and its mappings) alive
