@@ -9,15 +9,18 @@ jobs=$(nproc)
 
 bash scripts/setup.sh
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 echo "== ASan + UBSan: all tests"
 cmake --preset asan >/dev/null
 cmake --build --preset asan -j "$jobs"
-ctest --preset asan -j "$jobs"
+ctest --preset asan -j "$jobs" | tee -a "$log"
 
 echo "== ThreadSanitizer: concurrency tests"
 cmake --preset tsan >/dev/null
 cmake --build --preset tsan -j "$jobs"
-ctest --preset tsan -j "$jobs"
+ctest --preset tsan -j "$jobs" | tee -a "$log"
 
 echo "== Release: rocket tool smoke test"
 cmake --preset release >/dev/null
@@ -25,3 +28,7 @@ cmake --build --preset release -j "$jobs"
 ./build/release/rocket doctor
 ./build/release/rocket bench echo --sizes 64,1M --modes sync,pipelined --clients 1 --budget-ms 20 --json >/dev/null
 echo "smoke: rocket bench echo ran"
+
+# One summary over both sanitizer runs (ctest prints "... N tests failed out of M").
+awk '/tests failed out of/ { failed += $(NF-4); total += $NF }
+     END { printf "%d passed, %d failed\n", total - failed, failed }' "$log"

@@ -1,6 +1,7 @@
 #include "bench_echo.h"
 
 #include <time.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -52,16 +53,39 @@ struct WorkerArgs {
   std::string mover = "cpu";  // engine for the copy path (kernel: process_vm_readv/writev)
 };
 
-std::vector<std::byte> random_bytes(size_t n, uint64_t seed) {
-  std::vector<std::byte> v(n);
+// Private buffers as large-data applications allocate them: page-aligned and
+// huge-page advised (both the copy path and the kernel path use the same ones).
+struct PrivateBuffer {
+  explicit PrivateBuffer(size_t n) : size(n), cap(std::max<size_t>((n + (2 << 20) - 1) / (2 << 20) * (2 << 20), 2 << 20)) {
+    void* p = ::mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+      ::madvise(p, cap, MADV_HUGEPAGE);
+      ptr = static_cast<std::byte*>(p);
+      std::memset(ptr, 0, cap);  // pre-fault
+    }
+  }
+  ~PrivateBuffer() {
+    if (ptr != nullptr) ::munmap(ptr, cap);
+  }
+  PrivateBuffer(const PrivateBuffer&) = delete;
+  PrivateBuffer& operator=(const PrivateBuffer&) = delete;
+  std::byte* data() const { return ptr; }
+  operator std::span<std::byte>() const { return {ptr, size}; }
+  operator std::span<const std::byte>() const { return {ptr, size}; }
+  size_t size;
+  size_t cap;
+  std::byte* ptr = nullptr;
+};
+
+void fill_random(std::byte* p, size_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
   for (size_t i = 0; i + 8 <= n; i += 8) {
     uint64_t x = rng();
-    std::memcpy(&v[i], &x, 8);
+    std::memcpy(p + i, &x, 8);
   }
-  for (size_t i = n & ~size_t{7}; i < n; ++i) v[i] = static_cast<std::byte>(rng());
-  return v;
+  for (size_t i = n & ~size_t{7}; i < n; ++i) p[i] = static_cast<std::byte>(rng());
 }
+
 
 // Writes and reads whole buffers on a stream socket.
 bool write_all(int fd, const void* p, size_t n) {
@@ -135,17 +159,18 @@ Status run_worker(const WorkerArgs& a) {
   uint64_t server_wakeups = 0;
   std::vector<double> samples;
   double wall = 0, cpu = 0;
-  auto src = random_bytes(a.size, 42);
-  std::vector<std::byte> dst(a.size);
-  std::memset(dst.data(), 0, dst.size());  // pre-fault the private destination
+  PrivateBuffer src(a.size), dst(a.size);
+  if (src.data() == nullptr || dst.data() == nullptr) return resource_exhausted("cannot map benchmark buffers");
+  fill_random(src.data(), a.size, 42);
   const auto want = checksum64(src);
   auto verify = [&](std::span<const std::byte> got) {
     return got.size() == a.size && checksum64(got) == want;
   };
+  const std::span<const std::byte> src_span = src;
+  const std::span<std::byte> dst_span = dst;
 
   if (a.transport == "memcpy") {
-    std::vector<std::byte> tmp(a.size);
-    std::memset(tmp.data(), 0, tmp.size());
+    PrivateBuffer tmp(a.size);
     ROCKET_RETURN_IF_ERROR(measure(a, [&] {
       std::memcpy(tmp.data(), src.data(), a.size);
       std::memcpy(dst.data(), tmp.data(), a.size);
@@ -160,7 +185,7 @@ Status run_worker(const WorkerArgs& a) {
       if (!write_all(fd, &n, 8) || !write_all(fd, src.data(), a.size) || !read_all(fd, dst.data(), a.size)) {
         return false;
       }
-      if (!checked) checked = verify(dst);
+      if (!checked) checked = verify(dst_span);
       return checked;
     }, &samples, &wall, &cpu));
     ::close(fd);
@@ -189,17 +214,17 @@ Status run_worker(const WorkerArgs& a) {
       // Private request in, private response out: copy-in, call, copy-out
       // (or, with the kernel mover, the server reads and writes our memory).
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
-        auto n = c.call_into("echo", std::span<const std::byte>(src), dst, call_opts);
+        auto n = c.call_into("echo", src_span, dst_span, call_opts);
         if (!n.ok() || *n != a.size) return false;
-        if (!checked) checked = verify(dst);
+        if (!checked) checked = verify(dst_span);
         return checked;
       }, &samples, &wall, &cpu));
     } else if (a.mode == "async") {
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
-        auto f = c.call_async("echo", std::span<const std::byte>(src), call_opts);
+        auto f = c.call_async("echo", src_span, call_opts);
         auto r = f.get();
-        if (!r.ok() || !r->copy_to(dst).ok()) return false;
-        if (!checked) checked = verify(dst);
+        if (!r.ok() || !r->copy_to(dst_span).ok()) return false;
+        if (!checked) checked = verify(dst_span);
         return checked;
       }, &samples, &wall, &cpu));
     } else if (a.mode == "pipelined") {
@@ -217,7 +242,7 @@ Status run_worker(const WorkerArgs& a) {
       auto submit_one = [&]() -> bool {
         auto t = Clock::now();
         auto id = zc ? c.submit("echo", bufs[next++ % bufs.size()])
-                     : c.submit("echo", std::span<const std::byte>(src), call_opts);
+                     : c.submit("echo", src_span, call_opts);
         if (!id.ok()) return false;
         inflight.emplace_back(*id, t);
         return true;
@@ -227,8 +252,8 @@ Status run_worker(const WorkerArgs& a) {
         inflight.pop_front();
         auto r = c.query(id);
         if (!r.ok()) return false;
-        if (!zc && !r->copy_to(dst).ok()) return false;
-        if (!checked) checked = verify(zc ? r->data() : std::span<const std::byte>(dst));
+        if (!zc && !r->copy_to(dst_span).ok()) return false;
+        if (!checked) checked = verify(zc ? r->data() : std::span<const std::byte>(dst_span));
         if (out != nullptr) out->push_back(us_since(t));
         return checked;
       };
