@@ -97,6 +97,8 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // Posts a request whose payload (and optionally response) stay in this
   // process's private memory for the server to reach with process_vm_*.
   Result<JobId> post_remote(uint32_t op, std::span<const std::byte> request, std::span<std::byte> response);
+  Result<std::vector<JobId>> submit_batch(uint32_t op, std::span<const std::span<const std::byte>> requests,
+                                          const Policy& policy);
   ClientStats stats();
 
  private:
@@ -464,6 +466,53 @@ Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> re
   requests_.fetch_add(1, std::memory_order_relaxed);
   wake_server();
   return id;
+}
+
+Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op,
+                                                    std::span<const std::span<const std::byte>> requests,
+                                                    const Policy& policy) {
+  size_t total = 0;
+  for (auto r : requests) total += r.size();
+  // Blocks first: if the pool cannot hold the batch, nothing was copied.
+  std::vector<std::shared_ptr<PoolBlock>> blocks;
+  blocks.reserve(requests.size());
+  std::vector<CopyOp> ops;
+  for (auto r : requests) {
+    if (r.empty()) {
+      blocks.emplace_back();
+      continue;
+    }
+    ROCKET_ASSIGN_OR_RETURN(auto b, alloc_block(r.size()));
+    ops.push_back({client_data() + b->offset, r.data(), r.size()});
+    blocks.push_back(std::move(b));
+  }
+  if (!ops.empty()) {
+    ROCKET_ASSIGN_OR_RETURN(Mover * m, choose_mover(policy.mover, total, policy.cache, /*async=*/false));
+    ROCKET_RETURN_IF_ERROR(m->execute(ops, policy.cache));
+  }
+  std::vector<JobId> ids;
+  ids.reserve(requests.size());
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!failure_.ok()) return failure_;
+    if (outstanding_ + requests.size() > rx_.capacity()) {
+      return unavailable("a batch of " + std::to_string(requests.size()) + " with " + std::to_string(outstanding_) +
+                         " jobs in flight would overfill the completion ring; query some first");
+    }
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const JobId id = next_job_++;
+      uint64_t off = blocks[i] ? blocks[i]->offset : 0;
+      // push_request may wait for ring space; it never fails half-way except
+      // when the session fails, and then every job is dropped anyway.
+      ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, off, requests[i].size()));
+      ++outstanding_;
+      jobs_.emplace(id, Job{std::move(blocks[i]), off, requests[i].size(), false, false, false, op, 0, {}, {}});
+      ids.push_back(id);
+    }
+  }
+  requests_.fetch_add(requests.size(), std::memory_order_relaxed);
+  wake_server();  // once for the whole batch
+  return ids;
 }
 
 Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy) {
@@ -922,6 +971,13 @@ Future Client::call_async(std::string_view op, std::span<const std::byte> reques
   auto job = core_->submit_copy(*id, request, options.policy);
   if (!job.ok()) return Future(nullptr, 0, job.status());
   return Future(core_, *job, ok_status());
+}
+
+Result<std::vector<JobId>> Client::submit_batch(std::string_view op,
+                                                std::span<const std::span<const std::byte>> requests,
+                                                const CallOptions& options) {
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  return core_->submit_batch(id, requests, options.policy);
 }
 
 Result<Reply> Client::query(JobId id, std::chrono::milliseconds timeout) { return core_->wait_job(id, timeout); }

@@ -258,6 +258,37 @@ TEST(ClientServer, PipelinedQueryInAnyOrder) {
   EXPECT_EQ(c.query(ids[0]).status().code(), StatusCode::kNotFound);  // already collected
 }
 
+TEST(ClientServer, SubmitBatchCopiesInParallelAndPostsTogether) {
+  TestServer srv;
+  Client c = srv.connect({.client_pool_bytes = 64 << 20, .server_pool_bytes = 64 << 20});
+  std::vector<std::vector<std::byte>> data;
+  for (int i = 0; i < 12; ++i) data.push_back(pattern(static_cast<size_t>(i) * 300000 + (i == 3 ? 0 : 17), 500 + i));
+  std::vector<std::span<const std::byte>> spans(data.begin(), data.end());
+  uint64_t wakeups_before = c.stats().server_wakeups;
+  auto ids = c.submit_batch("echo_copy", spans, {.policy = {.mover = MoverKind::kThreads}});
+  ASSERT_TRUE(ids.ok()) << ids.status().to_string();
+  ASSERT_EQ(ids->size(), data.size());
+  EXPECT_LE(c.stats().server_wakeups, wakeups_before + 1);  // one wake-up at most for the batch
+  for (size_t i = ids->size(); i-- > 0;) {
+    auto r = c.query((*ids)[i]);
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    EXPECT_EQ(r->to_vector(), data[i]);
+  }
+}
+
+TEST(ClientServer, SubmitBatchIsAllOrNothing) {
+  TestServer srv;
+  Client c = srv.connect({.client_pool_bytes = 1 << 20});
+  std::vector<std::vector<std::byte>> data{pattern(600 << 10, 1), pattern(600 << 10, 2)};  // 1.2 MiB > pool
+  std::vector<std::span<const std::byte>> spans(data.begin(), data.end());
+  auto ids = c.submit_batch("echo", spans);
+  ASSERT_FALSE(ids.ok());
+  EXPECT_EQ(ids.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(c.stats().client_pool_in_use, 0u);  // the first block was returned
+  EXPECT_EQ(c.stats().requests, 0u);
+  EXPECT_TRUE(c.call("echo", bytes_of("fine")).ok());
+}
+
 TEST(ClientServer, SubmitReportsFullCompletionRing) {
   TestServer srv;
   Client c = srv.connect({.ring_entries = 8});

@@ -187,6 +187,12 @@ class Client {
   Result<JobId> submit(std::string_view op, const Buffer& request, const CallOptions& options = {});
   Result<JobId> submit(std::string_view op, std::span<const std::byte> request,
                        const CallOptions& options = {});
+  // Pipelined, batched: copies every request into the pool with one mover
+  // submission (an async engine runs them in parallel), then posts them all
+  // with at most one wake-up of the server. All or nothing: if any request
+  // cannot be copied or posted, none is. The copies are finished on return.
+  Result<std::vector<JobId>> submit_batch(std::string_view op, std::span<const std::span<const std::byte>> requests,
+                                          const CallOptions& options = {});
   // The response of a job this client submitted, waiting for it if needed.
   // kNotFound for an id this session did not issue or already collected.
   Result<Reply> query(JobId id, std::chrono::milliseconds timeout = std::chrono::milliseconds{0});
