@@ -340,32 +340,6 @@ int run_bench_overlap(const OverlapOptions& o) {
 
 // --- calibrate ---------------------------------------------------------------------
 
-// Fits L = a + b * MiB over (MiB, median latency) points in two stages. One
-// line cannot follow the cache hierarchy, so each parameter comes from where
-// it matters: the slope from copies of 1 MiB and more (least squares: what
-// large transfers really cost), the fixed cost from the smaller copies (the
-// median of what is left after the slope).
-CostModel fit(const std::vector<std::pair<double, double>>& pts) {
-  double n = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
-  for (auto [x, y] : pts) {
-    if (x < 1.0) continue;
-    n += 1;
-    sx += x;
-    sy += y;
-    sxx += x * x;
-    sxy += x * y;
-  }
-  double den = n * sxx - sx * sx;
-  double b = n >= 2 && den != 0 ? (n * sxy - sx * sy) / den : (n > 0 ? sy / sx : 0);
-  b = std::max(0.0, b);
-  std::vector<double> rest;
-  for (auto [x, y] : pts) {
-    if (x < 1.0) rest.push_back(y - b * x);
-  }
-  double a = rest.empty() ? 0 : percentile(rest, 0.5);
-  return {std::max(0.0, a), b};
-}
-
 struct CalibrateOptions {
   std::string out = default_profile_path();
   std::string sizes = "4K,64K,256K,1M,4M,16M,64M";
@@ -416,7 +390,7 @@ int run_calibrate(const CalibrateOptions& o) {
         pts.emplace_back(static_cast<double>(size) / (1024.0 * 1024.0), p->lat.p50);
       }
       if (pts.size() < 2) continue;
-      CostModel cm = fit(pts);
+      CostModel cm = fit_cost_model(pts);
       profile.entries.push_back({info.kind, cache, cm});
       report.push_back({{"mover", std::string(mover_kind_name(info.kind))}, {"cache", std::string(cache_name(cache))},
                         {"fixed_us", cm.fixed_us}, {"us_per_mib", cm.us_per_mib},

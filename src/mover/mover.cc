@@ -100,6 +100,32 @@ CostModel Mover::cost(Cache cache) const noexcept {
   return default_cost(cache);
 }
 
+CostModel fit_cost_model(std::span<const std::pair<double, double>> pts) {
+  double n = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (auto [x, y] : pts) {
+    if (x < 1.0) continue;
+    n += 1;
+    sx += x;
+    sy += y;
+    sxx += x * x;
+    sxy += x * y;
+  }
+  double den = n * sxx - sx * sx;
+  double b = n >= 2 && den != 0 ? (n * sxy - sx * sy) / den : (n > 0 && sx > 0 ? sy / sx : 0);
+  b = std::max(0.0, b);
+  std::vector<double> rest;
+  for (auto [x, y] : pts) {
+    if (x < 1.0) rest.push_back(y - b * x);
+  }
+  double a = 0;
+  if (!rest.empty()) {
+    std::sort(rest.begin(), rest.end());
+    size_t m = rest.size() / 2;
+    a = rest.size() % 2 != 0 ? rest[m] : (rest[m - 1] + rest[m]) / 2;
+  }
+  return {std::max(0.0, a), b};
+}
+
 void set_cost_profile(CostProfile profile) {
   g_profile.store(std::make_shared<const CostProfile>(std::move(profile)), std::memory_order_release);
 }

@@ -212,6 +212,24 @@ TEST(CostProfile, RoundTripsAndDrivesCost) {
   std::remove(path.c_str());
 }
 
+TEST(CostProfile, FitRecoversSlopeFromLargeAndFixedCostFromSmallCopies) {
+  // A cache-friendly engine: small copies cheaper than the DRAM slope predicts.
+  std::vector<std::pair<double, double>> pts;
+  for (double mib : {1.0, 4.0, 16.0, 64.0}) pts.emplace_back(mib, 5.0 + 60.0 * mib);
+  for (double mib : {0.004, 0.0625, 0.25}) pts.emplace_back(mib, 5.0 + 60.0 * mib);
+  CostModel m = fit_cost_model(pts);
+  EXPECT_NEAR(m.us_per_mib, 60.0, 1e-9);
+  EXPECT_NEAR(m.fixed_us, 5.0, 1e-9);
+  // Only small points: no slope to fit, and the fixed cost is their median.
+  std::vector<std::pair<double, double>> small{{0.01, 2.0}, {0.1, 3.0}, {0.5, 100.0}};
+  CostModel s = fit_cost_model(small);
+  EXPECT_EQ(s.us_per_mib, 0.0);
+  EXPECT_EQ(s.fixed_us, 3.0);
+  // Noise that would give a negative intercept clamps to zero.
+  std::vector<std::pair<double, double>> neg{{0.01, 0.1}, {1.0, 70.0}, {16.0, 960.0}};
+  EXPECT_EQ(fit_cost_model(neg).fixed_us, 0.0);
+}
+
 TEST(CostProfile, MalformedProfilesAreRejected) {
   std::string path = "/tmp/rocket-profile-bad-" + std::to_string(::getpid()) + ".json";
   for (const char* text : {"not json", "{\"movers\": 3}", "{\"movers\": [{\"mover\": \"warp\", \"cache\": \"auto\", \"fixed_us\": 1, \"us_per_mib\": 1}]}",

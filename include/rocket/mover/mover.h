@@ -25,6 +25,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "rocket/status.h"
@@ -187,6 +188,13 @@ struct CostProfile {
   std::vector<Entry> entries;
   std::string machine;  // where it was measured
 };
+// Fits L = fixed_us + us_per_mib * MiB to measured (MiB, microseconds)
+// points, as `rocket calibrate` does. One line cannot follow the cache
+// hierarchy, so each parameter comes from where it matters: the slope from
+// copies of 1 MiB and more (least squares), the fixed cost from the smaller
+// ones (median residual). Negative results clamp to zero.
+CostModel fit_cost_model(std::span<const std::pair<double, double>> mib_us);
+
 // Makes `profile` the process-wide source of Mover::cost(). Thread-safe.
 void set_cost_profile(CostProfile profile);
 // Reads a profile written by `rocket calibrate` (JSON) and installs it.
