@@ -24,6 +24,9 @@ $R call --socket "$sock" --op checksum --size $((64 << 20))
 kill $server; wait $server 2>/dev/null || true
 trap - EXIT
 echo
+echo "== rocket bench movers (every usable data mover against memcpy)"
+$R bench movers --sizes 1M,16M,128M --budget-ms 60 2>/dev/null
+echo
 echo "== rocket bench echo (Rocket vs a Unix domain socket vs two memcpys)"
 if [ "${1:-}" = "--full" ]; then
   $R bench echo
