@@ -27,6 +27,11 @@ using Clock = std::chrono::steady_clock;
 // still alive. Bounds how late a dead server is noticed.
 constexpr auto kLivenessSlice = std::chrono::milliseconds(20);
 
+// Up to this size an automatic policy takes memcpy without consulting the
+// cost models: nothing beats an inline copy of a few cache lines, and the
+// lookup would cost more than the copy.
+constexpr size_t kInlineCopyBytes = size_t{64} << 10;
+
 // Below this size an automatic policy copies inline even for async calls:
 // handing the copy to an engine thread costs more than the overlap gains.
 constexpr size_t kAsyncCopyThreshold = size_t{256} << 10;
@@ -137,6 +142,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   shm::Segment control_, cpool_, spool_;
   ControlBlock* cb_ = nullptr;
   std::vector<std::string> op_names_;
+  Mover* cpu_ = nullptr;  // the shared cpu engine, looked up once at connect
 
   std::mutex mu_;
   shm::RingProducer<SubDesc> tx_;                // guarded by mu_
@@ -268,6 +274,7 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
   core->tx_ = shm::RingProducer<SubDesc>(&core->cb_->sub, view.sub_slots, w->sub_ring_entries);
   core->rx_ = shm::RingConsumer<CompDesc>(&core->cb_->comp, view.comp_slots, w->comp_ring_entries);
   core->alloc_ = shm::PoolAllocator(core->cpool_.data_bytes());
+  ROCKET_ASSIGN_OR_RETURN(core->cpu_, shared_mover(MoverKind::kCpu));
   return core;
 }
 
@@ -772,8 +779,10 @@ Result<Mover*> ClientCore::mover(MoverKind kind) {
 }
 
 Result<Mover*> ClientCore::choose_mover(MoverKind kind, size_t bytes, Cache cache, bool async) {
+  if (kind == MoverKind::kCpu) return cpu_;
   if (kind != MoverKind::kAuto) return mover(kind);
   if (opts_.default_mover != MoverKind::kAuto) return mover(opts_.default_mover);
+  if (bytes <= kInlineCopyBytes) return cpu_;
   // Handing a small copy to another thread costs more than it overlaps.
   if (async && bytes >= kAsyncCopyThreshold) return shared_mover(MoverKind::kThreads);
   Mover* best = nullptr;
