@@ -855,7 +855,8 @@ Status Reply::copy_to(std::span<std::byte> dst, const CopyOptions& options) cons
                             std::to_string(src.size()));
   }
   if (src.empty()) return ok_status();
-  ROCKET_ASSIGN_OR_RETURN(Mover * m, block_->core->mover(options.mover));
+  // The same choice as the copy-in: kAuto consults the cost model by size.
+  ROCKET_ASSIGN_OR_RETURN(Mover * m, block_->core->choose_mover(options.mover, src.size(), options.cache, false));
   CopyOp op{dst.data(), src.data(), src.size()};
   return m->execute({&op, 1}, options.cache);
 }
