@@ -1,11 +1,12 @@
 #include "mover/cuda_mover.h"
 
 #include <dlfcn.h>
-#include <immintrin.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <string>
+
+#include "sys/futex.h"
 
 namespace rocket::detail {
 
@@ -174,7 +175,7 @@ Status CudaMover::wait_pending(Pending& p) {
   for (void* op : p.ops) {
     auto poll_until = Clock::now() + std::chrono::microseconds(30);
     int r;
-    while ((r = api_->op_query(op)) == 0 && Clock::now() < poll_until) _mm_pause();
+    while ((r = api_->op_query(op)) == 0 && Clock::now() < poll_until) cpu_relax();
     if (r == 0) r = api_->op_wait(op) == 0 ? 1 : -1;
     if (r < 0 && st.ok()) st = api_error("GPU copy");
     api_->op_release(op);

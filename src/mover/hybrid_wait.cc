@@ -2,13 +2,9 @@
 
 #include <cpuid.h>
 #include <immintrin.h>
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #include <x86intrin.h>
 
-#include <climits>
-#include <ctime>
+#include "sys/futex.h"
 
 namespace rocket::detail {
 namespace {
@@ -19,11 +15,6 @@ const bool g_waitpkg = [] {
   unsigned a = 0, b = 0, c = 0, d = 0;
   return __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 && (c & (1u << 5)) != 0;
 }();
-
-void futex_wait_ns(const std::atomic<uint32_t>* word, uint32_t expected, std::chrono::nanoseconds t) noexcept {
-  timespec ts{static_cast<time_t>(t.count() / 1000000000), static_cast<long>(t.count() % 1000000000)};
-  ::syscall(SYS_futex, reinterpret_cast<const uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, &ts, nullptr, 0);
-}
 
 // Waits for a store to the line of `word` for at most ~`cycles` TSC cycles
 // (the OS also caps each UMWAIT, see umwait_control/max_time).
@@ -52,7 +43,7 @@ void hybrid_wait(const std::atomic<uint32_t>* word, std::atomic<uint32_t>* waite
   if (done()) return;
   auto sleep = [&](std::chrono::nanoseconds t) {
     waiters->fetch_add(1, std::memory_order_seq_cst);
-    if (!done()) futex_wait_ns(word, 0, t);
+    if (!done()) futex_wait(word, 0, t, FutexScope::kPrivate);
     waiters->fetch_sub(1, std::memory_order_relaxed);
     if (stats != nullptr) ++stats->sleeps;
   };
@@ -65,7 +56,7 @@ void hybrid_wait(const std::atomic<uint32_t>* word, std::atomic<uint32_t>* waite
     if (g_waitpkg) {
       umwait_on(word, 20000);
     } else {
-      for (int i = 0; i < 16; ++i) _mm_pause();
+      for (int i = 0; i < 16; ++i) cpu_relax();
     }
     if (stats != nullptr) ++stats->polls;
   }
@@ -79,9 +70,7 @@ void complete_and_wake(std::atomic<uint32_t>* word, const std::atomic<uint32_t>*
   // seq_cst fence: pairs with the waiter's seq_cst increment of *waiters
   // before its final check (Dekker): either it sees the flag or we see it.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (waiters->load(std::memory_order_relaxed) != 0) {
-    ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
-  }
+  if (waiters->load(std::memory_order_relaxed) != 0) futex_wake_all(word, FutexScope::kPrivate);
 }
 
 }  // namespace rocket::detail

@@ -23,7 +23,7 @@
 #include "rocket/shm/pool.h"
 #include "rocket/shm/segment.h"
 #include "mover/kernel_copy.h"
-#include "runtime/futex.h"
+#include "sys/futex.h"
 #include "runtime/protocol.h"
 #include "runtime/socket.h"
 
