@@ -5,14 +5,12 @@
 #include "mover/copy_kernels.h"
 
 namespace rocket::detail {
-namespace {
-
-Result<bool> poll_inline(Ticket t) {
+Result<bool> InlineMover::poll(Ticket t) {
   if (!t.done) return invalid_argument("ticket was not issued by a synchronous CPU engine");
   return true;
 }
 
-}  // namespace
+Status InlineMover::wait(Ticket t) { return poll(t).status(); }
 
 const MoverCapabilities& CpuMover::capabilities() const noexcept {
   static const MoverCapabilities caps{.async = false,
@@ -37,9 +35,6 @@ Result<Ticket> CpuMover::submit(std::span<const CopyOp> ops, const SubmitOptions
   if (options.on_done) options.on_done(ok_status());
   return Ticket{.id = 0, .done = true};
 }
-
-Result<bool> CpuMover::poll(Ticket t) { return poll_inline(t); }
-Status CpuMover::wait(Ticket t) { return poll_inline(t).status(); }
 
 const MoverCapabilities& CpuStreamMover::capabilities() const noexcept {
   static const MoverCapabilities caps{.async = false,
@@ -73,8 +68,5 @@ Result<Ticket> CpuStreamMover::submit(std::span<const CopyOp> ops, const SubmitO
   if (options.on_done) options.on_done(ok_status());
   return Ticket{.id = 0, .done = true};
 }
-
-Result<bool> CpuStreamMover::poll(Ticket t) { return poll_inline(t); }
-Status CpuStreamMover::wait(Ticket t) { return poll_inline(t).status(); }
 
 }  // namespace rocket::detail

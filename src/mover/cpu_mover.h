@@ -8,27 +8,31 @@
 
 namespace rocket::detail {
 
+// An engine that finishes every copy inside submit(): its tickets are born
+// done, so poll() and wait() only check that.
+class InlineMover : public Mover {
+ public:
+  Result<bool> poll(Ticket ticket) final;
+  Status wait(Ticket ticket) final;
+};
+
 // Thread safety: stateless; safe from any number of threads.
-class CpuMover final : public Mover {
+class CpuMover final : public InlineMover {
  public:
   MoverKind kind() const noexcept override { return MoverKind::kCpu; }
   const MoverCapabilities& capabilities() const noexcept override;
   Result<Ticket> submit(std::span<const CopyOp> ops, const SubmitOptions& options) override;
-  Result<bool> poll(Ticket ticket) override;
-  Status wait(Ticket ticket) override;
 
  protected:
   CostModel default_cost(Cache cache) const noexcept override;
 };
 
 // Thread safety: stateless; safe from any number of threads.
-class CpuStreamMover final : public Mover {
+class CpuStreamMover final : public InlineMover {
  public:
   MoverKind kind() const noexcept override { return MoverKind::kCpuStream; }
   const MoverCapabilities& capabilities() const noexcept override;
   Result<Ticket> submit(std::span<const CopyOp> ops, const SubmitOptions& options) override;
-  Result<bool> poll(Ticket ticket) override;
-  Status wait(Ticket ticket) override;
 
  protected:
   CostModel default_cost(Cache cache) const noexcept override;
