@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "args.h"
+#include "mapped_buffer.h"
 #include "process.h"
 #include "rocket/rocket.h"
 #include "stats.h"
@@ -51,30 +52,6 @@ struct WorkerArgs {
   long spin_us = 50;
   long gap_us = 0;  // idle time between round trips (not measured) so the server falls asleep
   std::string mover = "cpu";  // engine for the copy path (kernel: process_vm_readv/writev)
-};
-
-// Private buffers as large-data applications allocate them: page-aligned and
-// huge-page advised (both the copy path and the kernel path use the same ones).
-struct PrivateBuffer {
-  explicit PrivateBuffer(size_t n) : size(n), cap(std::max<size_t>((n + (2 << 20) - 1) / (2 << 20) * (2 << 20), 2 << 20)) {
-    void* p = ::mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p != MAP_FAILED) {
-      ::madvise(p, cap, MADV_HUGEPAGE);
-      ptr = static_cast<std::byte*>(p);
-      std::memset(ptr, 0, cap);  // pre-fault
-    }
-  }
-  ~PrivateBuffer() {
-    if (ptr != nullptr) ::munmap(ptr, cap);
-  }
-  PrivateBuffer(const PrivateBuffer&) = delete;
-  PrivateBuffer& operator=(const PrivateBuffer&) = delete;
-  std::byte* data() const { return ptr; }
-  operator std::span<std::byte>() const { return {ptr, size}; }
-  operator std::span<const std::byte>() const { return {ptr, size}; }
-  size_t size;
-  size_t cap;
-  std::byte* ptr = nullptr;
 };
 
 void fill_random(std::byte* p, size_t n, uint64_t seed) {
@@ -159,7 +136,9 @@ Status run_worker(const WorkerArgs& a) {
   uint64_t server_wakeups = 0;
   std::vector<double> samples;
   double wall = 0, cpu = 0;
-  PrivateBuffer src(a.size), dst(a.size);
+  // Private buffers as large-data applications allocate them: page-aligned and
+  // huge-page advised (every path uses the same ones).
+  MappedBuffer src(a.size, {.huge_pages = true}), dst(a.size, {.huge_pages = true});
   if (src.data() == nullptr || dst.data() == nullptr) return resource_exhausted("cannot map benchmark buffers");
   fill_random(src.data(), a.size, 42);
   const auto want = checksum64(src);
@@ -174,7 +153,7 @@ Status run_worker(const WorkerArgs& a) {
     // and dst all page-aligned, loads and stores alias in the cache (4 KiB
     // aliasing) and the baseline runs up to 2.5x slower than the same two
     // copies inside the copy path -- a baseline must not be handicapped.
-    PrivateBuffer tmp_region(a.size + 4096);
+    MappedBuffer tmp_region(a.size + 4096, {.huge_pages = true});
     std::byte* tmp = tmp_region.data() + 2048;
     ROCKET_RETURN_IF_ERROR(measure(a, [&] {
       std::memcpy(tmp, src.data(), a.size);

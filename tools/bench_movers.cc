@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "args.h"
+#include "mapped_buffer.h"
 #include "process.h"
 #include "rocket/rocket.h"
 #include "stats.h"
@@ -39,38 +40,8 @@ double thread_cpu_us() {
 
 
 
-// Page-aligned, pre-faulted memory, registered with the engine when it needs
-// that (the GPU) and unregistered before it is unmapped.
-class Region {
- public:
-  Region(size_t n, int fill, Mover* reg = nullptr) : n_(std::max<size_t>(n, 1)) {
-    p_ = static_cast<std::byte*>(::mmap(nullptr, n_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    if (p_ == MAP_FAILED) {
-      p_ = nullptr;
-      return;
-    }
-    std::memset(p_, fill, n_);
-    if (reg != nullptr && reg->capabilities().needs_registered_memory && reg->register_memory(p_, n_, false).ok()) {
-      reg_ = reg;
-    }
-  }
-  ~Region() {
-    if (reg_ != nullptr) reg_->unregister_memory(p_);
-    if (p_ != nullptr) ::munmap(p_, n_);
-  }
-  Region(const Region&) = delete;
-  Region& operator=(const Region&) = delete;
-  std::byte* data() const { return p_; }
-  size_t size() const { return n_; }
-
- private:
-  size_t n_;
-  std::byte* p_ = nullptr;
-  Mover* reg_ = nullptr;
-};
-
 // Reads the whole buffer (what a consumer does right after the copy).
-uint64_t consume(const Region& v) {
+uint64_t consume(const MappedBuffer& v) {
   uint64_t sum = 0;
   const auto* p = reinterpret_cast<const uint64_t*>(v.data());
   for (size_t i = 0; i < v.size() / 8; ++i) sum += p[i];
@@ -92,7 +63,7 @@ struct Point {
 // One (engine, cache, size) point: copy latency, caller CPU and the time a
 // consumer then needs to read the destination.
 Result<Point> measure(Mover& m, Cache cache, size_t size, double budget_ms, WaitHow how) {
-  Region src(size, 0x5a, &m), dst(size, 0, &m);
+  MappedBuffer src(size, {.fill = 0x5a, .register_with = &m}), dst(size, {.register_with = &m});
   if (src.data() == nullptr || dst.data() == nullptr) return resource_exhausted("cannot map benchmark buffers");
   int iters = iterations(size, budget_ms);
   std::vector<double> lat, read;
@@ -267,7 +238,7 @@ int run_bench_overlap(const OverlapOptions& o) {
     std::cerr << "rocket bench overlap: " << c.status().to_string() << "\n";
     return 1;
   }
-  Region src_region(size, 0x33);
+  MappedBuffer src_region(size, {.fill = 0x33});
   std::span<const std::byte> src(src_region.data(), size);
   CallOptions opts{.policy = {.mover = *kind, .cache = Cache::kAuto}};
   auto one = [&](double work_us) -> double {
@@ -284,7 +255,7 @@ int run_bench_overlap(const OverlapOptions& o) {
     std::cerr << "rocket bench overlap: " << m.status().to_string() << "\n";
     return 1;
   }
-  Region dst(size, 0);
+  MappedBuffer dst(size);
   std::vector<double> copies;
   for (int i = 0; i < o.iters; ++i) {
     CopyOp op{dst.data(), src_region.data(), size};
