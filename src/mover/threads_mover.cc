@@ -80,8 +80,11 @@ Result<Ticket> ThreadsMover::submit(std::span<const CopyOp> ops, const SubmitOpt
   // kAuto: stream large copies past the cache, keep small ones in it.
   Cache cache = options.cache;
   if (cache == Cache::kAuto) cache = total >= kStreamThreshold ? Cache::kBypass : Cache::kInject;
-  // Split so that every worker gets a share, but never below min_chunk_bytes.
-  size_t chunk = std::max(config_.min_chunk_bytes, (total + threads_.size() - 1) / threads_.size());
+  // Split so that every worker, and a caller that helps in wait(), gets a
+  // share -- two each, so an early finisher can take another -- but never
+  // below min_chunk_bytes.
+  const size_t shares = 2 * (threads_.size() + 1);
+  size_t chunk = std::max(config_.min_chunk_bytes, (total + shares - 1) / shares);
   chunk = (chunk + 63) / 64 * 64;
   size_t nchunks = 0;
   for (const CopyOp& op : ops) nchunks += (op.size + chunk - 1) / chunk;
@@ -197,10 +200,42 @@ Result<bool> ThreadsMover::poll(Ticket t) {
   return true;
 }
 
+bool ThreadsMover::help(uint32_t index) noexcept {
+  bool helped = false;
+  for (;;) {
+    Chunk c;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = std::find_if(queue_.begin(), queue_.end(), [index](const Chunk& q) { return q.slot == index; });
+      if (it == queue_.end()) return helped;
+      c = *it;
+      queue_.erase(it);
+    }
+    helped = true;
+    finish_chunk(index, copy_chunk(c));
+  }
+}
+
+Status ThreadsMover::execute(std::span<const CopyOp> ops, Cache cache) {
+  ROCKET_ASSIGN_OR_RETURN(Ticket t, submit(ops, SubmitOptions{.cache = cache, .owner = 0, .on_done = nullptr}));
+  if (t.done) return ok_status();
+  // The caller would only sleep: it copies the submission's queued chunks
+  // itself, so a synchronous copy runs on the workers and the caller at once.
+  // (wait() does not: an async caller waits to spend no CPU.) Once it has
+  // helped, the rest is already in flight, so it skips the predicted sleep.
+  ROCKET_ASSIGN_OR_RETURN(Slot * s, lookup(t));
+  const bool helped = help(static_cast<uint32_t>(t.id));
+  return finish_wait(t, s, helped ? std::chrono::nanoseconds(0) : s->predicted);
+}
+
 Status ThreadsMover::wait(Ticket t) {
   if (t.done) return ok_status();
   ROCKET_ASSIGN_OR_RETURN(Slot * s, lookup(t));
-  hybrid_wait(&s->done, &s->waiters, s->predicted, s->started);
+  return finish_wait(t, s, s->predicted);
+}
+
+Status ThreadsMover::finish_wait(Ticket t, Slot* s, std::chrono::nanoseconds predicted) {
+  hybrid_wait(&s->done, &s->waiters, predicted, s->started);
   int32_t st = s->status.load(std::memory_order_relaxed);
   release_slot(static_cast<uint32_t>(t.id));
   if (st != 0) return Status(static_cast<StatusCode>(st), copy_error(st));

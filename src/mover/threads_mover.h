@@ -33,6 +33,7 @@ class ThreadsMover final : public Mover {
   Result<Ticket> submit(std::span<const CopyOp> ops, const SubmitOptions& options) override;
   Result<bool> poll(Ticket ticket) override;
   Status wait(Ticket ticket) override;
+  Status execute(std::span<const CopyOp> ops, Cache cache) override;
   void cancel(uint64_t owner) noexcept override;
 
   unsigned workers() const noexcept { return static_cast<unsigned>(threads_.size()); }
@@ -67,6 +68,11 @@ class ThreadsMover final : public Mover {
   };
   StatusCode copy_chunk(const Chunk& c) noexcept;
 
+  // Runs the queued chunks of slot `index` on the calling thread; true if
+  // there were any.
+  bool help(uint32_t index) noexcept;
+  // Waits for `s` (ticket `t`) and retires it.
+  Status finish_wait(Ticket t, Slot* s, std::chrono::nanoseconds predicted);
   void worker_loop();
   void finish_chunk(uint32_t slot, StatusCode code) noexcept;
   Result<Slot*> lookup(Ticket t);

@@ -20,6 +20,7 @@
 #include <thread>
 #include <utility>
 
+#include "rocket/mover/mover.h"
 #include "rocket/shm/pool.h"
 #include "rocket/shm/segment.h"
 #include "mover/kernel_copy.h"
@@ -208,6 +209,10 @@ class Server::Impl::Dispatcher {
   void handle_request(detail::ServerSession& s, const detail::SubDesc& d);
   void fail_request(detail::ServerSession& s, uint64_t job, const Status& st);
   bool post(detail::ServerSession& s, const detail::CompDesc& c);
+  // Copies between this process and the client `pid` (`side` names the
+  // client's end). Large copies run on the kernel engine's workers and this
+  // thread at once; small ones, or all where the engine is absent, here.
+  static Status remote_copy(pid_t pid, RemoteSide side, std::byte* dst, const std::byte* src, size_t n);
 
   Impl* server_;
   std::vector<Handler> handlers_;  // this thread's instances, by op id
@@ -424,7 +429,7 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
       fail_request(s, d.job_id, resource_exhausted("server cannot map a buffer for the remote request"));
       return;
     }
-    Status st = detail::kernel_read(s.cred.pid, buf, reinterpret_cast<const void*>(d.offset), d.length);
+    Status st = remote_copy(s.cred.pid, RemoteSide::kSrc, buf, reinterpret_cast<const std::byte*>(d.offset), d.length);
     if (!st.ok()) {
       fail_request(s, d.job_id, st);
       return;
@@ -480,7 +485,7 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
                                                                     std::to_string(dst_cap) + "-byte buffer"));
       return;
     }
-    Status pushed = detail::kernel_write(s.cred.pid, reinterpret_cast<void*>(dst), out.data(), out.size());
+    Status pushed = remote_copy(s.cred.pid, RemoteSide::kDst, reinterpret_cast<std::byte*>(dst), out.data(), out.size());
     if (!pushed.ok()) {
       fail_request(s, d.job_id, pushed);
       return;
@@ -518,6 +523,18 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
       break;
   }
   post(s, c);
+}
+
+Status Server::Impl::Dispatcher::remote_copy(pid_t pid, RemoteSide side, std::byte* dst, const std::byte* src,
+                                              size_t n) {
+  constexpr size_t kParallelFrom = size_t{1} << 20;  // below this a hand-off costs more than it saves
+  if (n >= kParallelFrom) {
+    if (auto m = shared_mover(MoverKind::kKernel); m.ok()) {
+      CopyOp op{.dst = dst, .src = src, .size = n, .remote = side, .pid = pid};
+      return (*m)->execute({&op, 1}, Cache::kAuto);
+    }
+  }
+  return side == RemoteSide::kSrc ? detail::kernel_read(pid, dst, src, n) : detail::kernel_write(pid, dst, src, n);
 }
 
 void Server::Impl::Dispatcher::fail_request(detail::ServerSession& s, uint64_t job, const Status& st) {

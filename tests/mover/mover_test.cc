@@ -181,6 +181,38 @@ TEST(ThreadsMover, DestructionWithQueuedWorkCancelsAndJoins) {
   EXPECT_EQ(calls.load(), 16);
 }
 
+// execute() copies on the calling thread too: with the only worker held by
+// another submission's callback, a synchronous copy still completes (it
+// would hang if the caller only waited), for both engines on the pool.
+TEST(ThreadsMover, ExecuteRunsOnTheCallerWhileWorkersAreBusy) {
+  for (MoverKind kind : {MoverKind::kThreads, MoverKind::kKernel}) {
+    SCOPED_TRACE(mover_kind_name(kind));
+    MoverConfig cfg;
+    cfg.threads = 1;
+    cfg.min_chunk_bytes = 64 << 10;
+    auto m = make_mover(kind, cfg);
+    if (!m.ok()) {
+      ASSERT_EQ(kind, MoverKind::kKernel) << m.status().to_string();
+      continue;  // no process_vm_readv here: the threads case has run
+    }
+    auto small = filled(4096, 24);
+    std::vector<std::byte> small_dst(small.size());
+    std::atomic<bool> release{false}, blocking{false};
+    CopyOp hold{small_dst.data(), small.data(), small.size()};
+    ASSERT_TRUE((*m)->submit({&hold, 1}, SubmitOptions{Cache::kAuto, 0, [&](Status) {
+                                blocking = true;
+                                while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                              }}).ok());
+    while (!blocking) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    auto src = filled(8 << 20, 25);
+    std::vector<std::byte> dst(src.size());
+    CopyOp op{dst.data(), src.data(), src.size()};
+    EXPECT_TRUE((*m)->execute({&op, 1}, Cache::kAuto).ok());
+    EXPECT_EQ(dst, src);
+    release = true;
+  }
+}
+
 TEST(ThreadsMover, FullQueueIsUnavailable) {
   MoverConfig cfg;
   cfg.threads = 1;

@@ -136,8 +136,9 @@ class Mover {
   // Copies already running finish. Synchronous engines have nothing queued.
   virtual void cancel(uint64_t owner) noexcept { (void)owner; }
 
-  // submit() + wait().
-  Status execute(std::span<const CopyOp> ops, Cache cache);
+  // submit() + wait(). Engines with workers may run part of the copy on the
+  // calling thread, which would otherwise only wait.
+  virtual Status execute(std::span<const CopyOp> ops, Cache cache);
 
   // Checks what every engine requires of a submission.
   static Status validate(std::span<const CopyOp> ops) noexcept;
