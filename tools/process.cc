@@ -16,7 +16,9 @@ extern char** environ;
 
 namespace rocket::tools {
 
-Result<Child> Child::spawn(const std::vector<std::string>& args) {
+Result<Child> Child::spawn(const std::vector<std::string>& args) { return spawn_program("/proc/self/exe", args); }
+
+Result<Child> Child::spawn_program(const std::string& program, const std::vector<std::string>& args) {
   int in[2], out[2];
   if (::pipe2(in, O_CLOEXEC) != 0) return errno_status("pipe2", errno);
   if (::pipe2(out, O_CLOEXEC) != 0) {
@@ -29,13 +31,13 @@ Result<Child> Child::spawn(const std::vector<std::string>& args) {
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, in[0], 0);
   posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-  std::vector<std::string> all{"/proc/self/exe"};
+  std::vector<std::string> all{program};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : all) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv.data(), environ);
+  int rc = posix_spawn(&pid, program.c_str(), &fa, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
   ::close(in[0]);
   ::close(out[1]);

@@ -15,6 +15,8 @@ class Child {
  public:
   // Starts /proc/self/exe with `args`; its stdin and stdout are pipes to us.
   static Result<Child> spawn(const std::vector<std::string>& args);
+  // Starts the executable `program` (a path) likewise.
+  static Result<Child> spawn_program(const std::string& program, const std::vector<std::string>& args);
   Child(Child&& o) noexcept;
   Child& operator=(Child&&) = delete;
   ~Child();

@@ -1,5 +1,6 @@
 // `rocket`: the command-line tool.
 //
+//   rocket demo [--quick]                   real workloads under every mode and engine
 //   rocket serve [--socket PATH]            a backend with the built-in ops
 //   rocket call --op echo --data hello      one request, printed
 //   rocket doctor [--json]                  which data movers work here, and why not
@@ -21,6 +22,7 @@
 
 #include "bench_echo.h"
 #include "bench_movers.h"
+#include "demo.h"
 #include "rocket/rocket.h"
 
 namespace {
@@ -202,6 +204,8 @@ int main(int argc, char** argv) {
   auto* doctor_cmd = app.add_subcommand("doctor", "Which data movers are usable on this machine, and why not");
   doctor_cmd->add_flag("--json", doctor_json, "print JSON");
   doctor_cmd->callback([&] { std::exit(doctor(doctor_json)); });
+
+  rocket::tools::add_demo(app);
 
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);
