@@ -7,6 +7,11 @@ packages=(
   build-essential cmake ninja-build pkg-config   # toolchain
   libgtest-dev libgmock-dev                      # tests
   libcli11-dev nlohmann-json3-dev                # the rocket tool
+  libtorch-dev libxgboost-dev libfaiss-dev        # rocket demo's workloads
+  libopenblas0-pthread                           # a fast BLAS for faiss (Debian's default is the reference one)
+  libzmq3-dev cppzmq-dev                         # rocket bench peers: ZeroMQ
+  libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev  # ... and gRPC
+  gnuplot-nox                                    # the demo's plots
 )
 
 missing=()

@@ -2,7 +2,8 @@
 # The README's test command: installs dependencies, builds the ASan+UBSan and
 # TSan configurations, runs the whole suite under ASan+UBSan and the
 # concurrency-labelled tests under TSan, then builds the release tool and runs
-# a short benchmark smoke test (correctness of the bench path, not a timing).
+# a short benchmark smoke test (correctness of the bench path, not a timing),
+# `rocket demo --quick` and `rocket bench peers --quick`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -28,6 +29,10 @@ cmake --build --preset release -j "$jobs"
 ./build/release/rocket doctor
 ./build/release/rocket bench echo --sizes 64,1M --modes sync,pipelined --clients 1 --budget-ms 20 --json >/dev/null
 echo "smoke: rocket bench echo ran"
+echo "== rocket demo --quick (the main job, small sizes)"
+./build/release/rocket demo --quick --out build/release/demo-report
+echo "== rocket bench peers --quick"
+./build/release/rocket bench peers --quick --workload pagerank --scale 0.05
 
 # One summary over both sanitizer runs (ctest prints "... N tests failed out of M").
 awk '/tests failed out of/ { failed += $(NF-4); total += $NF }

@@ -59,10 +59,10 @@ std::string workloads_exe() {
 
 // Default sizes: the reference sizes where a request computes in well under a
 // second here, smaller where the computation alone would take many seconds
-// (MobileNetV2 on 200 images: ~20 s per request on 2 cores).
+// (MobileNetV2 on 200 images: ~40 s per request on 2 cores).
 double default_scale(const std::string& workload, bool quick) {
   if (quick) return workload == "mobilenetv2" ? 0.02 : 0.05;
-  if (workload == "mobilenetv2") return 0.1;
+  if (workload == "mobilenetv2") return 0.05;
   return 1.0;
 }
 
@@ -288,7 +288,7 @@ int run_demo(const DemoOptions& o) {
     if (!o.frontends.empty() || config == "baseline" || config == "zerocopy" || config == "auto") return scale_out;
     return std::vector<int>{1};
   };
-  const int requests = o.requests > 0 ? o.requests : (o.quick ? 3 : 4);
+  const int requests = o.requests > 0 ? o.requests : 3;
 
   std::filesystem::create_directories(o.out);
   const std::string sock = "/tmp/rocket-demo-" + std::to_string(::getpid()) + ".sock";

@@ -7,6 +7,7 @@
 //   rocket calibrate                        fit each mover's cost model, save the profile
 //   rocket bench echo [--quick] [--json]    round trips vs a Unix socket
 //   rocket bench movers [--json]            every data mover, memcpy baseline
+//   rocket bench peers [--quick] [--json]   vs uds, zmq, grpc, a naive shm file per call
 //   rocket bench overlap                    caller work hidden behind call_async
 #include <signal.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 
 #include "bench_echo.h"
 #include "bench_movers.h"
+#include "bench_peers.h"
 #include "demo.h"
 #include "rocket/rocket.h"
 
@@ -211,6 +213,7 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   rocket::tools::add_bench_echo(*bench);
   rocket::tools::add_bench_movers(*bench);
+  rocket::tools::add_bench_peers(*bench);
   rocket::tools::add_calibrate(app);
   rocket::tools::add_bench_children(app);
 

@@ -1,0 +1,183 @@
+#include "bench_peers.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "process.h"
+#include "stats.h"
+
+namespace rocket::tools {
+namespace {
+
+using json = nlohmann::json;
+
+struct PeersOptions {
+  std::string transports = "uds,zmq,grpc,shm_naive,rocket,rocket_zc";
+  std::string sizes = "64,64K,1M,16M";
+  std::string workload = "pagerank";
+  double scale = 0.25;  // pagerank at 0.25: a 19 MiB edge list in, 80 KB of ranks out
+  double budget_ms = 400;
+  bool json_out = false;
+  bool quick = false;
+};
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t comma = s.find(',', start);
+    if (comma == std::string::npos) comma = s.size();
+    if (comma > start) out.push_back(s.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+Result<size_t> parse_size(const std::string& s) {
+  size_t mult = 1;
+  std::string num = s;
+  if (!s.empty() && (s.back() == 'K' || s.back() == 'M' || s.back() == 'G')) {
+    mult = s.back() == 'K' ? 1 << 10 : s.back() == 'M' ? 1 << 20 : size_t{1} << 30;
+    num.pop_back();
+  }
+  try {
+    return static_cast<size_t>(std::stoull(num)) * mult;
+  } catch (...) {
+    return invalid_argument("bad size '" + s + "'");
+  }
+}
+
+std::string peers_exe() {
+  if (const char* env = std::getenv("ROCKET_PEERS")) return env;
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string("rocket-peers") : (self.parent_path() / "rocket-peers").string();
+}
+
+int run_bench_peers(const PeersOptions& o) {
+  const std::string exe = peers_exe();
+  if (::access(exe.c_str(), X_OK) != 0) {
+    std::fprintf(stderr, "rocket bench peers: %s not found (it needs libzmq3-dev, cppzmq-dev, libgrpc++-dev)\n", exe.c_str());
+    return 1;
+  }
+  std::vector<size_t> sizes;
+  for (const auto& s : split(o.quick ? "64,1M,16M" : o.sizes)) {
+    auto v = parse_size(s);
+    if (!v.ok()) {
+      std::fprintf(stderr, "rocket bench peers: %s\n", v.status().to_string().c_str());
+      return 2;
+    }
+    sizes.push_back(*v);
+  }
+  const double budget = o.quick ? 150 : o.budget_ms;
+  json rows = json::array();
+  const std::string base = "/tmp/rocket-peers-" + std::to_string(::getpid());
+  for (const auto& t : split(o.transports)) {
+    // rocket and rocket_zc share one server.
+    const std::string server_transport = t == "rocket_zc" ? "rocket" : t;
+    const std::string endpoint = base + "-" + t + ".sock";
+    auto server = Child::spawn_program(exe, {"server", "--transport", server_transport, "--endpoint", endpoint,
+                                             "--workload", o.workload, "--scale", std::to_string(o.scale)});
+    if (!server.ok() || !server->read_line(60000).ok()) {
+      std::fprintf(stderr, "rocket bench peers: the %s server did not start\n", t.c_str());
+      return 1;
+    }
+    auto run = [&](const std::string& op, size_t size) -> Status {
+      auto c = Child::spawn_program(exe, {"client", "--transport", t, "--endpoint", endpoint, "--op", op, "--workload",
+                                          o.workload, "--scale", std::to_string(o.scale), "--size", std::to_string(size),
+                                          "--budget-ms", std::to_string(budget)});
+      if (!c.ok()) return c.status();
+      auto line = c->read_line(600000);
+      if (!line.ok()) return unavailable("the client failed (see its message above)");
+      json r = json::parse(*line, nullptr, false);
+      if (r.is_discarded() || !r.contains("samples")) return internal_error("malformed client output");
+      auto samples = r["samples"].get<std::vector<double>>();
+      auto s = summarize(samples);
+      const bool zc = t == "rocket_zc";
+      json row{{"transport", zc ? "rocket" : t},
+               {"mode", "sync"},
+               {"path", zc ? "zerocopy" : "copy"},
+               {"op", op},
+               {"size", size},
+               {"clients", 1},
+               {"p50_us", s.p50},
+               {"p99_us", s.p99},
+               {"mean_us", s.mean},
+               {"gbps", op == "echo" && s.p50 > 0 ? 2.0 * static_cast<double>(size) / (s.p50 * 1e3) : 0.0},
+               {"ops", samples.size()}};
+      if (!o.json_out) {
+        std::printf("  %-9s %-8s %-9s %9s  p50 %11.2f us  p99 %11.2f us\n", t.c_str(), zc ? "zerocopy" : "copy",
+                    op.c_str(), op == "echo" ? std::to_string(size).c_str() : "-", s.p50, s.p99);
+        std::fflush(stdout);
+      }
+      rows.push_back(std::move(row));
+      return ok_status();
+    };
+    for (size_t size : sizes) {
+      if (Status st = run("echo", size); !st.ok()) std::fprintf(stderr, "  %s echo %zu: %s\n", t.c_str(), size, st.to_string().c_str());
+    }
+    if (!o.workload.empty()) {
+      if (Status st = run(o.workload, 0); !st.ok()) std::fprintf(stderr, "  %s %s: %s\n", t.c_str(), o.workload.c_str(), st.to_string().c_str());
+    }
+    server->stop();
+    std::filesystem::remove(endpoint);
+  }
+  auto find = [&](const std::string& transport, const std::string& path, const std::string& op, size_t size) -> const json* {
+    for (const auto& r : rows) {
+      if (r["transport"] == transport && r["path"] == path && r["op"] == op && (op != "echo" || r["size"] == size)) return &r;
+    }
+    return nullptr;
+  };
+  if (o.json_out) {
+    std::cout << json{{"results", rows}}.dump(2) << std::endl;
+    return 0;
+  }
+  std::printf("\nRatios (p50 of the other transport / p50 of Rocket's copy path, same run):\n");
+  const size_t k16m = size_t{16} << 20;
+  for (const std::string& op : {std::string("echo"), o.workload}) {
+    if (op.empty()) continue;
+    const json* rocket = find("rocket", "copy", op, k16m);
+    if (rocket == nullptr) continue;
+    for (const std::string t : {"uds", "zmq", "grpc", "shm_naive"}) {
+      const json* other = find(t, "copy", op, k16m);
+      if (other == nullptr) continue;
+      const double ratio = (*other)["p50_us"].get<double>() / (*rocket)["p50_us"].get<double>();
+      if (op == "echo") {
+        std::printf("  echo 16 MiB  %-9s / rocket copy  %7.2fx%s\n", t.c_str(), ratio,
+                    t == "shm_naive" ? "" : ratio >= 5 ? "  (>= 5: met)" : "  (>= 5: NOT MET)");
+      } else {
+        std::printf("  %-11s  %-9s / rocket copy  %7.2fx\n", op.c_str(), t.c_str(), ratio);
+      }
+    }
+    if (const json* zc = find("rocket", "zerocopy", op, k16m)) {
+      std::printf("  %-11s  rocket copy / rocket zero-copy  %7.2fx\n", op == "echo" ? "echo 16 MiB" : op.c_str(),
+                  (*rocket)["p50_us"].get<double>() / (*zc)["p50_us"].get<double>());
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_peers(CLI::App& bench) {
+  auto opt = std::make_shared<PeersOptions>();
+  auto* cmd = bench.add_subcommand("peers", "Echo and a workload through a Unix socket, ZeroMQ, gRPC, a naive "
+                                            "shared-memory file per call, and Rocket (copy and zero-copy paths)");
+  cmd->add_option("--transports", opt->transports, "uds,zmq,grpc,shm_naive,rocket,rocket_zc")->capture_default_str();
+  cmd->add_option("--sizes", opt->sizes, "echo payload sizes")->capture_default_str();
+  cmd->add_option("--workload", opt->workload, "workload sent through every transport ('' for none)")->capture_default_str();
+  cmd->add_option("--scale", opt->scale, "the workload's size factor")->capture_default_str();
+  cmd->add_option("--budget-ms", opt->budget_ms, "measuring time per point")->capture_default_str();
+  cmd->add_flag("--json", opt->json_out, "print {\"results\": [...]} in the shared bench shape");
+  cmd->add_flag("--quick", opt->quick, "64 B, 1 MiB, 16 MiB; short points");
+  cmd->callback([opt] { std::exit(run_bench_peers(*opt)); });
+}
+
+}  // namespace rocket::tools
