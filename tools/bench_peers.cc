@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "args.h"
 #include "process.h"
 #include "stats.h"
 
@@ -28,31 +29,7 @@ struct PeersOptions {
   bool quick = false;
 };
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    size_t comma = s.find(',', start);
-    if (comma == std::string::npos) comma = s.size();
-    if (comma > start) out.push_back(s.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
-}
 
-Result<size_t> parse_size(const std::string& s) {
-  size_t mult = 1;
-  std::string num = s;
-  if (!s.empty() && (s.back() == 'K' || s.back() == 'M' || s.back() == 'G')) {
-    mult = s.back() == 'K' ? 1 << 10 : s.back() == 'M' ? 1 << 20 : size_t{1} << 30;
-    num.pop_back();
-  }
-  try {
-    return static_cast<size_t>(std::stoull(num)) * mult;
-  } catch (...) {
-    return invalid_argument("bad size '" + s + "'");
-  }
-}
 
 std::string peers_exe() {
   if (const char* env = std::getenv("ROCKET_PEERS")) return env;

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "args.h"
 #include "demo_config.h"
 #include "process.h"
 #include "stats.h"
@@ -37,17 +38,6 @@ struct DemoOptions {
   bool plots = true;
 };
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    size_t comma = s.find(',', start);
-    if (comma == std::string::npos) comma = s.size();
-    if (comma > start) out.push_back(s.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
-}
 
 std::string workloads_exe() {
   if (const char* env = std::getenv("ROCKET_WORKLOADS")) return env;

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "args.h"
 #include "demo_config.h"
 #include "rocket/rocket.h"
 #include "workload.h"
@@ -32,18 +33,8 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using namespace rocket;
 using namespace rocket::workloads;
+using rocket::tools::split;
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    size_t comma = s.find(',', start);
-    if (comma == std::string::npos) comma = s.size();
-    if (comma > start) out.push_back(s.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
-}
 
 double us_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::micro>(b - a).count();
