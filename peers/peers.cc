@@ -49,6 +49,7 @@ using namespace rocket;
 struct Args {
   std::string transport, endpoint, workload = "pagerank", op = "echo";
   double scale = 0.05;
+  std::string mover = "auto";  // Rocket's copy path: the engine for copy-in and copy-out
   size_t size = 64;
   double budget_ms = 300;
   int min_iters = 5;
@@ -459,6 +460,9 @@ Status run_client(const Args& a) {
     co.server_pool_bytes = (resp_cap + (size_t{8} << 20)) & ~size_t{4095};
     ROCKET_ASSIGN_OR_RETURN(Client c, Client::connect(a.endpoint, co));
     client.emplace(std::move(c));
+    ROCKET_ASSIGN_OR_RETURN(MoverKind mover, parse_mover_kind(a.mover));
+    const CallOptions call{.policy = {.mover = mover, .cache = Cache::kAuto}, .timeout = std::chrono::milliseconds(0)};
+    const CopyOptions copy{.mover = mover, .cache = Cache::kAuto};
     if (a.transport == "rocket_zc") {
       ROCKET_ASSIGN_OR_RETURN(pool_req, client->alloc(std::max<size_t>(req_len, 1)));
       std::memcpy(pool_req.data(), req.data(), req_len);  // built in place once
@@ -467,10 +471,10 @@ Status run_client(const Args& a) {
         return r.size();  // read in place: no copy-out
       };
     } else {
-      rt = [&]() -> Result<size_t> {
-        ROCKET_ASSIGN_OR_RETURN(Reply r, client->call(op, std::span<const std::byte>(req.data(), req_len)));
+      rt = [&, call, copy]() -> Result<size_t> {
+        ROCKET_ASSIGN_OR_RETURN(Reply r, client->call(op, std::span<const std::byte>(req.data(), req_len), call));
         if (r.size() > resp_cap) return internal_error("response too large");
-        ROCKET_RETURN_IF_ERROR(r.copy_to({resp.data(), r.size()}));
+        ROCKET_RETURN_IF_ERROR(r.copy_to({resp.data(), r.size()}, copy));
         return r.size();
       };
     }
@@ -511,6 +515,7 @@ int main(int argc, char** argv) {
   c->add_option("--op", a.op, "echo, or the workload's name");
   c->add_option("--scale", a.scale);
   c->add_option("--size", a.size);
+  c->add_option("--mover", a.mover, "Rocket's copy path: auto, cpu, cpu_stream, threads");
   c->add_option("--budget-ms", a.budget_ms);
   c->add_option("--min-iters", a.min_iters);
   CLI11_PARSE(app, argc, argv);

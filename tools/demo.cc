@@ -199,7 +199,7 @@ void write_plots(const std::string& dir, const std::vector<Point>& points, const
         << "set output '" << dir << "/" << w << ".png'\n"
         << "set multiplot layout 1,2 title 'rocket demo: " << w << "'\n"
         << "set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8 border -1\n"
-        << "set xtics rotate by -40 scale 0\nset key top left\nset grid ytics\n"
+        << "set xtics rotate by -40 scale 0\nset key top left\nset grid ytics\nset yrange [0:*]\n"
         << "set ylabel 'requests / s'\nset title 'throughput'\n"
         << "plot ";
       for (int n = 1; n <= max_n; ++n) {

@@ -64,6 +64,13 @@ CostModel ThreadsMover::default_cost(Cache cache) const noexcept {
   return {.fixed_us = 15.0, .us_per_mib = per_mib / static_cast<double>(std::max<size_t>(1, threads_.size()))};
 }
 
+CostModel ThreadsMover::execute_cost(Cache cache) const noexcept {
+  CostModel c = cost(cache);
+  const double w = static_cast<double>(std::max<size_t>(1, threads_.size()));
+  c.us_per_mib *= w / (w + 1);
+  return c;
+}
+
 Result<Ticket> ThreadsMover::submit(std::span<const CopyOp> ops, const SubmitOptions& options) {
   ROCKET_RETURN_IF_ERROR(validate(ops));
   if (kind_ == MoverKind::kThreads) {

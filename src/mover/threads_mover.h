@@ -34,6 +34,9 @@ class ThreadsMover final : public Mover {
   Result<bool> poll(Ticket ticket) override;
   Status wait(Ticket ticket) override;
   Status execute(std::span<const CopyOp> ops, Cache cache) override;
+  // cost() is what the workers alone take (calibrated with submit + wait);
+  // execute() adds the caller as one more copier.
+  CostModel execute_cost(Cache cache) const noexcept override;
   void cancel(uint64_t owner) noexcept override;
 
   unsigned workers() const noexcept { return static_cast<unsigned>(threads_.size()); }

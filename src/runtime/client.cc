@@ -790,7 +790,8 @@ Result<Mover*> ClientCore::choose_mover(MoverKind kind, size_t bytes, Cache cach
   for (MoverKind k : {MoverKind::kCpu, MoverKind::kCpuStream, MoverKind::kThreads}) {
     auto m = shared_mover(k);
     if (!m.ok()) continue;
-    double us = (*m)->cost(cache).predict_us(bytes);
+    // A synchronous copy (execute) may run on the caller and workers at once.
+    double us = (async ? (*m)->cost(cache) : (*m)->execute_cost(cache)).predict_us(bytes);
     if (best == nullptr || us < best_us) {
       best = *m;
       best_us = us;

@@ -108,6 +108,9 @@ class Mover {
   // Predicted cost for `cache`: the calibrated profile if one is loaded
   // (load_cost_profile), else the engine's built-in estimate.
   CostModel cost(Cache cache = Cache::kAuto) const noexcept;
+  // Predicted cost of a synchronous execute(), where engines with workers
+  // also copy on the calling thread; cost() for the others.
+  virtual CostModel execute_cost(Cache cache = Cache::kAuto) const noexcept { return cost(cache); }
 
   // Starts the copies. The buffers must stay valid until poll() reports done,
   // wait() returns or on_done runs. kInvalidArgument for null or overlapping
