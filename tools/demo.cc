@@ -281,7 +281,7 @@ int run_demo(const DemoOptions& o) {
     if (!o.frontends.empty() || config == "baseline" || config == "zerocopy" || config == "auto") return scale_out;
     return std::vector<int>{1};
   };
-  const int requests = o.requests > 0 ? o.requests : 3;
+  const int requests = o.requests > 0 ? o.requests : (o.quick ? 3 : 4);
 
   std::filesystem::create_directories(o.out);
   const std::string sock = "/tmp/rocket-demo-" + std::to_string(::getpid()) + ".sock";
