@@ -15,6 +15,7 @@
 #include "rocket/shm/pool.h"
 #include "rocket/shm/segment.h"
 #include "sys/futex.h"
+#include "runtime/gpu_payload.h"
 #include "runtime/protocol.h"
 #include "runtime/socket.h"
 
@@ -75,8 +76,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // Posts a request for [offset, offset+length) of the client pool. `block`
   // stays referenced until the job completes. `abandoned` jobs are discarded
   // on completion.
+  // `flags`: SubFlags (kSubGpuRequest for a GpuRef in the block).
   Result<JobId> post(uint32_t op, std::shared_ptr<PoolBlock> block, uint64_t offset, uint64_t length,
-                     bool wait_for_space);
+                     bool wait_for_space, uint16_t flags = 0);
   // Copies `bytes` into a fresh pool block with the policy's mover.
   Result<std::shared_ptr<PoolBlock>> copy_in(std::span<const std::byte> bytes, const Policy& policy);
   // Starts an asynchronous copy-in and returns the job id at once; the
@@ -126,7 +128,8 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   void flush_frees_locked();
   // Pushes a request descriptor, waiting for ring space. Unlocks `lock`
   // while it waits.
-  Status push_request(std::unique_lock<std::mutex>& lock, uint32_t op, JobId id, uint64_t offset, uint64_t length);
+  Status push_request(std::unique_lock<std::mutex>& lock, uint32_t op, JobId id, uint64_t offset, uint64_t length,
+                      uint16_t flags = 0);
   Status push_locked(std::unique_lock<std::mutex>& lock, const SubDesc& d);
   void copy_done(JobId id, Status st);
   void wake_waiters() noexcept;
@@ -386,9 +389,10 @@ void ClientCore::wake_server() {
 }
 
 Status ClientCore::push_request(std::unique_lock<std::mutex>& lock, uint32_t op, JobId id, uint64_t offset,
-                                uint64_t length) {
+                                uint64_t length, uint16_t flags) {
   SubDesc d{};
   d.kind = static_cast<uint16_t>(SubKind::kRequest);
+  d.flags = flags;
   d.op_id = op;
   d.job_id = id;
   d.offset = offset;
@@ -418,7 +422,7 @@ Status ClientCore::push_locked(std::unique_lock<std::mutex>& lock, const SubDesc
 }
 
 Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, uint64_t offset, uint64_t length,
-                               bool wait_for_space) {
+                               bool wait_for_space, uint16_t flags) {
   std::unique_lock<std::mutex> lock(mu_);
   if (!failure_.ok()) return failure_;
   while (outstanding_ >= rx_.capacity()) {
@@ -435,7 +439,7 @@ Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, ui
     if (!failure_.ok()) return failure_;
   }
   const JobId id = next_job_++;
-  ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, offset, length));
+  ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, offset, length, flags));
   ++outstanding_;
   jobs_.emplace(id, Job{std::move(block), offset, length, false, false, false, op, 0, {}, {}});
   lock.unlock();
@@ -951,6 +955,16 @@ Result<Reply> Client::call(std::string_view op, std::span<const std::byte> reque
   ROCKET_ASSIGN_OR_RETURN(auto block, core_->copy_in(request, options.policy));
   uint64_t off = block ? block->offset : 0;
   ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, std::move(block), off, request.size(), true));
+  return core_->wait_job(job, options.timeout);
+}
+
+Result<Reply> Client::call_gpu(std::string_view op, const void* device_ptr, size_t bytes, const CallOptions& options) {
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  ROCKET_ASSIGN_OR_RETURN(detail::GpuRef ref, detail::make_gpu_ref(device_ptr, bytes));
+  ROCKET_ASSIGN_OR_RETURN(auto block, core_->alloc_block(sizeof(ref)));
+  std::memcpy(core_->client_data() + block->offset, &ref, sizeof(ref));
+  const uint64_t off = block->offset;
+  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, std::move(block), off, sizeof(ref), true, detail::kSubGpuRequest));
   return core_->wait_job(job, options.timeout);
 }
 

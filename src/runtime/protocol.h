@@ -85,7 +85,25 @@ enum SubFlags : uint16_t {
   // reserved[0]/reserved[1] are the address and capacity of a buffer in the
   // client's private memory; the server writes the response there.
   kSubRemoteResponse = 2,
+  // The request's pool bytes are one GpuRef: the payload is GPU memory of the
+  // client's, shared by CUDA IPC (the server opens the handle once per session).
+  kSubGpuRequest = 4,
 };
+
+inline constexpr uint32_t kGpuRefMagic = 0x52555047;  // "GPUR"
+
+// A GPU payload by reference: a CUDA IPC handle to the client's device
+// allocation, and the range of it that is the payload. The server checks the
+// range against the allocation's real size after opening the handle.
+struct GpuRef {
+  uint32_t magic;
+  uint32_t device;  // the client's device ordinal (informational)
+  uint64_t offset;  // of the payload from the allocation's base
+  uint64_t length;
+  uint64_t reserved;
+  unsigned char handle[64];  // cudaIpcMemHandle_t of the allocation's base
+};
+static_assert(sizeof(GpuRef) == 96);
 
 struct SubDesc {
   uint16_t kind;

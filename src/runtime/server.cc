@@ -25,6 +25,7 @@
 #include "rocket/shm/segment.h"
 #include "mover/kernel_copy.h"
 #include "sys/futex.h"
+#include "runtime/gpu_payload.h"
 #include "runtime/protocol.h"
 #include "runtime/socket.h"
 
@@ -43,6 +44,7 @@ struct OpSpec {
 struct ServerCounters {
   std::atomic<uint64_t> sessions_open{0}, sessions_total{0}, sessions_refused{0};
   std::atomic<uint64_t> requests{0}, request_errors{0}, protocol_errors{0}, bytes_mapped{0};
+  std::atomic<uint64_t> gpu_handles_opened{0};
 };
 
 // Tags let one epoll set tell a session's socket from its eventfd.
@@ -73,6 +75,7 @@ struct ServerSession {
   // Kernel single-copy path: allowed after the handshake probe succeeded.
   bool kernel_copy = false;
   int pidfd = -1;  // to notice pid reuse before touching the client's memory
+  std::unique_ptr<GpuHandleCache> gpu;  // GPU payloads' IPC handles; made on first use
   EpollTag sock_tag{this, true};
   EpollTag wake_tag{this, false};
 };
@@ -402,7 +405,9 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   const uint64_t cap = s.client_pool.data_bytes();
   const bool remote_req = (d.flags & detail::kSubRemoteRequest) != 0;
   const bool remote_resp = (d.flags & detail::kSubRemoteResponse) != 0;
-  if ((d.flags & ~(detail::kSubRemoteRequest | detail::kSubRemoteResponse)) != 0) {
+  const bool gpu_req = (d.flags & detail::kSubGpuRequest) != 0;
+  if ((d.flags & ~(detail::kSubRemoteRequest | detail::kSubRemoteResponse | detail::kSubGpuRequest)) != 0 ||
+      (gpu_req && remote_req)) {
     server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
     fail_request(s, d.job_id, invalid_argument("unknown request flags " + std::to_string(d.flags)));
     return;
@@ -446,6 +451,29 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
     }
     payload = {s.client_pool.data() + d.offset, d.length};
   }
+  void* gpu_data = nullptr;
+  size_t gpu_size = 0;
+  if (gpu_req) {
+    if (payload.size() != sizeof(detail::GpuRef)) {
+      server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+      fail_request(s, d.job_id, invalid_argument("a GPU request carries one " + std::to_string(sizeof(detail::GpuRef)) +
+                                                 "-byte reference, not " + std::to_string(payload.size()) + " bytes"));
+      return;
+    }
+    detail::GpuRef ref;
+    std::memcpy(&ref, payload.data(), sizeof(ref));  // once: the client may rewrite the pool under us
+    if (!s.gpu) s.gpu = std::make_unique<detail::GpuHandleCache>();
+    const uint64_t before = s.gpu->opened();
+    auto dev = s.gpu->resolve(ref);
+    server_->counters.gpu_handles_opened.fetch_add(s.gpu->opened() - before, std::memory_order_relaxed);
+    if (!dev.ok()) {
+      fail_request(s, d.job_id, dev.status());
+      return;
+    }
+    gpu_data = *dev;
+    gpu_size = ref.length;
+    payload = {};
+  }
   Request req;
   req.op_ = server_->ops[d.op_id].name;
   req.data_ = payload;
@@ -453,7 +481,9 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   req.uid_ = s.cred.uid;
   req.pid_ = s.cred.pid;
   req.job_id_ = d.job_id;
-  Response resp(&s, d.length);
+  req.gpu_data_ = gpu_data;
+  req.gpu_size_ = gpu_size;
+  Response resp(&s, payload.size());
   auto t0 = detail::Clock::now();
   Status st;
   try {
@@ -866,6 +896,7 @@ ServerStats Server::stats() const {
   s.request_errors = m.counters.request_errors.load(std::memory_order_relaxed);
   s.protocol_errors = m.counters.protocol_errors.load(std::memory_order_relaxed);
   s.bytes_mapped = m.counters.bytes_mapped.load(std::memory_order_relaxed);
+  s.gpu_handles_opened = m.counters.gpu_handles_opened.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -10,6 +10,8 @@
 
 #include "mover/cuda_mover.h"
 #include "rocket/mover/mover.h"
+#include "rocket/rocket.h"
+#include "test_util.h"
 
 namespace rocket {
 namespace {
@@ -99,6 +101,51 @@ TEST_P(CudaEngine, DetachedCallbacksArriveAfterTheData) {
 
 INSTANTIATE_TEST_SUITE_P(H2H, CudaEngine, ::testing::Values("kernel", "staged"),
                          [](const auto& info) { return std::string(info.param); });
+
+// A GPU payload handed to a backend in another process by CUDA IPC: the
+// server computes over the client's device memory with no copy through the
+// pools; each allocation's handle is opened once per session.
+TEST(GpuPayload, HandedToAnotherProcessByReference) {
+  auto api = detail::load_cuda_module(0);
+  if (!api.ok()) GTEST_SKIP() << api.status().to_string();
+  auto cuda = make_mover(MoverKind::kCuda);
+  ASSERT_TRUE(cuda.ok()) << cuda.status().to_string();
+  const std::string sock = testing::unique_socket_path("gpu");
+  testing::Peer server({"serve-gpu", sock});
+  ASSERT_EQ(server.read_line(std::chrono::milliseconds(30000)), "ready");
+  auto c = Client::connect(sock);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+
+  const size_t n = size_t{8} << 20;
+  void* dev = nullptr;
+  ASSERT_EQ((*api)->device_alloc(&dev, n + 8192), 0) << (*api)->last_error();
+  std::vector<std::byte> host(n);
+  for (size_t i = 0; i < n; ++i) host[i] = static_cast<std::byte>(i * 31 + 7);
+  auto* payload = static_cast<std::byte*>(dev) + 4096;  // not at the allocation's base
+  CopyOp up{payload, host.data(), n};
+  ASSERT_TRUE((*cuda)->execute({&up, 1}, Cache::kAuto).ok());
+
+  const uint64_t expected = checksum64(host);
+  for (int i = 0; i < 3; ++i) {
+    auto r = c->call_gpu("gpu_checksum", payload, n);
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    ASSERT_EQ(r->size(), 8u);
+    uint64_t got = 0;
+    std::memcpy(&got, r->data().data(), 8);
+    EXPECT_EQ(got, expected);
+  }
+  auto opened = c->call("gpu_handles", std::span<const std::byte>());
+  ASSERT_TRUE(opened.ok());
+  uint64_t handles = 0;
+  std::memcpy(&handles, opened->data().data(), 8);
+  EXPECT_EQ(handles, 1u);  // three calls, one allocation: opened once
+
+  // A range past the allocation, and host memory, are refused by the client.
+  EXPECT_EQ(c->call_gpu("gpu_checksum", payload, n + 8192).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(c->call_gpu("gpu_checksum", host.data(), n).status().code(), StatusCode::kInvalidArgument);
+  c->close();
+  (*api)->device_free(dev);
+}
 
 }  // namespace
 }  // namespace rocket

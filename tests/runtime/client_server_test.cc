@@ -393,5 +393,19 @@ TEST(ClientServer, SecondServerOnTheSameSocketIsRefused) {
   EXPECT_TRUE(srv.connect().call("echo", bytes_of("x")).ok());
 }
 
+// Without a GPU, call_gpu says why instead of failing obscurely; with one,
+// host memory is refused (the GPU test in cuda_test.cc covers the real path).
+TEST(ClientServer, CallGpuExplainsWhatIsMissing) {
+  TestServer srv;
+  Client c = srv.connect();
+  std::vector<std::byte> host(4096);
+  auto r = c.call_gpu("echo", host.data(), host.size());
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.status().code() == StatusCode::kUnavailable || r.status().code() == StatusCode::kInvalidArgument)
+      << r.status().to_string();
+  EXPECT_FALSE(r.status().message().empty());
+  EXPECT_TRUE(c.call("echo", std::span<const std::byte>(host)).ok());  // the session is fine
+}
+
 }  // namespace
 }  // namespace rocket::testing

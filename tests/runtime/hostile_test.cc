@@ -109,6 +109,45 @@ TEST_F(Hostile, RemoteFlagsWithoutTheKernelPathAreRefused) {
   expect_bystander_ok();
 }
 
+// GPU payload references: a wrong size, a wrong magic, a handle of garbage,
+// or GPU and remote flags together fail that request only. Without a GPU the
+// server says it cannot take GPU payloads; with one, the garbage handle does
+// not open (and a forged range could never reach past an allocation: the
+// server checks it against the opened allocation's real size).
+TEST_F(Hostile, MalformedGpuReferencesFailThatRequest) {
+  const uint32_t echo = raw_->op("echo");
+  auto d = request(echo, 1, 0, 40);  // not sizeof(GpuRef)
+  d.flags = detail::kSubGpuRequest;
+  expect_error(d, StatusCode::kInvalidArgument);
+  detail::GpuRef ref{};
+  ref.magic = 0x12345678;
+  std::memcpy(raw_->cpool.data(), &ref, sizeof(ref));
+  d = request(echo, 2, 0, sizeof(ref));
+  d.flags = detail::kSubGpuRequest;
+  detail::CompDesc c{};
+  raw_->push(d);
+  ASSERT_TRUE(raw_->pop(&c));
+  EXPECT_TRUE(c.status == static_cast<int32_t>(StatusCode::kInvalidArgument) ||
+              c.status == static_cast<int32_t>(StatusCode::kFailedPrecondition))
+      << c.status;
+  ref.magic = detail::kGpuRefMagic;
+  ref.offset = UINT64_MAX - 8;
+  ref.length = 64;
+  std::memset(ref.handle, 0xab, sizeof(ref.handle));
+  std::memcpy(raw_->cpool.data(), &ref, sizeof(ref));
+  d.job_id = 3;
+  raw_->push(d);
+  ASSERT_TRUE(raw_->pop(&c));
+  EXPECT_TRUE(c.status == static_cast<int32_t>(StatusCode::kInvalidArgument) ||
+              c.status == static_cast<int32_t>(StatusCode::kFailedPrecondition))
+      << c.status;
+  d.job_id = 4;
+  d.flags = detail::kSubGpuRequest | detail::kSubRemoteRequest;
+  expect_error(d, StatusCode::kInvalidArgument);
+  EXPECT_EQ(srv_.server->stats().gpu_handles_opened, 0u);
+  expect_bystander_ok();
+}
+
 TEST_F(Hostile, RemoteAddressesThatAreNotMappedFailThatRequest) {
   auto k = RawSession::open(srv_.path, detail::kProtocolVersion, nullptr, /*kernel=*/true);
   ASSERT_NE(k, nullptr);

@@ -172,6 +172,14 @@ class Client {
   // with other movers: copy-in, call, copy-out.
   Result<size_t> call_into(std::string_view op, std::span<const std::byte> request, std::span<std::byte> response,
                            const CallOptions& options = {});
+  // A GPU payload by reference: [device_ptr, device_ptr + bytes) is device
+  // memory of this process (cudaMalloc); the server's handler gets it as
+  // Request::gpu_data() through CUDA IPC, with no copy. The server opens each
+  // allocation's handle once per session and keeps it open while the session
+  // lives, so keep the allocation alive until the session is closed.
+  // kUnavailable without a GPU (or the cuda module); kInvalidArgument for
+  // host memory or a range past the allocation.
+  Result<Reply> call_gpu(std::string_view op, const void* device_ptr, size_t bytes, const CallOptions& options = {});
   // Whether the server accepted the kernel single-copy path.
   bool kernel_copy() const noexcept;
   // Returns at once; the copy-in (on an asynchronous engine for large

@@ -57,11 +57,20 @@ class Request {
   uid_t uid() const noexcept { return uid_; }
   pid_t pid() const noexcept { return pid_; }
   uint64_t job_id() const noexcept { return job_id_; }
+  // A GPU payload (Client::call_gpu): the client's device memory, opened in
+  // this process through CUDA IPC (once per session, then cached); data() is
+  // empty then. The pointer is valid during the handler only; the handler
+  // must not write past gpu_size().
+  bool on_gpu() const noexcept { return gpu_data_ != nullptr; }
+  void* gpu_data() const noexcept { return gpu_data_; }
+  size_t gpu_size() const noexcept { return gpu_size_; }
 
  private:
   friend class Server;
   std::string_view op_;
   std::span<const std::byte> data_;
+  void* gpu_data_ = nullptr;
+  size_t gpu_size_ = 0;
   std::string_view tenant_;
   uid_t uid_ = 0;
   pid_t pid_ = 0;
@@ -127,6 +136,7 @@ struct ServerStats {
   uint64_t request_errors = 0;   // requests answered with a non-OK status
   uint64_t protocol_errors = 0;  // corrupt rings, forged frees, garbage descriptors
   uint64_t bytes_mapped = 0;     // segments currently mapped for sessions
+  uint64_t gpu_handles_opened = 0;  // CUDA IPC handles of GPU payloads opened (once per session each)
 };
 
 class Server {

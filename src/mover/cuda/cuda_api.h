@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-#define ROCKET_CUDA_ABI 1
+#define ROCKET_CUDA_ABI 2
 
 enum RocketCudaPtrKind {
   ROCKET_CUDA_HOST_PAGEABLE = 0,
@@ -50,6 +50,9 @@ struct RocketCudaApi {
   int (*ipc_get)(void* dev_ptr, void* handle64);
   int (*ipc_open)(const void* handle64, void** dev_ptr);
   int (*ipc_close)(void* dev_ptr);
+  // The device allocation that contains `p`: its base and size (bounds
+  // checks on memory another process named).
+  int (*mem_range)(const void* p, void** base, size_t* bytes);
 };
 
 // The module's one export.

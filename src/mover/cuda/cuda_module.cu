@@ -249,10 +249,39 @@ int api_ipc_close(void* dev_ptr) {
   return e == cudaSuccess ? 0 : fail("cudaIpcCloseMemHandle", e);
 }
 
+int api_mem_range(const void* p, void** base, size_t* bytes) {
+  // cuMemGetAddressRange is a driver API call; fetch it through the runtime
+  // so the module needs no link against libcuda.
+  using Fn = int (*)(unsigned long long*, size_t*, unsigned long long);
+  static Fn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      f = nullptr;
+    }
+    return reinterpret_cast<Fn>(f);
+  }();
+  if (fn == nullptr) {
+    std::snprintf(g_error, sizeof(g_error), "cuMemGetAddressRange is not available from the driver");
+    return -1;
+  }
+  unsigned long long b = 0;
+  size_t n = 0;
+  int rc = fn(&b, &n, reinterpret_cast<unsigned long long>(p));
+  if (rc != 0) {
+    std::snprintf(g_error, sizeof(g_error), "cuMemGetAddressRange: error %d (not device memory?)", rc);
+    return -1;
+  }
+  *base = reinterpret_cast<void*>(b);
+  *bytes = n;
+  return 0;
+}
+
 const RocketCudaApi g_api = {
     ROCKET_CUDA_ABI, api_last_error, api_init,     api_device_name, api_device_count, api_host_register,
     api_host_unregister, api_pointer_kind, api_device_alloc, api_device_free, api_copy, api_op_query,
-    api_op_wait, api_op_release, api_ipc_get, api_ipc_open, api_ipc_close,
+    api_op_wait, api_op_release, api_ipc_get, api_ipc_open, api_ipc_close, api_mem_range,
 };
 
 }  // namespace
