@@ -2,7 +2,7 @@
 # On a machine with an NVIDIA GPU: checks and measures the cuda mover.
 # Uses an existing release build (build/release, e.g. carried from the CI
 # machine) or builds one, then runs doctor, the GPU tests, and the GPU
-# benchmark points of issue 4; results go to ${OUT:-bench/results/gpu}.
+# benchmark points of issue 4 (movers, echo, overlap, the gpu_echo backend); results go to ${OUT:-bench/results/gpu}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench/results/gpu}
@@ -19,4 +19,8 @@ $R bench movers --movers cpu,threads,cuda --caches inject --sizes 64K,1M,16M,128
 $R bench echo --sizes 1M,16M,128M --modes sync --paths copy --wake spin --transports rocket,memcpy \
   --movers cpu,threads,cuda --clients 1 --json > "$out/echo.json"
 $R bench overlap --mover cuda --json > "$out/overlap-cuda.json"
+# End-to-end through a GPU backend: the request is copied from the shared pool
+# into GPU memory and back into the server pool on the copy engines.
+$R bench echo --op gpu_echo --sizes 1M,16M,128M --modes sync --paths zerocopy,copy --wake spin \
+  --transports rocket --clients 1 --json > "$out/gpu-echo.json"
 echo "gpu_check: results in $out"

@@ -52,6 +52,7 @@ struct WorkerArgs {
   long spin_us = 50;
   long gap_us = 0;  // idle time between round trips (not measured) so the server falls asleep
   std::string mover = "cpu";  // engine for the copy path (kernel: process_vm_readv/writev)
+  std::string op = "echo";    // or echo_copy, gpu_echo (a GPU backend's round trip)
 };
 
 void fill_random(std::byte* p, size_t n, uint64_t seed) {
@@ -189,7 +190,7 @@ Status run_worker(const WorkerArgs& a) {
       ROCKET_ASSIGN_OR_RETURN(Buffer buf, c.alloc(std::max<size_t>(a.size, 1)));
       std::memcpy(buf.data(), src.data(), a.size);  // built in place once
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
-        auto r = c.call("echo", buf);
+        auto r = c.call(a.op, buf);
         if (!r.ok()) return false;
         if (!checked) checked = verify(r->data());
         return checked;
@@ -198,14 +199,14 @@ Status run_worker(const WorkerArgs& a) {
       // Private request in, private response out: copy-in, call, copy-out
       // (or, with the kernel mover, the server reads and writes our memory).
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
-        auto n = c.call_into("echo", src_span, dst_span, call_opts);
+        auto n = c.call_into(a.op, src_span, dst_span, call_opts);
         if (!n.ok() || *n != a.size) return false;
         if (!checked) checked = verify(dst_span);
         return checked;
       }, &samples, &wall, &cpu));
     } else if (a.mode == "async") {
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
-        auto f = c.call_async("echo", src_span, call_opts);
+        auto f = c.call_async(a.op, src_span, call_opts);
         auto r = f.get();
         if (!r.ok() || !r->copy_to(dst_span).ok()) return false;
         if (!checked) checked = verify(dst_span);
@@ -225,8 +226,8 @@ Status run_worker(const WorkerArgs& a) {
       size_t next = 0;
       auto submit_one = [&]() -> bool {
         auto t = Clock::now();
-        auto id = zc ? c.submit("echo", bufs[next++ % bufs.size()])
-                     : c.submit("echo", src_span, call_opts);
+        auto id = zc ? c.submit(a.op, bufs[next++ % bufs.size()])
+                     : c.submit(a.op, src_span, call_opts);
         if (!id.ok()) return false;
         inflight.emplace_back(*id, t);
         return true;
@@ -312,6 +313,7 @@ struct EchoConfig {
   size_t size;
   int clients;
   std::string mover = "cpu";
+  std::string op = "echo";
 };
 
 // Round trips per point: about `budget_ms` of work, but at least enough
@@ -336,7 +338,7 @@ Result<json> run_config(const EchoConfig& cfg, const std::string& socket, int it
                                                     "--warmup", std::to_string(std::max(2, iters / 10)),
                                                     "--depth", std::to_string(depth), "--spin-us",
                                                     std::to_string(client_spin_us), "--gap-us",
-                                                    std::to_string(gap_us), "--mover", cfg.mover}));
+                                                    std::to_string(gap_us), "--mover", cfg.mover, "--op", cfg.op}));
     workers.push_back(std::move(w));
   }
   for (auto& w : workers) {
@@ -360,7 +362,7 @@ Result<json> run_config(const EchoConfig& cfg, const std::string& socket, int it
   double ops = static_cast<double>(all.size());
   double gbps = wall > 0 ? static_cast<double>(cfg.size) * ops / (wall * 1e3) : 0;
   return json{{"transport", cfg.transport}, {"mode", cfg.mode}, {"mover", cfg.transport == "rocket" ? cfg.mover : "none"},
-              {"path", cfg.path}, {"size", cfg.size}, {"clients", cfg.clients}, {"wake", cfg.wake},
+              {"path", cfg.path}, {"op", cfg.op}, {"size", cfg.size}, {"clients", cfg.clients}, {"wake", cfg.wake},
               {"p50_us", s.p50}, {"p99_us", s.p99}, {"mad_us", s.mad}, {"gbps", gbps},
               {"cpu_us", ops > 0 ? cpu / ops : 0}, {"ops", all.size()}, {"server_wakeups", wakeups}};
 }
@@ -374,6 +376,7 @@ struct EchoOptions {
   std::string clients = "1,2";
   std::string wakes = "spin,sleep";
   std::string movers = "cpu,kernel";  // engines for the sync copy path
+  std::string op = "echo";            // Rocket's op: echo, echo_copy or gpu_echo
   int iters = 0;
   double budget_ms = 250;
   bool json_out = false;
@@ -488,7 +491,7 @@ int run_bench_echo(const EchoOptions& o) {
           for (const auto& mover : movers) {
             for (int clients : client_counts) {
               for (size_t size : sizes) {
-                EchoConfig cfg{"rocket", mode, path, wake, size, clients, mover};
+                EchoConfig cfg{"rocket", mode, path, wake, size, clients, mover, opt.op};
                 // With the kernel mover the server does both copies, on its
                 // dispatcher and the engine's workers: a client spinning for
                 // the whole call would take a core from them, so it keeps the
@@ -570,6 +573,8 @@ void add_bench_echo(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--movers", opt->movers, "engines for the sync copy path (cpu, kernel, threads, ...)")
       ->capture_default_str();
+  cmd->add_option("--op", opt->op, "Rocket's server op: echo (in place), echo_copy, gpu_echo (through GPU memory)")
+      ->capture_default_str();
   cmd->add_option("--iters", opt->iters, "round trips per point (0: about --budget-ms each)");
   cmd->add_option("--budget-ms", opt->budget_ms, "measuring time per point")->capture_default_str();
   cmd->add_flag("--json", opt->json_out, "print {\"results\": [...]} instead of a table");
@@ -591,6 +596,7 @@ void add_bench_children(CLI::App& app) {
   worker->add_option("--spin-us", w->spin_us);
   worker->add_option("--gap-us", w->gap_us);
   worker->add_option("--mover", w->mover);
+  worker->add_option("--op", w->op);
   worker->callback([w] {
     Status s = run_worker(*w);
     if (!s.ok()) {

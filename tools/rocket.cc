@@ -77,7 +77,7 @@ int serve(const ServeArgs& a) {
     return 1;
   }
   // The first line on stdout says the server accepts (scripts wait for it).
-  std::cout << "rocket: serving on " << a.socket << " (ops: echo, echo_copy, checksum; " << a.dispatchers
+  std::cout << "rocket: serving on " << a.socket << " (ops: echo, echo_copy, checksum, gpu_echo; " << a.dispatchers
             << " dispatcher" << (a.dispatchers == 1 ? "" : "s") << ")" << std::endl;
   server.wait();
   auto st = server.stats();
@@ -178,7 +178,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   ServeArgs sa;
-  auto* serve_cmd = app.add_subcommand("serve", "Run a backend with the built-in ops (echo, echo_copy, checksum)");
+  auto* serve_cmd = app.add_subcommand("serve", "Run a backend with the built-in ops (echo, echo_copy, checksum, gpu_echo)");
   serve_cmd->add_option("--socket", sa.socket, "Unix socket path (env ROCKET_SOCKET)")->capture_default_str();
   serve_cmd->add_option("--dispatchers", sa.dispatchers, "dispatcher threads")->capture_default_str();
   serve_cmd->add_option("--spin-us", sa.spin_us, "idle polling before a dispatcher sleeps")->capture_default_str();

@@ -1,8 +1,41 @@
 #include "rocket/runtime/builtin_ops.h"
 
+#include <algorithm>
 #include <cstring>
+#include <memory>
+
+#include "mover/cuda_mover.h"
 
 namespace rocket {
+
+namespace {
+// gpu_echo's device buffer, one per dispatcher thread, grown as needed.
+class DeviceScratch {
+ public:
+  ~DeviceScratch() {
+    if (p_ != nullptr) api_->device_free(p_);
+  }
+  Result<void*> reserve(size_t n) {
+    if (api_ == nullptr) {
+      auto api = detail::load_cuda_module(0);
+      if (!api.ok()) return unavailable("gpu_echo needs a GPU: " + api.status().message());
+      api_ = *api;
+    }
+    if (n <= cap_) return p_;
+    if (p_ != nullptr) api_->device_free(p_);
+    p_ = nullptr;
+    cap_ = 0;
+    if (api_->device_alloc(&p_, n) != 0) return resource_exhausted(std::string("gpu_echo: ") + api_->last_error());
+    cap_ = n;
+    return p_;
+  }
+
+ private:
+  const RocketCudaApi* api_ = nullptr;
+  void* p_ = nullptr;
+  size_t cap_ = 0;
+};
+}  // namespace
 
 uint64_t checksum64(std::span<const std::byte> bytes) noexcept {
   // Four independent multiply-xor lanes keep the loop at memory speed; the
@@ -40,7 +73,16 @@ Status register_builtin_ops(Server& server) {
     uint64_t sum = checksum64(req.data());
     return resp.write(std::as_bytes(std::span{&sum, 1}));
   }));
-  return ok_status();
+  auto gpu_echo = [] {
+    auto scratch = std::make_shared<DeviceScratch>();
+    return Handler([scratch](const Request& req, Response& resp) -> Status {
+      const size_t n = req.data().size();
+      ROCKET_ASSIGN_OR_RETURN(void* dev, scratch->reserve(std::max<size_t>(n, 1)));
+      ROCKET_RETURN_IF_ERROR(req.copy_to_device(dev));
+      return resp.write_from_device(dev, n);
+    });
+  };
+  return server.handle_per_thread("gpu_echo", gpu_echo);
 }
 
 }  // namespace rocket

@@ -76,6 +76,10 @@ struct ServerSession {
   bool kernel_copy = false;
   int pidfd = -1;  // to notice pid reuse before touching the client's memory
   std::unique_ptr<GpuHandleCache> gpu;  // GPU payloads' IPC handles; made on first use
+  // GPU backends: the cuda engine, once this session's pools are registered
+  // with it (Request::copy_to_device, Response::write_from_device).
+  Mover* gpu_mover = nullptr;
+  bool gpu_client_pool = false, gpu_server_pool = false;
   EpollTag sock_tag{this, true};
   EpollTag wake_tag{this, false};
 };
@@ -111,6 +115,9 @@ detail::ServerSession::~ServerSession() {
   if (pidfd >= 0) ::close(pidfd);
   if (sock >= 0) ::close(sock);
   if (wake_fd >= 0) ::close(wake_fd);
+  // The GPU must let go of the pools before they are unmapped.
+  if (gpu_client_pool) gpu_mover->unregister_memory(client_pool.data());
+  if (gpu_server_pool) gpu_mover->unregister_memory(server_pool.data());
   uint64_t mapped = control.total_bytes() + client_pool.total_bytes() + server_pool.total_bytes();
   // Unmap before the counters drop, so whoever watches them (tests, `rocket
   // top`) never sees a closed session that still holds memory.
@@ -119,6 +126,46 @@ detail::ServerSession::~ServerSession() {
   server_pool = shm::Segment();
   counters->bytes_mapped.fetch_sub(mapped, std::memory_order_relaxed);
   counters->sessions_open.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// --- GPU backends -------------------------------------------------------------
+
+namespace detail {
+namespace {
+// The cuda engine, with `pool` of session `s` registered (once per session).
+// A pool that cannot be registered still works, through pageable copies.
+Result<Mover*> session_gpu(ServerSession& s, bool server_pool) {
+  if (s.gpu_mover == nullptr) {
+    auto m = shared_mover(MoverKind::kCuda);
+    if (!m.ok()) return unavailable("this server has no usable GPU: " + m.status().message());
+    s.gpu_mover = *m;
+  }
+  bool& registered = server_pool ? s.gpu_server_pool : s.gpu_client_pool;
+  if (!registered) {
+    shm::Segment& seg = server_pool ? s.server_pool : s.client_pool;
+    registered = s.gpu_mover->register_memory(seg.data(), seg.data_bytes(), /*read_only=*/!server_pool).ok();
+  }
+  return s.gpu_mover;
+}
+}  // namespace
+}  // namespace detail
+
+Status Request::copy_to_device(void* device) const {
+  if (session_ == nullptr) return failed_precondition("copy_to_device outside a handler");
+  if (data_.empty()) return ok_status();
+  ROCKET_ASSIGN_OR_RETURN(Mover * m, detail::session_gpu(*session_, /*server_pool=*/false));
+  CopyOp op{static_cast<std::byte*>(device), data_.data(), data_.size()};
+  return m->execute({&op, 1}, Cache::kAuto);
+}
+
+Status Response::write_from_device(const void* device, size_t bytes) {
+  ROCKET_ASSIGN_OR_RETURN(Mover * m, detail::session_gpu(*session_, /*server_pool=*/true));
+  ROCKET_ASSIGN_OR_RETURN(std::span<std::byte> out, alloc(bytes));
+  if (bytes == 0) return ok_status();
+  CopyOp op{out.data(), static_cast<const std::byte*>(device), bytes};
+  Status st = m->execute({&op, 1}, Cache::kAuto);
+  if (!st.ok()) release();
+  return st;
 }
 
 // --- Response -----------------------------------------------------------------
@@ -483,6 +530,7 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   req.job_id_ = d.job_id;
   req.gpu_data_ = gpu_data;
   req.gpu_size_ = gpu_size;
+  req.session_ = &s;
   Response resp(&s, payload.size());
   auto t0 = detail::Clock::now();
   Status st;

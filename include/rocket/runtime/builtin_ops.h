@@ -6,6 +6,9 @@
 //   echo_copy   the response is a copy of the request in the server pool (what
 //               a handler that produces fresh output costs)
 //   checksum    the response is checksum64() of the request, 8 bytes
+//   gpu_echo    a GPU backend's round trip: the request is copied from the
+//               shared pool into GPU memory and back into the server pool on
+//               the copy engines (kUnavailable where there is no GPU)
 //
 //   rocket::Server server({.socket_path = path});
 //   if (auto s = rocket::register_builtin_ops(server); !s.ok()) die(s);

@@ -64,9 +64,15 @@ class Request {
   bool on_gpu() const noexcept { return gpu_data_ != nullptr; }
   void* gpu_data() const noexcept { return gpu_data_; }
   size_t gpu_size() const noexcept { return gpu_size_; }
+  // GPU backends: copies data() into device memory `device` (at least
+  // data().size() bytes) on the GPU's copy engines, straight from the shared
+  // pool, which is registered with the GPU once per session. kUnavailable
+  // where this process has no GPU.
+  Status copy_to_device(void* device) const;
 
  private:
   friend class Server;
+  detail::ServerSession* session_ = nullptr;
   std::string_view op_;
   std::span<const std::byte> data_;
   void* gpu_data_ = nullptr;
@@ -89,6 +95,9 @@ class Response {
   Status write(std::span<const std::byte> bytes);
   // The response is request bytes [offset, offset+length).
   Status reply_in_place(size_t offset, size_t length);
+  // The response is `bytes` bytes of device memory, copied into the server
+  // pool on the GPU's copy engines (the pool is registered once per session).
+  Status write_from_device(const void* device, size_t bytes);
 
   Response(const Response&) = delete;
   Response& operator=(const Response&) = delete;
