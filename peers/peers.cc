@@ -37,6 +37,7 @@
 
 #include "mapped_buffer.h"
 #include "peers.grpc.pb.h"
+#include "stream_io.h"
 #include "rocket/rocket.h"
 #include "workload.h"
 
@@ -45,6 +46,8 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using namespace rocket;
+using tools::read_all;
+using tools::write_all;
 
 struct Args {
   std::string transport, endpoint, workload = "pagerank", op = "echo";
@@ -86,52 +89,6 @@ class Ops {
 
 // --- helpers ---------------------------------------------------------------
 
-bool write_all(int fd, const void* p, size_t n) {
-  auto* b = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t w = ::write(fd, b, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    b += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-
-bool read_all(int fd, void* p, size_t n) {
-  auto* b = static_cast<char*>(p);
-  while (n > 0) {
-    ssize_t r = ::read(fd, b, n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    b += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
-
-int unix_listen(const std::string& path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  ::unlink(path.c_str());
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(fd, 16) != 0) return -1;
-  return fd;
-}
-
-int unix_connect(const std::string& path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return -1;
-  int big = 4 << 20;
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
-  return fd;
-}
-
 // A frame on the UDS-based transports: op id, then the payload's length.
 struct Frame {
   uint32_t op;  // 0: echo, 1: the workload
@@ -139,6 +96,8 @@ struct Frame {
   uint64_t len;
 };
 constexpr uint64_t kMaxFrame = uint64_t{2} << 30;
+// The socket baselines get large buffers: fewer wake-ups for big payloads.
+constexpr int kSocketBuffer = 4 << 20;
 
 std::string_view op_name(uint32_t id, const std::string& workload) { return id == 0 ? "echo" : workload; }
 
@@ -243,7 +202,7 @@ void serve_stream_connection(int fd, const Ops& ops, const Args& a, bool naive) 
 }
 
 int serve_stream(const Ops& ops, const Args& a, bool naive) {
-  int lfd = unix_listen(a.endpoint);
+  int lfd = tools::stream_listen(a.endpoint);
   if (lfd < 0) return 1;
   std::cout << "ready" << std::endl;
   for (;;) {
@@ -252,9 +211,7 @@ int serve_stream(const Ops& ops, const Args& a, bool naive) {
       if (errno == EINTR) continue;
       return 1;
     }
-    int big = 4 << 20;
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    tools::set_socket_buffers(fd, kSocketBuffer);
     std::thread([fd, &ops, &a, naive] { serve_stream_connection(fd, ops, a, naive); }).detach();
   }
 }
@@ -387,7 +344,7 @@ Status run_client(const Args& a) {
   std::optional<Client> client;
   Buffer pool_req;
   if (a.transport == "uds" || a.transport == "shm_naive") {
-    fd = unix_connect(a.endpoint);
+    fd = tools::stream_connect(a.endpoint, kSocketBuffer);
     if (fd < 0) return errno_status("connect " + a.endpoint, errno);
     const bool naive = a.transport == "shm_naive";
     rt = [&, naive]() -> Result<size_t> {

@@ -20,6 +20,7 @@
 #include "args.h"
 #include "mapped_buffer.h"
 #include "process.h"
+#include "stream_io.h"
 #include "rocket/rocket.h"
 #include "stats.h"
 
@@ -64,46 +65,6 @@ void fill_random(std::byte* p, size_t n, uint64_t seed) {
   for (size_t i = n & ~size_t{7}; i < n; ++i) p[i] = static_cast<std::byte>(rng());
 }
 
-
-// Writes and reads whole buffers on a stream socket.
-bool write_all(int fd, const void* p, size_t n) {
-  auto* c = static_cast<const char*>(p);
-  while (n > 0) {
-    ssize_t w = ::write(fd, c, n);
-    if (w <= 0) {
-      if (w < 0 && errno == EINTR) continue;
-      return false;
-    }
-    c += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-bool read_all(int fd, void* p, size_t n) {
-  auto* c = static_cast<char*>(p);
-  while (n > 0) {
-    ssize_t r = ::read(fd, c, n);
-    if (r <= 0) {
-      if (r < 0 && errno == EINTR) continue;
-      return false;
-    }
-    c += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
-
-int uds_connect(const std::string& path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 // Runs the measured loop; `op(i)` performs one round trip and returns false on error.
 template <typename Op>
@@ -162,7 +123,7 @@ Status run_worker(const WorkerArgs& a) {
       return true;
     }, &samples, &wall, &cpu));
   } else if (a.transport == "uds") {
-    int fd = uds_connect(a.socket);
+    int fd = stream_connect(a.socket);
     if (fd < 0) return unavailable("cannot connect to the UDS echo server");
     bool checked = false;
     ROCKET_RETURN_IF_ERROR(measure(a, [&] {
@@ -277,12 +238,8 @@ Status run_worker(const WorkerArgs& a) {
 // --- UDS echo server ------------------------------------------------------------
 
 int run_uds_server(const std::string& path) {
-  ::unlink(path.c_str());
-  int lfd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
-  if (::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(lfd, 64) != 0) {
+  int lfd = stream_listen(path);
+  if (lfd < 0) {
     std::perror("uds server");
     return 1;
   }
