@@ -407,5 +407,20 @@ TEST(ClientServer, CallGpuExplainsWhatIsMissing) {
   EXPECT_TRUE(c.call("echo", std::span<const std::byte>(host)).ok());  // the session is fine
 }
 
+// The GPU backend hooks (Request::copy_to_device, Response::write_from_device)
+// behind the built-in gpu_echo say what is missing on a machine without a
+// GPU; scripts/gpu_check.sh measures them where there is one.
+TEST(ClientServer, GpuBackendHooksExplainWhatIsMissing) {
+  if (shared_mover(MoverKind::kCuda).ok()) GTEST_SKIP() << "a GPU is present: scripts/gpu_check.sh covers gpu_echo";
+  TestServer srv;
+  Client c = srv.connect();
+  auto data = pattern(1 << 20, 5);
+  auto r = c.call("gpu_echo", std::span<const std::byte>(data));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(r.status().message().find("GPU"), std::string::npos) << r.status().to_string();
+  EXPECT_TRUE(c.call("echo", std::span<const std::byte>(data)).ok());
+}
+
 }  // namespace
 }  // namespace rocket::testing
