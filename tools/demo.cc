@@ -306,7 +306,7 @@ int run_demo(const DemoOptions& o) {
     if (auto warm = run_point(exe, sock, w, "baseline", 1, 1, scale); !warm.ok()) {
       std::printf("  warm-up failed: %s\n", warm.status().to_string().c_str());
     }
-    double baseline[8] = {0};
+    std::map<int, double> baseline;  // throughput by frontend count
     for (const auto& c : configs) {
       for (int n : counts_for(c)) {
         auto p = run_point(exe, sock, w, c, n, requests, scale);
@@ -314,8 +314,9 @@ int run_demo(const DemoOptions& o) {
           std::printf("  %-22s %2d  failed: %s\n", c.c_str(), n, p.status().to_string().c_str());
           continue;
         }
-        if (c == "baseline" && n < 8) baseline[n] = p->throughput;
-        p->improvement = n < 8 && baseline[n] > 0 ? p->throughput / baseline[n] : 0;
+        if (c == "baseline") baseline[n] = p->throughput;
+        auto base = baseline.find(n);
+        p->improvement = base != baseline.end() && base->second > 0 ? p->throughput / base->second : 0;
         print_point(*p);
         if (c == "baseline" && n == 1) {
           const json& r = p->raw[0];

@@ -120,9 +120,8 @@ class VsFrontend final : public Frontend {
     }
     const auto* ids = reinterpret_cast<const int64_t*>(response.data() + sizeof(WireHeader));
     const auto* vecs = reinterpret_cast<const float*>(response.data() + sizeof(WireHeader) + nq_ * k_ * sizeof(int64_t));
-    // Each returned vector must be a unit vector (base vectors are), and the
-    // first neighbour of each query is its closest match: average its norm.
-    double first_norm = 0;
+    // Every id must name a base vector, and each query's nearest neighbour
+    // must be a unit vector (all base vectors are).
     for (uint64_t q = 0; q < nq_; ++q) {
       for (uint64_t j = 0; j < k_; ++j) {
         if (ids[q * k_ + j] < 0 || static_cast<uint64_t>(ids[q * k_ + j]) >= base_size_) return data_loss("vector_search response: neighbour id out of range");
@@ -130,7 +129,6 @@ class VsFrontend final : public Frontend {
       double n = 0;
       for (uint64_t d = 0; d < kVsDim; ++d) n += static_cast<double>(vecs[q * k_ * kVsDim + d]) * vecs[q * k_ * kVsDim + d];
       if (std::fabs(n - 1.0) > 1e-3) return data_loss("vector_search response: a neighbour vector is not a base vector");
-      first_norm += n;
     }
     summary_ = std::to_string(nq_) + " queries x " + std::to_string(k_) + " neighbours; nearest to query 0: id " +
                std::to_string(ids[0]);
