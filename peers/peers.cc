@@ -222,8 +222,19 @@ int serve_zmq(const Ops& ops, const Args& a) {
   sock.bind("ipc://" + a.endpoint);
   std::cout << "ready" << std::endl;
   for (;;) {
-    zmq::message_t op, data;
-    if (!sock.recv(op) || !op.more() || !sock.recv(data)) continue;
+    // A request is two frames, op and payload. Anything else still gets an
+    // (empty) reply: a REP socket must answer before it can receive again.
+    zmq::message_t op, data, extra;
+    if (!sock.recv(op)) continue;
+    bool well_formed = op.more() && sock.recv(data).has_value();
+    for (bool more = well_formed && data.more(); more; more = extra.more()) {  // drain surplus frames
+      well_formed = false;
+      if (!sock.recv(extra)) break;
+    }
+    if (!well_formed) {
+      sock.send(zmq::message_t(), zmq::send_flags::none);
+      continue;
+    }
     if (op.to_string_view() == "echo") {
       sock.send(data, zmq::send_flags::none);  // the received message itself: no copy
       continue;
