@@ -9,7 +9,6 @@
 //   rocket bench movers [--json]            every data mover, memcpy baseline
 //   rocket bench peers [--quick] [--json]   vs uds, zmq, grpc, a naive shm file per call
 //   rocket bench overlap                    caller work hidden behind call_async
-#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -25,6 +24,7 @@
 #include "bench_movers.h"
 #include "bench_peers.h"
 #include "demo.h"
+#include "serve_until_signal.h"
 #include "rocket/rocket.h"
 
 namespace {
@@ -34,11 +34,6 @@ using json = nlohmann::json;
 std::string default_socket() {
   if (const char* env = std::getenv("ROCKET_SOCKET")) return env;
   return "/tmp/rocket.sock";
-}
-
-rocket::Server* g_server = nullptr;
-extern "C" void on_signal(int) {
-  if (g_server != nullptr) g_server->stop();  // async-signal-safe
 }
 
 struct ServeArgs {
@@ -67,19 +62,12 @@ int serve(const ServeArgs& a) {
     std::cerr << "rocket serve: " << s.to_string() << "\n";
     return 1;
   }
-  g_server = &server;
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  if (auto s = server.start(); !s.ok()) {
-    std::cerr << "rocket serve: " << s.to_string() << "\n";
-    return 1;
-  }
-  // The first line on stdout says the server accepts (scripts wait for it).
-  std::cout << "rocket: serving on " << a.socket << " (ops: echo, echo_copy, checksum, gpu_echo; " << a.dispatchers
-            << " dispatcher" << (a.dispatchers == 1 ? "" : "s") << ")" << std::endl;
-  server.wait();
+  const int rc = rocket::tools::serve_until_signal(server, "rocket serve", [&] {
+    // The first line on stdout says the server accepts (scripts wait for it).
+    std::cout << "rocket: serving on " << a.socket << " (ops: echo, echo_copy, checksum, gpu_echo; " << a.dispatchers
+              << " dispatcher" << (a.dispatchers == 1 ? "" : "s") << ")" << std::endl;
+  });
+  if (rc != 0) return rc;
   auto st = server.stats();
   std::cerr << "rocket: stopped after " << st.sessions_total << " sessions, " << st.requests << " requests\n";
   return 0;

@@ -10,7 +10,6 @@
 // {...}}); a frontend prints "ready" once connected and warmed up, waits for
 // a line on stdin, runs its requests closed-loop and prints one JSON line of
 // measurements.
-#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,6 +23,7 @@
 
 #include "args.h"
 #include "demo_config.h"
+#include "serve_until_signal.h"
 #include "rocket/rocket.h"
 #include "workload.h"
 
@@ -62,11 +62,6 @@ int list(bool as_json) {
     }
   }
   return 0;
-}
-
-Server* g_server = nullptr;
-extern "C" void on_signal(int) {
-  if (g_server != nullptr) g_server->stop();
 }
 
 struct BackendArgs {
@@ -125,18 +120,9 @@ int backend(const BackendArgs& a) {
       return 1;
     }
   }
-  g_server = &server;
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  if (Status st = server.start(); !st.ok()) {
-    std::cerr << "rocket-workloads backend: " << st.to_string() << "\n";
-    return 1;
-  }
-  std::cout << json{{"ready", true}, {"startup_ms", startup}}.dump() << std::endl;
-  server.wait();
-  return 0;
+  return tools::serve_until_signal(server, "rocket-workloads backend", [&] {
+    std::cout << json{{"ready", true}, {"startup_ms", startup}}.dump() << std::endl;
+  });
 }
 
 struct FrontendArgs {
