@@ -52,8 +52,23 @@ const Workload& workload(std::string_view name) {
   return **w;
 }
 
-void skip_if_unusable(const Workload& w) {
-  if (!w.unavailable_reason().empty()) GTEST_SKIP() << w.unavailable_reason();
+// One request of workload `name` at `scale`, built by its frontend and run
+// through its model (the response is not consumed yet).
+struct OneRequest {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Frontend> fe;
+  std::vector<std::byte> req, resp;
+};
+
+void run_one(std::string_view name, const Scale& s, uint64_t i, OneRequest* out) {
+  auto model = workload(name).start_backend(s);
+  ASSERT_TRUE(model.ok()) << model.status().to_string();
+  out->model = std::move(*model);
+  out->fe = workload(name).frontend(s);
+  out->req = request_of(*out->fe, i);
+  auto resp = process(*out->model, out->req);
+  ASSERT_TRUE(resp.ok()) << resp.status().to_string();
+  out->resp = std::move(*resp);
 }
 
 TEST(Registry, ListsTheFourWorkloadsAndRejectsUnknownNames) {
@@ -96,48 +111,42 @@ TEST(Pagerank, RejectsEdgesOutsideTheGraph) {
 }
 
 TEST(Pagerank, ModelAndFrontendAgreeAndMalformedRequestsAreRejected) {
-  const Workload& w = workload("pagerank");
-  const Scale s{.factor = 0.001, .seed = 7};
-  auto model = w.start_backend(s);
-  ASSERT_TRUE(model.ok());
-  auto fe = w.frontend(s);
-  auto req = request_of(*fe, 0);
-  auto resp = process(**model, req);
-  ASSERT_TRUE(resp.ok()) << resp.status().to_string();
-  EXPECT_TRUE(fe->consume(*resp).ok());
-  EXPECT_NE(fe->summary().find("top nodes"), std::string::npos);
+  OneRequest r;
+  ASSERT_NO_FATAL_FAILURE(run_one("pagerank", {.factor = 0.001, .seed = 7}, 0, &r));
+  EXPECT_TRUE(r.fe->consume(r.resp).ok());
+  EXPECT_NE(r.fe->summary().find("top nodes"), std::string::npos);
 
   auto rejected = [&](std::vector<std::byte> bad) {
-    auto r = process(**model, bad);
-    return !r.ok() && r.status().code() == StatusCode::kInvalidArgument;
+    auto got = process(*r.model, bad);
+    return !got.ok() && got.status().code() == StatusCode::kInvalidArgument;
   };
   EXPECT_TRUE(rejected({}));                                                            // empty
-  EXPECT_TRUE(rejected(std::vector<std::byte>(req.begin(), req.begin() + 20)));         // half a header
-  EXPECT_TRUE(rejected(std::vector<std::byte>(req.begin(), req.end() - 8)));            // an edge short
-  auto wrong_magic = req;
+  EXPECT_TRUE(rejected(std::vector<std::byte>(r.req.begin(), r.req.begin() + 20)));         // half a header
+  EXPECT_TRUE(rejected(std::vector<std::byte>(r.req.begin(), r.req.end() - 8)));            // an edge short
+  auto wrong_magic = r.req;
   wrong_magic[0] = std::byte{0};
   EXPECT_TRUE(rejected(wrong_magic));
   WireHeader h;
-  std::memcpy(&h, req.data(), sizeof(h));
+  std::memcpy(&h, r.req.data(), sizeof(h));
   for (auto mutate : {+[](WireHeader& x) { x.dims[0] = 0; }, +[](WireHeader& x) { x.dims[2] = 0; },
                       +[](WireHeader& x) { x.dims[1] = ~uint64_t{0} / 4; }, +[](WireHeader& x) { x.version = 9; }}) {
-    auto bad = req;
+    auto bad = r.req;
     WireHeader m = h;
     mutate(m);
     std::memcpy(bad.data(), &m, sizeof(m));
     EXPECT_TRUE(rejected(bad));
   }
-  auto out_of_range = req;  // first edge's destination beyond the node count
+  auto out_of_range = r.req;  // first edge's destination beyond the node count
   const uint32_t huge = 0xfffffff0u;
   std::memcpy(out_of_range.data() + sizeof(WireHeader) + 4, &huge, 4);
   EXPECT_TRUE(rejected(out_of_range));
 
   // A corrupted response is caught by the frontend.
-  auto bad_resp = *resp;
+  auto bad_resp = r.resp;
   const float nan = NAN;
   std::memcpy(bad_resp.data() + sizeof(WireHeader), &nan, sizeof(nan));
-  EXPECT_EQ(fe->consume(bad_resp).code(), StatusCode::kDataLoss);
-  EXPECT_EQ(fe->consume(std::span<const std::byte>(*resp).first(resp->size() - 4)).code(), StatusCode::kDataLoss);
+  EXPECT_EQ(r.fe->consume(bad_resp).code(), StatusCode::kDataLoss);
+  EXPECT_EQ(r.fe->consume(std::span<const std::byte>(r.resp).first(r.resp.size() - 4)).code(), StatusCode::kDataLoss);
 }
 
 // The whole path: a Server serving the workload, a Client calling it over
@@ -186,23 +195,18 @@ TEST(Pagerank, ServedThroughRocket) {
 
 #ifdef ROCKET_HAVE_XGBOOST
 TEST(Xgboost, ServedPredictionsEqualInProcessPredict) {
-  const Workload& w = workload("xgboost");
   const Scale s{.factor = 0.02, .seed = 11};
-  auto model = w.start_backend(s);
-  ASSERT_TRUE(model.ok()) << model.status().to_string();
-  auto fe = w.frontend(s);
-  auto req = request_of(*fe, 2);
-  auto resp = process(**model, req);
-  ASSERT_TRUE(resp.ok()) << resp.status().to_string();
-  ASSERT_TRUE(fe->consume(*resp).ok());
+  OneRequest r;
+  ASSERT_NO_FATAL_FAILURE(run_one("xgboost", s, 2, &r));
+  ASSERT_TRUE(r.fe->consume(r.resp).ok());
   // Independent: the same model trained in-process, predicting directly.
   auto booster = XgbBooster::train(s);
   ASSERT_TRUE(booster.ok());
-  const uint64_t rows = (req.size() - sizeof(WireHeader)) / (kXgbFeatures * sizeof(float));
+  const uint64_t rows = (r.req.size() - sizeof(WireHeader)) / (kXgbFeatures * sizeof(float));
   std::vector<float> direct(rows);
-  ASSERT_TRUE((*booster)->predict(reinterpret_cast<const float*>(req.data() + sizeof(WireHeader)), rows, direct.data()).ok());
+  ASSERT_TRUE((*booster)->predict(reinterpret_cast<const float*>(r.req.data() + sizeof(WireHeader)), rows, direct.data()).ok());
   std::vector<float> served(rows);
-  std::memcpy(served.data(), resp->data() + sizeof(WireHeader), rows * sizeof(float));
+  std::memcpy(served.data(), r.resp.data() + sizeof(WireHeader), rows * sizeof(float));
   EXPECT_EQ(served, direct);
   // The model learned its rule: predictions are not all one class.
   auto positive = std::count_if(served.begin(), served.end(), [](float p) { return p >= 0.5f; });
@@ -210,32 +214,27 @@ TEST(Xgboost, ServedPredictionsEqualInProcessPredict) {
   EXPECT_LT(positive, static_cast<long>(rows * 9 / 10));
   // A request with the wrong feature count is refused.
   WireHeader h;
-  std::memcpy(&h, req.data(), sizeof(h));
+  std::memcpy(&h, r.req.data(), sizeof(h));
   h.dims[1] = 29;
-  std::memcpy(req.data(), &h, sizeof(h));
-  EXPECT_EQ(process(**model, req).status().code(), StatusCode::kInvalidArgument);
+  std::memcpy(r.req.data(), &h, sizeof(h));
+  EXPECT_EQ(process(*r.model, r.req).status().code(), StatusCode::kInvalidArgument);
 }
 #endif
 
 #ifdef ROCKET_HAVE_FAISS
 TEST(VectorSearch, NeighboursEqualBruteForce) {
-  const Workload& w = workload("vector_search");
   const Scale s{.factor = 0.01, .seed = 5};
-  auto model = w.start_backend(s);
-  ASSERT_TRUE(model.ok());
-  auto fe = w.frontend(s);
-  auto req = request_of(*fe, 0);
-  auto resp = process(**model, req);
-  ASSERT_TRUE(resp.ok()) << resp.status().to_string();
-  ASSERT_TRUE(fe->consume(*resp).ok());
+  OneRequest r;
+  ASSERT_NO_FATAL_FAILURE(run_one("vector_search", s, 0, &r));
+  ASSERT_TRUE(r.fe->consume(r.resp).ok());
   WireHeader rh;
-  std::memcpy(&rh, resp->data(), sizeof(rh));
+  std::memcpy(&rh, r.resp.data(), sizeof(rh));
   const uint64_t nq = rh.dims[0], k = rh.dims[1];
   const std::vector<float> base = vs_base(s);
   const uint64_t n = base.size() / kVsDim;
-  const auto* q = reinterpret_cast<const float*>(req.data() + sizeof(WireHeader));
-  const auto* ids = reinterpret_cast<const int64_t*>(resp->data() + sizeof(WireHeader));
-  const auto* vecs = reinterpret_cast<const float*>(resp->data() + sizeof(WireHeader) + nq * k * sizeof(int64_t));
+  const auto* q = reinterpret_cast<const float*>(r.req.data() + sizeof(WireHeader));
+  const auto* ids = reinterpret_cast<const int64_t*>(r.resp.data() + sizeof(WireHeader));
+  const auto* vecs = reinterpret_cast<const float*>(r.resp.data() + sizeof(WireHeader) + nq * k * sizeof(int64_t));
   for (uint64_t i = 0; i < nq; ++i) {
     std::vector<std::pair<double, int64_t>> d(n);
     for (uint64_t j = 0; j < n; ++j) {
@@ -262,8 +261,8 @@ TEST(VectorSearch, NeighboursEqualBruteForce) {
   }
   // NaN in a query is refused.
   const float nan = NAN;
-  std::memcpy(req.data() + sizeof(WireHeader), &nan, sizeof(nan));
-  EXPECT_EQ(process(**model, req).status().code(), StatusCode::kInvalidArgument);
+  std::memcpy(r.req.data() + sizeof(WireHeader), &nan, sizeof(nan));
+  EXPECT_EQ(process(*r.model, r.req).status().code(), StatusCode::kInvalidArgument);
 }
 #endif
 
@@ -283,27 +282,21 @@ TEST(Mobilenet, OutputShapeAndDeterminismForAFixedSeed) {
   // Different images give different logits (the network is not constant).
   EXPECT_NE(std::vector<float>(a.begin(), a.begin() + 1000), std::vector<float>(a.begin() + 1000, a.end()));
 
-  const Workload& w = workload("mobilenetv2");
-  const Scale s{.factor = 0.005, .seed = 42};  // one image
-  auto model = w.start_backend(s);
-  ASSERT_TRUE(model.ok());
-  auto fe = w.frontend(s);
-  auto req = request_of(*fe, 0);
-  auto resp = process(**model, req);
-  ASSERT_TRUE(resp.ok()) << resp.status().to_string();
+  OneRequest r;
+  ASSERT_NO_FATAL_FAILURE(run_one("mobilenetv2", {.factor = 0.005, .seed = 42}, 0, &r));  // one image
   WireHeader h;
-  std::memcpy(&h, resp->data(), sizeof(h));
+  std::memcpy(&h, r.resp.data(), sizeof(h));
   EXPECT_EQ(h.dims[0], 1u);
   EXPECT_EQ(h.dims[1], 1000u);
-  EXPECT_EQ(resp->size(), sizeof(WireHeader) + 1000 * sizeof(float));
-  EXPECT_TRUE(fe->consume(*resp).ok());
-  EXPECT_NE(fe->summary().find("top-5"), std::string::npos);
+  EXPECT_EQ(r.resp.size(), sizeof(WireHeader) + 1000 * sizeof(float));
+  EXPECT_TRUE(r.fe->consume(r.resp).ok());
+  EXPECT_NE(r.fe->summary().find("top-5"), std::string::npos);
   // 3x225x224 is refused.
   WireHeader rh;
-  std::memcpy(&rh, req.data(), sizeof(rh));
+  std::memcpy(&rh, r.req.data(), sizeof(rh));
   rh.dims[2] = 225;
-  std::memcpy(req.data(), &rh, sizeof(rh));
-  EXPECT_EQ(process(**model, req).status().code(), StatusCode::kInvalidArgument);
+  std::memcpy(r.req.data(), &rh, sizeof(rh));
+  EXPECT_EQ(process(*r.model, r.req).status().code(), StatusCode::kInvalidArgument);
 }
 #endif
 
