@@ -66,11 +66,19 @@ void fill_random(std::byte* p, size_t n, uint64_t seed) {
 }
 
 
+// Why the last round trip failed, for the worker's error message.
+thread_local Status g_why = ok_status();
+bool note(Status st) {
+  g_why = std::move(st);
+  return false;
+}
+std::string why() { return g_why.ok() ? std::string() : ": " + g_why.to_string(); }
+
 // Runs the measured loop; `op(i)` performs one round trip and returns false on error.
 template <typename Op>
 Status measure(const WorkerArgs& a, Op&& op, std::vector<double>* samples, double* wall_us, double* cpu_us) {
   for (int i = 0; i < a.warmup; ++i) {
-    if (!op()) return internal_error("warm-up round trip failed");
+    if (!op()) return internal_error("warm-up round trip failed" + why());
   }
   std::cout << "ready" << std::endl;
   std::string go;
@@ -86,7 +94,7 @@ Status measure(const WorkerArgs& a, Op&& op, std::vector<double>* samples, doubl
       idle_us += us_since(g0);
     }
     auto t0 = Clock::now();
-    if (!op()) return internal_error("round trip failed");
+    if (!op()) return internal_error("round trip failed" + why());
     samples->push_back(us_since(t0));
   }
   *wall_us = us_since(w0) - idle_us;
@@ -152,7 +160,7 @@ Status run_worker(const WorkerArgs& a) {
       std::memcpy(buf.data(), src.data(), a.size);  // built in place once
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
         auto r = c.call(a.op, buf);
-        if (!r.ok()) return false;
+        if (!r.ok()) return note(r.status());
         if (!checked) checked = verify(r->data());
         return checked;
       }, &samples, &wall, &cpu));
@@ -161,7 +169,8 @@ Status run_worker(const WorkerArgs& a) {
       // (or, with the kernel mover, the server reads and writes our memory).
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
         auto n = c.call_into(a.op, src_span, dst_span, call_opts);
-        if (!n.ok() || *n != a.size) return false;
+        if (!n.ok()) return note(n.status());
+        if (*n != a.size) return note(internal_error("reply of the wrong size"));
         if (!checked) checked = verify(dst_span);
         return checked;
       }, &samples, &wall, &cpu));
@@ -169,7 +178,8 @@ Status run_worker(const WorkerArgs& a) {
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
         auto f = c.call_async(a.op, src_span, call_opts);
         auto r = f.get();
-        if (!r.ok() || !r->copy_to(dst_span).ok()) return false;
+        if (!r.ok()) return note(r.status());
+        if (auto st = r->copy_to(dst_span); !st.ok()) return note(st);
         if (!checked) checked = verify(dst_span);
         return checked;
       }, &samples, &wall, &cpu));
