@@ -56,6 +56,7 @@ struct ReplyBlock {
   uint64_t length = 0;
   uint64_t service_ns = 0;
   std::shared_ptr<PoolBlock> request;  // in-place replies view the request bytes
+  GpuView gpu;                         // GPU responses: the server's device memory, opened here
 };
 
 // The session. Shared by the Client handle and every Buffer, Reply and
@@ -84,7 +85,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // Starts an asynchronous copy-in and returns the job id at once; the
   // request is posted when the copy completes. Falls back to copy-in + post
   // when the chosen engine is synchronous.
-  Result<JobId> submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy);
+  Result<JobId> submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy, uint16_t flags);
   // The engine for a copy of `bytes`: the policy's choice, or for kAuto the
   // one with the lowest predicted cost (an asynchronous one when `async`).
   Result<Mover*> choose_mover(MoverKind kind, size_t bytes, Cache cache, bool async);
@@ -103,9 +104,10 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   static size_t written_length(const Reply& r) noexcept { return r.block_ ? r.block_->length : 0; }
   // Posts a request whose payload (and optionally response) stay in this
   // process's private memory for the server to reach with process_vm_*.
-  Result<JobId> post_remote(uint32_t op, std::span<const std::byte> request, std::span<std::byte> response);
+  Result<JobId> post_remote(uint32_t op, std::span<const std::byte> request, std::span<std::byte> response,
+                            uint16_t flags = 0);
   Result<std::vector<JobId>> submit_batch(uint32_t op, std::span<const std::span<const std::byte>> requests,
-                                          const Policy& policy);
+                                          const Policy& policy, uint16_t flags);
   ClientStats stats();
 
  private:
@@ -120,6 +122,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
     uint64_t remote_capacity = 0;  // kernel path: the caller's response buffer
     Status local_error;    // the copy-in failed; the request was never posted
     CompDesc comp{};
+    uint16_t flags = 0;    // SubFlags the request was posted with
   };
 
   ClientCore() = default;
@@ -163,6 +166,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   std::atomic<bool> failed_{false};              // mirrors !failure_.ok() for lock-free checks
 
   std::vector<Mover*> async_movers_;             // guarded by mu_: engines holding our queued copy-ins
+  std::unique_ptr<GpuHandleCache> gpu_replies_;  // guarded by mu_: GPU responses' handles, made on first use
   // Pools registered with an engine that needs it (the GPU): unregistered
   // before the mappings go.
   std::mutex registered_mu_;
@@ -441,15 +445,15 @@ Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, ui
   const JobId id = next_job_++;
   ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, offset, length, flags));
   ++outstanding_;
-  jobs_.emplace(id, Job{std::move(block), offset, length, false, false, false, op, 0, {}, {}});
+  jobs_.emplace(id, Job{std::move(block), offset, length, false, false, false, op, 0, {}, {}, flags});
   lock.unlock();
   requests_.fetch_add(1, std::memory_order_relaxed);
   wake_server();
   return id;
 }
 
-Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> request,
-                                     std::span<std::byte> response) {
+Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> request, std::span<std::byte> response,
+                                     uint16_t flags) {
   if (!kernel_copy_) {
     return failed_precondition("the kernel mover needs a session with the kernel copy path "
                                "(ClientOptions::allow_kernel_copy, and ptrace access for the server)");
@@ -460,7 +464,7 @@ Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> re
   const JobId id = next_job_++;
   SubDesc d{};
   d.kind = static_cast<uint16_t>(SubKind::kRequest);
-  d.flags = kSubRemoteRequest | (response.data() != nullptr ? kSubRemoteResponse : 0);
+  d.flags = static_cast<uint16_t>(kSubRemoteRequest | (response.data() != nullptr ? kSubRemoteResponse : 0) | flags);
   d.op_id = op;
   d.job_id = id;
   d.offset = reinterpret_cast<uint64_t>(request.data());
@@ -472,6 +476,7 @@ Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> re
   Job job{};
   job.op = op;
   job.remote_capacity = response.data() != nullptr ? response.size() : 0;
+  job.flags = d.flags;
   jobs_.emplace(id, std::move(job));
   lock.unlock();
   requests_.fetch_add(1, std::memory_order_relaxed);
@@ -481,7 +486,7 @@ Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> re
 
 Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op,
                                                     std::span<const std::span<const std::byte>> requests,
-                                                    const Policy& policy) {
+                                                    const Policy& policy, uint16_t flags) {
   size_t total = 0;
   for (auto r : requests) total += r.size();
   // Blocks first: if the pool cannot hold the batch, nothing was copied.
@@ -515,9 +520,9 @@ Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op,
       uint64_t off = blocks[i] ? blocks[i]->offset : 0;
       // push_request may wait for ring space; it never fails half-way except
       // when the session fails, and then every job is dropped anyway.
-      ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, off, requests[i].size()));
+      ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, off, requests[i].size(), flags));
       ++outstanding_;
-      jobs_.emplace(id, Job{std::move(blocks[i]), off, requests[i].size(), false, false, false, op, 0, {}, {}});
+      jobs_.emplace(id, Job{std::move(blocks[i]), off, requests[i].size(), false, false, false, op, 0, {}, {}, flags});
       ids.push_back(id);
     }
   }
@@ -526,12 +531,13 @@ Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op,
   return ids;
 }
 
-Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy) {
+Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy,
+                                      uint16_t flags) {
   ROCKET_ASSIGN_OR_RETURN(Mover * m, choose_mover(policy.mover, bytes.size(), policy.cache, /*async=*/true));
   if (bytes.empty() || !m->capabilities().async) {
     ROCKET_ASSIGN_OR_RETURN(auto block, copy_in(bytes, Policy{m->kind(), policy.cache}));
     uint64_t off = block ? block->offset : 0;
-    return post(op, std::move(block), off, bytes.size(), /*wait_for_space=*/false);
+    return post(op, std::move(block), off, bytes.size(), /*wait_for_space=*/false, flags);
   }
   ROCKET_ASSIGN_OR_RETURN(auto block, alloc_block(bytes.size()));
   JobId id;
@@ -543,7 +549,7 @@ Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> by
     }
     id = next_job_++;
     ++outstanding_;  // the credit is taken now so the post can never be refused
-    jobs_.emplace(id, Job{block, block->offset, bytes.size(), false, false, true, op, 0, {}, {}});
+    jobs_.emplace(id, Job{block, block->offset, bytes.size(), false, false, true, op, 0, {}, {}, flags});
     if (std::find(async_movers_.begin(), async_movers_.end(), m) == async_movers_.end()) async_movers_.push_back(m);
   }
   CopyOp cop{client_data() + block->offset, bytes.data(), bytes.size()};
@@ -569,7 +575,7 @@ void ClientCore::copy_done(JobId id, Status st) {
   job.copying = false;
   if (st.ok() && job.abandoned) st = cancelled("abandoned before the copy finished");
   if (st.ok()) {
-    Status pushed = push_request(lock, job.op, id, job.req_offset, job.req_length);
+    Status pushed = push_request(lock, job.op, id, job.req_offset, job.req_length, job.flags);
     if (pushed.ok()) {
       lock.unlock();
       requests_.fetch_add(1, std::memory_order_relaxed);
@@ -610,7 +616,14 @@ void ClientCore::drain_locked() {
     }
     // Validate everything the server sent before acting on it.
     auto it = jobs_.find(c.job_id);
-    bool valid = it != jobs_.end() && !it->second.done && c.status >= 0 && c.status <= kMaxStatusCode;
+    bool valid = it != jobs_.end() && !it->second.done && c.status >= 0 && c.status <= kMaxStatusCode &&
+                 (c.flags & ~(kCompWrittenRemote | kCompGpuResponse)) == 0;
+    // A GPU response: one reference in the server pool, and only for a
+    // request that accepts one.
+    if (valid && (c.flags & kCompGpuResponse) != 0) {
+      valid = c.status == 0 && static_cast<PayloadPool>(c.pool) == PayloadPool::kServer &&
+              c.length == sizeof(GpuRef) && (it->second.flags & kSubAcceptGpuResponse) != 0;
+    }
     if (valid) {
       switch (static_cast<PayloadPool>(c.pool)) {
         case PayloadPool::kNone:
@@ -667,6 +680,21 @@ Result<Reply> ClientCore::take_locked(std::unordered_map<uint64_t, Job>::iterato
   rb->length = c.length;
   rb->service_ns = c.service_ns;
   if (pool == PayloadPool::kClient) rb->request = std::move(job.request);
+  if ((c.flags & kCompGpuResponse) != 0) {
+    // The block holds the reference; it is freed (and the server lets go of
+    // its memory) when the Reply goes, or now if the reference is bad.
+    GpuRef ref;
+    std::memcpy(&ref, spool_.data() + c.offset, sizeof(ref));  // once: the server could rewrite it
+    if (!gpu_replies_) gpu_replies_ = std::make_unique<GpuHandleCache>();
+    auto view = gpu_replies_->resolve(ref, "GPU response");
+    if (!view.ok()) {
+      rb->pool = PayloadPool::kNone;
+      pending_frees_.push_back(c.offset);
+      flush_frees_locked();
+      return view.status();
+    }
+    rb->gpu = std::move(*view);
+  }
   return Reply(std::move(rb));
 }
 
@@ -849,11 +877,25 @@ std::span<const std::byte> Reply::data() const noexcept {
   }
 }
 
+bool Reply::on_gpu() const noexcept { return block_ && block_->gpu.data != nullptr; }
+const void* Reply::gpu_data() const noexcept { return block_ ? block_->gpu.data : nullptr; }
+size_t Reply::gpu_size() const noexcept { return block_ ? block_->gpu.size : 0; }
+
 std::chrono::nanoseconds Reply::service_time() const noexcept {
   return std::chrono::nanoseconds(block_ ? block_->service_ns : 0);
 }
 
 Status Reply::copy_to(std::span<std::byte> dst, const CopyOptions& options) const {
+  if (on_gpu()) {
+    if (dst.size() < gpu_size()) {
+      return invalid_argument("destination holds " + std::to_string(dst.size()) + " bytes, reply has " +
+                              std::to_string(gpu_size()));
+    }
+    if (gpu_size() == 0) return ok_status();
+    ROCKET_ASSIGN_OR_RETURN(Mover * gpu, shared_mover(MoverKind::kCuda));
+    CopyOp op{dst.data(), static_cast<const std::byte*>(gpu_data()), gpu_size()};
+    return gpu->execute({&op, 1}, Cache::kAuto);
+  }
   auto src = data();
   if (dst.size() < src.size()) {
     return invalid_argument("destination holds " + std::to_string(dst.size()) + " bytes, reply has " +
@@ -867,6 +909,11 @@ Status Reply::copy_to(std::span<std::byte> dst, const CopyOptions& options) cons
 }
 
 std::vector<std::byte> Reply::to_vector() const {
+  if (on_gpu()) {
+    std::vector<std::byte> v(gpu_size());
+    if (!copy_to(v).ok()) return {};
+    return v;
+  }
   auto d = data();
   return {d.begin(), d.end()};
 }
@@ -915,14 +962,17 @@ Result<Buffer> Client::alloc(size_t bytes) {
   return Buffer(std::move(block));
 }
 
+namespace {
+uint16_t reply_flags(const CallOptions& o) { return o.gpu_response ? detail::kSubAcceptGpuResponse : 0; }
+}  // namespace
+
 Result<JobId> Client::submit(std::string_view op, const Buffer& request, const CallOptions& options) {
-  (void)options;
   ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
   if (request.block_ && request.block_->core != core_) {
     return invalid_argument("buffer belongs to another session");
   }
   uint64_t off = request.block_ ? request.block_->offset : 0;
-  return core_->post(id, request.block_, off, request.size(), /*wait_for_space=*/false);
+  return core_->post(id, request.block_, off, request.size(), /*wait_for_space=*/false, reply_flags(options));
 }
 
 Result<JobId> Client::submit(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
@@ -931,7 +981,7 @@ Result<JobId> Client::submit(std::string_view op, std::span<const std::byte> req
   // several engine threads): a job id owns nothing that could wait for it.
   ROCKET_ASSIGN_OR_RETURN(auto block, core_->copy_in(request, options.policy));
   uint64_t off = block ? block->offset : 0;
-  return core_->post(id, std::move(block), off, request.size(), /*wait_for_space=*/false);
+  return core_->post(id, std::move(block), off, request.size(), /*wait_for_space=*/false, reply_flags(options));
 }
 
 Result<Reply> Client::call(std::string_view op, const Buffer& request, const CallOptions& options) {
@@ -940,7 +990,7 @@ Result<Reply> Client::call(std::string_view op, const Buffer& request, const Cal
     return invalid_argument("buffer belongs to another session");
   }
   uint64_t off = request.block_ ? request.block_->offset : 0;
-  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, request.block_, off, request.size(), true));
+  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, request.block_, off, request.size(), true, reply_flags(options)));
   return core_->wait_job(job, options.timeout);
 }
 
@@ -949,22 +999,24 @@ Result<Reply> Client::call(std::string_view op, std::span<const std::byte> reque
   if (options.policy.mover == MoverKind::kKernel) {
     // The server reads the request from our memory; the reply comes back in
     // the server pool as usual.
-    ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post_remote(id, request, {}));
+    ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post_remote(id, request, {}, reply_flags(options)));
     return core_->wait_job(job, options.timeout);
   }
   ROCKET_ASSIGN_OR_RETURN(auto block, core_->copy_in(request, options.policy));
   uint64_t off = block ? block->offset : 0;
-  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, std::move(block), off, request.size(), true));
+  ROCKET_ASSIGN_OR_RETURN(JobId job,
+                          core_->post(id, std::move(block), off, request.size(), true, reply_flags(options)));
   return core_->wait_job(job, options.timeout);
 }
 
 Result<Reply> Client::call_gpu(std::string_view op, const void* device_ptr, size_t bytes, const CallOptions& options) {
   ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
-  ROCKET_ASSIGN_OR_RETURN(detail::GpuRef ref, detail::make_gpu_ref(device_ptr, bytes));
+  ROCKET_ASSIGN_OR_RETURN(detail::GpuRef ref, detail::make_gpu_ref(device_ptr, bytes, "call_gpu"));
   ROCKET_ASSIGN_OR_RETURN(auto block, core_->alloc_block(sizeof(ref)));
   std::memcpy(core_->client_data() + block->offset, &ref, sizeof(ref));
   const uint64_t off = block->offset;
-  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, std::move(block), off, sizeof(ref), true, detail::kSubGpuRequest));
+  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, std::move(block), off, sizeof(ref), true,
+                                                 detail::kSubGpuRequest | reply_flags(options)));
   return core_->wait_job(job, options.timeout);
 }
 
@@ -993,7 +1045,7 @@ bool Client::kernel_copy() const noexcept { return core_->kernel_copy(); }
 Future Client::call_async(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
   auto id = core_->op_id(op);
   if (!id.ok()) return Future(nullptr, 0, id.status());
-  auto job = core_->submit_copy(*id, request, options.policy);
+  auto job = core_->submit_copy(*id, request, options.policy, reply_flags(options));
   if (!job.ok()) return Future(nullptr, 0, job.status());
   return Future(core_, *job, ok_status());
 }
@@ -1002,7 +1054,7 @@ Result<std::vector<JobId>> Client::submit_batch(std::string_view op,
                                                 std::span<const std::span<const std::byte>> requests,
                                                 const CallOptions& options) {
   ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
-  return core_->submit_batch(id, requests, options.policy);
+  return core_->submit_batch(id, requests, options.policy, reply_flags(options));
 }
 
 Result<Reply> Client::query(JobId id, std::chrono::milliseconds timeout) { return core_->wait_job(id, timeout); }

@@ -1,13 +1,16 @@
-// GPU payloads by reference (Client::call_gpu): the client names a range of
-// its own device memory with a CUDA IPC handle; the server opens the handle
-// once per session, caches it, and hands its handler a device pointer. No
-// byte of the payload is copied. Both sides use the `cuda` module
+// GPU payloads by reference. A request (Client::call_gpu) names a range of
+// the client's device memory, a response (Response::share_device) a range of
+// the server's, with a CUDA IPC handle; the receiver opens each allocation's
+// handle once per session, caches it, and reads the payload in place. No byte
+// of the payload is copied. Both sides use the `cuda` module
 // (mover/cuda/cuda_api.h); where it or a GPU is missing they say so.
 #pragma once
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <string_view>
 #include <vector>
 
 #include "mover/cuda/cuda_api.h"
@@ -16,24 +19,36 @@
 
 namespace rocket::detail {
 
-// Client side: the reference for [device_ptr, device_ptr + bytes), which must
-// lie in one device allocation of this process.
-Result<GpuRef> make_gpu_ref(const void* device_ptr, size_t bytes);
+// The sender's side: the reference for [device_ptr, device_ptr + bytes),
+// which must lie in one device allocation of this process. `who` prefixes the
+// error messages (the API call that was given the pointer).
+Result<GpuRef> make_gpu_ref(const void* device_ptr, size_t bytes, std::string_view who);
 
-// Server side, one per session: the handles a client named, opened in this
-// process. Closes them all when destroyed (the session ends).
-// Thread safety: owned by the session's dispatcher thread.
+// A resolved reference: the payload's address in this process, and the open
+// allocation it lies in, closed when the last holder lets go.
+struct GpuView {
+  void* data = nullptr;
+  size_t size = 0;
+  std::shared_ptr<void> mapping;
+};
+
+// The receiver's side, one per session: the handles the peer named, opened in
+// this process. An evicted or destroyed entry's allocation stays open while a
+// GpuView holds it.
+// Thread safety: none; the owner serialises use (the server's session
+// dispatcher, the client's session lock).
 class GpuHandleCache {
  public:
   GpuHandleCache() = default;
   GpuHandleCache(const GpuHandleCache&) = delete;
   GpuHandleCache& operator=(const GpuHandleCache&) = delete;
-  ~GpuHandleCache();
+  ~GpuHandleCache() = default;
 
-  // The device address of `ref`'s payload, after checking its range against
-  // the allocation's real size. kFailedPrecondition where this process has no
-  // GPU; kInvalidArgument for a bad reference.
-  Result<void*> resolve(const GpuRef& ref);
+  // `ref`'s payload in this process, after checking its range against the
+  // allocation's real size. kFailedPrecondition where this process has no
+  // GPU; kInvalidArgument for a bad reference. `who` names the side for the
+  // error messages ("GPU payload", "GPU response").
+  Result<GpuView> resolve(const GpuRef& ref, std::string_view who = "GPU payload");
   // Handles opened so far (a cached one is opened once).
   uint64_t opened() const noexcept { return opened_; }
 
@@ -44,7 +59,7 @@ class GpuHandleCache {
  private:
   struct Entry {
     std::array<unsigned char, 64> handle;
-    void* base;
+    std::shared_ptr<void> base;  // closes the handle when the last holder lets go
     size_t bytes;
     uint64_t last_use;
   };

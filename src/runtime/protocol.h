@@ -88,13 +88,20 @@ enum SubFlags : uint16_t {
   // The request's pool bytes are one GpuRef: the payload is GPU memory of the
   // client's, shared by CUDA IPC (the server opens the handle once per session).
   kSubGpuRequest = 4,
+  // The caller accepts a response in the server's GPU memory by reference
+  // (a GpuRef in the server pool, CompFlags kCompGpuResponse). Without it a
+  // handler's GPU response is copied into the server pool.
+  kSubAcceptGpuResponse = 8,
 };
+inline constexpr uint16_t kSubKnownFlags =
+    kSubRemoteRequest | kSubRemoteResponse | kSubGpuRequest | kSubAcceptGpuResponse;
 
 inline constexpr uint32_t kGpuRefMagic = 0x52555047;  // "GPUR"
 
-// A GPU payload by reference: a CUDA IPC handle to the client's device
-// allocation, and the range of it that is the payload. The server checks the
-// range against the allocation's real size after opening the handle.
+// A GPU payload by reference: a CUDA IPC handle to the sender's device
+// allocation, and the range of it that is the payload. The receiver checks
+// the range against the allocation's real size after opening the handle.
+// Requests carry one from the client; GPU responses carry one from the server.
 struct GpuRef {
   uint32_t magic;
   uint32_t device;  // the client's device ordinal (informational)
@@ -139,6 +146,10 @@ static_assert(sizeof(CompDesc) == 64);
 
 enum CompFlags : uint16_t {
   kCompWrittenRemote = 1,  // `length` bytes were written to the caller's buffer
+  // The server-pool payload is one GpuRef naming the server's device memory;
+  // it stays valid until the client frees the block (kFreeReply). Only for
+  // requests that carried kSubAcceptGpuResponse.
+  kCompGpuResponse = 2,
 };
 
 // --- control segment ----------------------------------------------------------

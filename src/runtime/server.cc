@@ -18,6 +18,7 @@
 #include <new>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
 #include "rocket/mover/mover.h"
@@ -44,7 +45,7 @@ struct OpSpec {
 struct ServerCounters {
   std::atomic<uint64_t> sessions_open{0}, sessions_total{0}, sessions_refused{0};
   std::atomic<uint64_t> requests{0}, request_errors{0}, protocol_errors{0}, bytes_mapped{0};
-  std::atomic<uint64_t> gpu_handles_opened{0};
+  std::atomic<uint64_t> gpu_handles_opened{0}, gpu_responses_shared{0}, gpu_responses_copied{0};
 };
 
 // Tags let one epoll set tell a session's socket from its eventfd.
@@ -80,6 +81,9 @@ struct ServerSession {
   // with it (Request::copy_to_device, Response::write_from_device).
   Mover* gpu_mover = nullptr;
   bool gpu_client_pool = false, gpu_server_pool = false;
+  // GPU responses shared by reference and not yet freed by the client: the
+  // handler's release for each, by the server-pool block of its reference.
+  std::unordered_map<uint64_t, std::function<void()>> gpu_replies;
   EpollTag sock_tag{this, true};
   EpollTag wake_tag{this, false};
 };
@@ -111,7 +115,24 @@ struct Server::Impl {
   void protocol_error(detail::ServerSession& s, const char* what);
 };
 
+namespace detail {
+// Runs a handler's release of shared GPU memory; it must not take the server
+// down with it.
+void run_release(std::function<void()>& release) noexcept {
+  if (!release) return;
+  try {
+    release();
+  } catch (...) {
+  }
+  release = nullptr;
+}
+}  // namespace detail
+
 detail::ServerSession::~ServerSession() {
+  // The client is gone or done: its GPU responses' memory goes back to the
+  // handlers that shared it.
+  for (auto& [offset, release] : gpu_replies) run_release(release);
+  gpu_replies.clear();
   if (pidfd >= 0) ::close(pidfd);
   if (sock >= 0) ::close(sock);
   if (wake_fd >= 0) ::close(wake_fd);
@@ -168,6 +189,30 @@ Status Response::write_from_device(const void* device, size_t bytes) {
   return st;
 }
 
+Status Response::share_device(void* device, size_t bytes, std::function<void()> release) {
+  ROCKET_ASSIGN_OR_RETURN(detail::GpuRef ref, detail::make_gpu_ref(device, bytes, "share_device"));
+  ROCKET_ASSIGN_OR_RETURN(std::span<std::byte> block, alloc(sizeof(ref)));
+  std::memcpy(block.data(), &ref, sizeof(ref));
+  kind_ = Kind::kGpu;
+  device_ = device;
+  device_bytes_ = bytes;
+  on_release_ = std::move(release);
+  return ok_status();
+}
+
+Status Response::device_to_pool() {
+  const void* device = device_;
+  const size_t bytes = device_bytes_;
+  std::function<void()> done = std::move(on_release_);
+  session_->alloc.free(offset_).ignore_error();  // the reference's block
+  kind_ = Kind::kEmpty;
+  offset_ = length_ = 0;
+  on_release_ = nullptr;
+  Status st = write_from_device(device, bytes);
+  detail::run_release(done);
+  return st;
+}
+
 // --- Response -----------------------------------------------------------------
 
 Result<std::span<std::byte>> Response::alloc(size_t bytes) {
@@ -198,9 +243,11 @@ Status Response::reply_in_place(size_t offset, size_t length) {
 }
 
 void Response::release() noexcept {
-  if (kind_ == Kind::kPool && !committed_) session_->alloc.free(offset_).ignore_error();
+  if ((kind_ == Kind::kPool || kind_ == Kind::kGpu) && !committed_) session_->alloc.free(offset_).ignore_error();
+  if (kind_ == Kind::kGpu && !committed_) detail::run_release(on_release_);
   kind_ = Kind::kEmpty;
   offset_ = length_ = 0;
+  on_release_ = nullptr;
 }
 
 Response::~Response() { release(); }
@@ -430,7 +477,13 @@ size_t Server::Impl::Dispatcher::service(detail::ServerSession& s) {
         handle_request(s, d);
         break;
       case detail::SubKind::kFreeReply:
-        if (!s.alloc.free(d.offset).ok()) server_->protocol_error(s, nullptr);
+        if (!s.alloc.free(d.offset).ok()) {
+          server_->protocol_error(s, nullptr);
+        } else if (auto it = s.gpu_replies.find(d.offset); it != s.gpu_replies.end()) {
+          std::function<void()> release = std::move(it->second);
+          s.gpu_replies.erase(it);
+          detail::run_release(release);
+        }
         break;
       default:
         server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
@@ -453,8 +506,7 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   const bool remote_req = (d.flags & detail::kSubRemoteRequest) != 0;
   const bool remote_resp = (d.flags & detail::kSubRemoteResponse) != 0;
   const bool gpu_req = (d.flags & detail::kSubGpuRequest) != 0;
-  if ((d.flags & ~(detail::kSubRemoteRequest | detail::kSubRemoteResponse | detail::kSubGpuRequest)) != 0 ||
-      (gpu_req && remote_req)) {
+  if ((d.flags & ~detail::kSubKnownFlags) != 0 || (gpu_req && remote_req)) {
     server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
     fail_request(s, d.job_id, invalid_argument("unknown request flags " + std::to_string(d.flags)));
     return;
@@ -498,8 +550,7 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
     }
     payload = {s.client_pool.data() + d.offset, d.length};
   }
-  void* gpu_data = nullptr;
-  size_t gpu_size = 0;
+  detail::GpuView gpu;  // held through the handler
   if (gpu_req) {
     if (payload.size() != sizeof(detail::GpuRef)) {
       server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
@@ -511,14 +562,13 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
     std::memcpy(&ref, payload.data(), sizeof(ref));  // once: the client may rewrite the pool under us
     if (!s.gpu) s.gpu = std::make_unique<detail::GpuHandleCache>();
     const uint64_t before = s.gpu->opened();
-    auto dev = s.gpu->resolve(ref);
+    auto dev = s.gpu->resolve(ref, "GPU payload");
     server_->counters.gpu_handles_opened.fetch_add(s.gpu->opened() - before, std::memory_order_relaxed);
     if (!dev.ok()) {
       fail_request(s, d.job_id, dev.status());
       return;
     }
-    gpu_data = *dev;
-    gpu_size = ref.length;
+    gpu = std::move(*dev);
     payload = {};
   }
   Request req;
@@ -528,8 +578,8 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   req.uid_ = s.cred.uid;
   req.pid_ = s.cred.pid;
   req.job_id_ = d.job_id;
-  req.gpu_data_ = gpu_data;
-  req.gpu_size_ = gpu_size;
+  req.gpu_data_ = gpu.data;
+  req.gpu_size_ = gpu.size;
   req.session_ = &s;
   Response resp(&s, payload.size());
   auto t0 = detail::Clock::now();
@@ -545,6 +595,15 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   if (!st.ok()) {
     fail_request(s, d.job_id, st);
     return;
+  }
+  if (resp.kind_ == Response::Kind::kGpu && (remote_resp || (d.flags & detail::kSubAcceptGpuResponse) == 0)) {
+    // The caller takes host bytes: copy the GPU response into the pool.
+    Status copied = resp.device_to_pool();
+    if (!copied.ok()) {
+      fail_request(s, d.job_id, copied);
+      return;
+    }
+    server_->counters.gpu_responses_copied.fetch_add(1, std::memory_order_relaxed);
   }
   detail::CompDesc c{};
   c.job_id = d.job_id;
@@ -598,6 +657,15 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
       c.pool = static_cast<uint16_t>(detail::PayloadPool::kClient);
       c.offset = d.offset + resp.offset_;
       c.length = resp.length_;
+      break;
+    case Response::Kind::kGpu:
+      c.pool = static_cast<uint16_t>(detail::PayloadPool::kServer);
+      c.flags = detail::kCompGpuResponse;
+      c.offset = resp.offset_;
+      c.length = resp.length_;
+      resp.committed_ = true;  // the reference's block, freed by the client's message
+      if (resp.on_release_) s.gpu_replies[resp.offset_] = std::move(resp.on_release_);
+      server_->counters.gpu_responses_shared.fetch_add(1, std::memory_order_relaxed);
       break;
   }
   post(s, c);
@@ -945,6 +1013,8 @@ ServerStats Server::stats() const {
   s.protocol_errors = m.counters.protocol_errors.load(std::memory_order_relaxed);
   s.bytes_mapped = m.counters.bytes_mapped.load(std::memory_order_relaxed);
   s.gpu_handles_opened = m.counters.gpu_handles_opened.load(std::memory_order_relaxed);
+  s.gpu_responses_shared = m.counters.gpu_responses_shared.load(std::memory_order_relaxed);
+  s.gpu_responses_copied = m.counters.gpu_responses_copied.load(std::memory_order_relaxed);
   return s;
 }
 

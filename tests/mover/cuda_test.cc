@@ -3,7 +3,9 @@
 // CUDA IPC handles. Skips with the reason where there is no GPU or module.
 #include <sys/mman.h>
 
+#include <array>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -145,6 +147,82 @@ TEST(GpuPayload, HandedToAnotherProcessByReference) {
   EXPECT_EQ(c->call_gpu("gpu_checksum", host.data(), n).status().code(), StatusCode::kInvalidArgument);
   c->close();
   (*api)->device_free(dev);
+}
+
+// A GPU backend's output handed back by reference: the client reads the
+// server's device memory through CUDA IPC (Reply::on_gpu), the server's
+// release runs when the reply is dropped, and a caller that does not accept
+// GPU responses gets the same bytes copied into the pool.
+TEST(GpuPayload, ResponseSharedByReferenceAndReleased) {
+  auto api = detail::load_cuda_module(0);
+  if (!api.ok()) GTEST_SKIP() << api.status().to_string();
+  const std::string sock = testing::unique_socket_path("gpuresp");
+  testing::Peer server({"serve-gpu", sock});
+  ASSERT_EQ(server.read_line(std::chrono::milliseconds(30000)), "ready");
+  auto c = Client::connect(sock);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  auto expected = [](uint32_t n, uint32_t seed) {
+    std::vector<std::byte> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = static_cast<std::byte>(i * 131 + seed);
+    return v;
+  };
+  auto fill = [&](uint32_t n, uint32_t seed, bool accept) {
+    uint32_t hdr[2] = {n, seed};
+    return c->call("gpu_fill", std::as_bytes(std::span<const uint32_t>(hdr, 2)), {.gpu_response = accept});
+  };
+  auto counts = [&] {
+    std::array<uint64_t, 3> v{};
+    auto r = c->call("gpu_counts", std::span<const std::byte>());
+    if (r.ok() && r->size() == sizeof(v)) std::memcpy(v.data(), r->data().data(), sizeof(v));
+    return v;  // released, shared, copied
+  };
+  const uint32_t n = (8u << 20) + 3;
+  {
+    auto a = fill(n, 1, true);
+    auto b = fill(n, 2, true);
+    ASSERT_TRUE(a.ok() && b.ok()) << (a.ok() ? b.status() : a.status()).to_string();
+    ASSERT_TRUE(a->on_gpu() && b->on_gpu());
+    EXPECT_EQ(a->size(), n);
+    EXPECT_TRUE(a->data().empty());
+    EXPECT_EQ(a->to_vector(), expected(n, 1));
+    std::vector<std::byte> host(n);
+    ASSERT_TRUE(b->copy_to(host).ok());
+    EXPECT_EQ(host, expected(n, 2));
+    // Both output buffers are lent out: a third fill is refused, not corrupted.
+    EXPECT_EQ(fill(n, 3, true).status().code(), StatusCode::kResourceExhausted);
+    EXPECT_EQ(counts()[0], 0u);
+  }
+  // Dropping the replies released both buffers on the server.
+  uint64_t released = 0;
+  for (int i = 0; i < 500 && released < 2; ++i) {
+    released = counts()[0];
+    if (released < 2) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_EQ(released, 2u);
+  // A caller that does not accept GPU responses gets host bytes.
+  auto h = fill(n, 4, false);
+  ASSERT_TRUE(h.ok()) << h.status().to_string();
+  EXPECT_FALSE(h->on_gpu());
+  EXPECT_EQ(h->to_vector(), expected(n, 4));
+  auto k = counts();
+  EXPECT_EQ(k[0], 3u);  // released right after its copy
+  EXPECT_EQ(k[1], 2u);
+  EXPECT_EQ(k[2], 1u);
+  // A reply held when the session ends is released by the server.
+  auto held = fill(n, 5, true);
+  ASSERT_TRUE(held.ok() && held->on_gpu());
+  c->close();
+  auto c2 = Client::connect(sock);
+  ASSERT_TRUE(c2.ok());
+  uint64_t after = 0;
+  for (int i = 0; i < 500 && after < 4; ++i) {
+    auto r = c2->call("gpu_counts", std::span<const std::byte>());
+    ASSERT_TRUE(r.ok());
+    std::memcpy(&after, r->data().data(), 8);
+    if (after < 4) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_EQ(after, 4u);
+  EXPECT_EQ(held->size(), n);  // the mapping stays open; its bytes are the server's again
 }
 
 }  // namespace

@@ -407,6 +407,31 @@ TEST(ClientServer, CallGpuExplainsWhatIsMissing) {
   EXPECT_TRUE(c.call("echo", std::span<const std::byte>(host)).ok());  // the session is fine
 }
 
+// A handler sharing host memory as a GPU response is refused with the reason
+// (no GPU here; not device memory where there is one) whether or not the
+// caller accepts GPU responses; its release is not run, since the memory
+// stays the handler's. Accepting GPU responses changes nothing for an op
+// that answers with host bytes.
+TEST(ClientServer, ShareDeviceRefusesWhatIsNotDeviceMemory) {
+  TestServer srv;
+  Client c = srv.connect();
+  const int before = g_share_host_releases.load();
+  for (bool accept : {false, true}) {
+    auto r = c.call("share_host", bytes_of("x"), {.gpu_response = accept});
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(r.status().code() == StatusCode::kUnavailable || r.status().code() == StatusCode::kInvalidArgument)
+        << r.status().to_string();
+    EXPECT_NE(r.status().message().find("share_device"), std::string::npos) << r.status().to_string();
+  }
+  EXPECT_EQ(g_share_host_releases.load(), before);
+  EXPECT_EQ(srv.server->stats().gpu_responses_shared, 0u);
+  auto data = pattern(100000, 9);
+  auto r = c.call("echo", std::span<const std::byte>(data), {.gpu_response = true});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_FALSE(r->on_gpu());
+  EXPECT_EQ(r->to_vector(), data);
+}
+
 // The GPU backend hooks (Request::copy_to_device, Response::write_from_device)
 // behind the built-in gpu_echo say what is missing on a machine without a
 // GPU; scripts/gpu_check.sh measures them where there is one.

@@ -178,3 +178,131 @@ TEST(Handshake, ClientRejectsServerThatHangsUp) {
 
 }  // namespace
 }  // namespace rocket::testing
+
+namespace rocket::testing {
+namespace {
+
+// A test double of a server: completes the handshake with one op ("echo"),
+// then the test reads the submission ring and writes completions by hand, as
+// a buggy or hostile server could.
+struct ScriptedServer {
+  ScriptedServer() {
+    auto c = shm::Segment::create("c", shm::SegmentKind::kControl, detail::control_data_bytes(64, 64), 1, {});
+    auto p = shm::Segment::create("p", shm::SegmentKind::kClientPool, 1 << 20, 1, {});
+    auto s = shm::Segment::create("s", shm::SegmentKind::kServerPool, 1 << 20, 1, {});
+    EXPECT_TRUE(c.ok() && p.ok() && s.ok());
+    control = std::move(*c);
+    cpool = std::move(*p);
+    spool = std::move(*s);
+    auto view = detail::control_view(control.data(), 64);
+    rx = shm::RingConsumer<detail::SubDesc>(&view.block->sub, view.sub_slots, 64);
+    tx = shm::RingProducer<detail::CompDesc>(&view.block->comp, view.comp_slots, 64);
+    fake = std::make_unique<FakeServer>([this](int fd) {
+      int efd = ::eventfd(0, EFD_CLOEXEC);
+      auto w = std::make_unique<detail::Welcome>();
+      std::memset(w.get(), 0, sizeof(*w));
+      w->magic = detail::kProtocolMagic;
+      w->version = detail::kProtocolVersion;
+      w->session_id = 1;
+      w->client_pool_bytes = w->server_pool_bytes = 1 << 20;
+      w->sub_ring_entries = w->comp_ring_entries = 64;
+      w->op_count = 1;
+      w->ops[0].id = 0;
+      detail::set_fixed_string(w->ops[0].name, sizeof(w->ops[0].name), "echo");
+      int fds[4] = {control.fd(), cpool.fd(), spool.fd(), efd};
+      EXPECT_TRUE(detail::send_message(fd, w.get(), detail::kWelcomeHeaderBytes + sizeof(detail::OpEntry), fds).ok());
+      ::close(efd);
+      while (!done.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));  // the session lives
+    });
+  }
+  ~ScriptedServer() { done = true; }
+  // The next descriptor the client posted (kind 0: none within 5 s).
+  detail::SubDesc next() {
+    detail::SubDesc d{};
+    for (int i = 0; i < 5000; ++i) {
+      if (rx.try_pop(&d) == shm::RingResult::kOk) return d;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return detail::SubDesc{};
+  }
+  void complete(const detail::CompDesc& c) { EXPECT_EQ(tx.try_push(c), shm::RingResult::kOk); }
+
+  shm::Segment control, cpool, spool;
+  shm::RingConsumer<detail::SubDesc> rx;
+  shm::RingProducer<detail::CompDesc> tx;
+  std::atomic<bool> done{false};
+  std::unique_ptr<FakeServer> fake;  // last: its thread stops before the segments go
+};
+
+detail::CompDesc gpu_completion(uint64_t job, uint64_t offset) {
+  detail::CompDesc c{};
+  c.job_id = job;
+  c.pool = static_cast<uint16_t>(detail::PayloadPool::kServer);
+  c.flags = detail::kCompGpuResponse;
+  c.offset = offset;
+  c.length = sizeof(detail::GpuRef);
+  return c;
+}
+
+// A GPU response to a request that did not accept one is a broken server:
+// the session fails with DATA_LOSS instead of the client opening anything.
+TEST(HostileServer, UnaskedGpuResponseFailsTheSession) {
+  ScriptedServer srv;
+  auto c = Client::connect(srv.fake->path);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  auto id = c->submit("echo", bytes_of("hello"));
+  ASSERT_TRUE(id.ok());
+  detail::SubDesc d = srv.next();
+  ASSERT_EQ(d.kind, static_cast<uint16_t>(detail::SubKind::kRequest));
+  EXPECT_EQ(d.flags & detail::kSubAcceptGpuResponse, 0);
+  srv.complete(gpu_completion(d.job_id, 0));
+  auto r = c->query(*id, std::chrono::milliseconds(5000));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << r.status().to_string();
+  EXPECT_FALSE(c->call("echo", bytes_of("x")).ok());  // the session stays failed
+}
+
+// A bad GPU reference fails that call only; the client hands the block back
+// (so the server can release its memory) and the session goes on.
+TEST(HostileServer, BadGpuReferenceFailsThatCallAndIsFreed) {
+  ScriptedServer srv;
+  auto c = Client::connect(srv.fake->path);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  const uint64_t offsets[2] = {4096, 8192};
+  for (int round = 0; round < 2; ++round) {
+    detail::GpuRef ref{};
+    ref.magic = round == 0 ? 0x0badf00d : detail::kGpuRefMagic;  // a wrong magic, then a garbage handle
+    ref.length = 64;
+    std::memset(ref.handle, 0xcd, sizeof(ref.handle));
+    std::memcpy(srv.spool.data() + offsets[round], &ref, sizeof(ref));
+    auto id = c->submit("echo", bytes_of("hello"), {.gpu_response = true});
+    ASSERT_TRUE(id.ok());
+    detail::SubDesc d = srv.next();
+    ASSERT_EQ(d.kind, static_cast<uint16_t>(detail::SubKind::kRequest));
+    EXPECT_NE(d.flags & detail::kSubAcceptGpuResponse, 0);
+    srv.complete(gpu_completion(d.job_id, offsets[round]));
+    auto r = c->query(*id, std::chrono::milliseconds(5000));
+    ASSERT_FALSE(r.ok());
+    // Without a GPU here the handle cannot be opened at all; with one, the
+    // garbage handle does not open.
+    EXPECT_TRUE(r.status().code() == StatusCode::kInvalidArgument ||
+                r.status().code() == StatusCode::kFailedPrecondition)
+        << r.status().to_string();
+    detail::SubDesc freed = srv.next();
+    EXPECT_EQ(freed.kind, static_cast<uint16_t>(detail::SubKind::kFreeReply));
+    EXPECT_EQ(freed.offset, offsets[round]);
+  }
+  // The session is fine: a plain completion still arrives.
+  auto id = c->submit("echo", bytes_of("x"));
+  ASSERT_TRUE(id.ok());
+  detail::SubDesc d = srv.next();
+  detail::CompDesc ok{};
+  ok.job_id = d.job_id;
+  srv.complete(ok);
+  auto r = c->query(*id, std::chrono::milliseconds(5000));
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r->size(), 0u);
+}
+
+}  // namespace
+}  // namespace rocket::testing

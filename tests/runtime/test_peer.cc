@@ -6,16 +6,23 @@
 //   rocket_test_peer stream SOCKET BYTES      call echo_copy with BYTES in a loop until killed
 //   rocket_test_peer serve-gpu SOCKET         a server taking GPU payloads: "gpu_checksum"
 //                                             (checksum64 of the device bytes) and
-//                                             "gpu_handles" (handles opened so far, 8 bytes)
+//                                             "gpu_handles" (handles opened so far, 8 bytes),
+//                                             "gpu_fill" (request: u32 bytes, u32 seed; answers
+//                                             with device memory holding gpu_pattern(), shared
+//                                             by share_device from a pool of 2 buffers) and
+//                                             "gpu_counts" (u64 releases run, responses shared,
+//                                             responses copied)
 #include <unistd.h>
 
 #include <chrono>
+#include <mutex>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "mover/cuda_mover.h"
 #include "rocket/rocket.h"
 
 using namespace rocket;
@@ -58,7 +65,61 @@ static int serve_gpu(const char* path) {
     uint64_t n = self->stats().gpu_handles_opened;
     return resp.write(std::as_bytes(std::span<const uint64_t>(&n, 1)));
   });
-  if (!s.ok() || !s2.ok() || !server.start().ok()) return 2;
+  // Output buffers a GPU backend reuses: a response's buffer is busy until
+  // its release runs (the client dropped the reply, or its session ended).
+  auto api = detail::load_cuda_module(0);
+  if (!api.ok()) return 3;
+  struct OutBuffers {
+    std::mutex mu;
+    void* dev[2] = {};
+    bool busy[2] = {};
+    uint64_t released = 0;
+  };
+  static OutBuffers outs;
+  for (void*& d : outs.dev) {
+    if ((*api)->device_alloc(&d, size_t{16} << 20) != 0) return 3;
+  }
+  Status s3 = server.handle("gpu_fill", [m](const Request& req, Response& resp) -> Status {
+    uint32_t hdr[2];
+    if (req.data().size() != sizeof(hdr)) return invalid_argument("gpu_fill takes u32 bytes, u32 seed");
+    std::memcpy(hdr, req.data().data(), sizeof(hdr));
+    if (hdr[0] > (16u << 20)) return invalid_argument("gpu_fill: at most 16 MiB");
+    int slot = -1;
+    {
+      std::lock_guard<std::mutex> lock(outs.mu);
+      for (int i = 0; i < 2 && slot < 0; ++i) {
+        if (!outs.busy[i]) slot = i;
+      }
+      if (slot < 0) return resource_exhausted("both output buffers are still shared");
+      outs.busy[slot] = true;
+    }
+    std::vector<std::byte> host(hdr[0]);
+    for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<std::byte>(i * 131 + hdr[1]);
+    CopyOp op{static_cast<std::byte*>(outs.dev[slot]), host.data(), host.size()};
+    auto give_back = [slot] {
+      std::lock_guard<std::mutex> lock(outs.mu);
+      outs.busy[slot] = false;
+      ++outs.released;
+    };
+    if (Status st = m->execute({&op, 1}, Cache::kAuto); !st.ok()) {
+      give_back();
+      return st;
+    }
+    Status st = resp.share_device(outs.dev[slot], host.size(), give_back);
+    if (!st.ok()) give_back();
+    return st;
+  });
+  Status s4 = server.handle("gpu_counts", [self](const Request&, Response& resp) -> Status {
+    uint64_t v[3];
+    {
+      std::lock_guard<std::mutex> lock(outs.mu);
+      v[0] = outs.released;
+    }
+    v[1] = self->stats().gpu_responses_shared;
+    v[2] = self->stats().gpu_responses_copied;
+    return resp.write(std::as_bytes(std::span<const uint64_t>(v, 3)));
+  });
+  if (!s.ok() || !s2.ok() || !s3.ok() || !s4.ok() || !server.start().ok()) return 2;
   std::printf("ready\n");
   std::fflush(stdout);
   for (;;) ::pause();

@@ -56,7 +56,15 @@ inline std::vector<std::byte> pattern(size_t n, uint64_t seed) {
 
 // Test-only ops: "sleep" (sleeps the number of ms in the first 4 bytes),
 // "fail" (returns RESOURCE_EXHAUSTED with a message), "throw" (throws).
+// Releases run by the "share_host" op's handler (never, if share_device
+// refuses host memory as it must).
+inline std::atomic<int> g_share_host_releases{0};
+
 inline void register_test_ops(Server& server) {
+  ASSERT_TRUE(server.handle("share_host", [](const Request&, Response& resp) -> Status {
+    static std::byte host[4096];
+    return resp.share_device(host, sizeof(host), [] { g_share_host_releases++; });
+  }).ok());
   ASSERT_TRUE(server.handle("sleep", [](const Request& req, Response&) {
     uint32_t ms = 0;
     if (req.data().size() >= 4) std::memcpy(&ms, req.data().data(), 4);
@@ -127,8 +135,22 @@ inline long rss_shmem_kb() {
   return -1;
 }
 
-// A child process running the test peer binary (ROCKET_TEST_PEER) with
-// `args`; its stdout is readable line by line.
+// The test peer binary: beside the running test binary (a build tree that
+// was moved, e.g. to the GPU machine), else where CMake built it.
+inline std::string peer_program() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n > 0) {
+    std::string dir(buf, static_cast<size_t>(n));
+    dir = dir.substr(0, dir.rfind('/'));
+    std::string beside = dir + "/rocket_test_peer";
+    if (::access(beside.c_str(), X_OK) == 0) return beside;
+  }
+  return ROCKET_TEST_PEER;
+}
+
+// A child process running the test peer binary with `args`; its stdout is
+// readable line by line.
 class Peer {
  public:
   explicit Peer(std::vector<std::string> args) {
@@ -137,7 +159,7 @@ class Peer {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-    std::vector<std::string> all{ROCKET_TEST_PEER};
+    std::vector<std::string> all{peer_program()};
     all.insert(all.end(), args.begin(), args.end());
     std::vector<char*> argv;
     for (auto& a : all) argv.push_back(a.data());

@@ -100,12 +100,24 @@ struct CopyOptions {
 class Reply {
  public:
   Reply() = default;
+  // Host bytes; empty for a GPU response.
   std::span<const std::byte> data() const noexcept;
-  size_t size() const noexcept { return data().size(); }
+  // The payload's size, wherever it lies.
+  size_t size() const noexcept { return on_gpu() ? gpu_size() : data().size(); }
+  // A GPU response (CallOptions::gpu_response): the server's device memory,
+  // opened in this process through CUDA IPC (each allocation once per
+  // session). Valid while this Reply lives and the session is open: the
+  // server reuses the memory once the Reply is gone or the session closed.
+  // Read it with your own kernels or copies.
+  bool on_gpu() const noexcept;
+  const void* gpu_data() const noexcept;
+  size_t gpu_size() const noexcept;
   // Handler time on the server.
   std::chrono::nanoseconds service_time() const noexcept;
-  // Copies the payload into `dst` (which must hold size() bytes) with a mover.
+  // Copies the payload into `dst` (which must hold size() bytes) with a mover;
+  // a GPU response on the GPU's copy engines.
   Status copy_to(std::span<std::byte> dst, const CopyOptions& options = {}) const;
+  // The payload as a vector (a GPU response copied; empty if that fails).
   std::vector<std::byte> to_vector() const;
 
  private:
@@ -209,7 +221,8 @@ class Client {
   std::vector<std::string> ops() const;
   uint64_t session_id() const noexcept;
   ClientStats stats() const;
-  // Ends the session. Outstanding buffers and replies stay readable.
+  // Ends the session. Outstanding buffers and replies stay readable (a GPU
+  // response's memory goes back to the server, though).
   void close() noexcept;
 
  private:

@@ -85,8 +85,9 @@ class Request {
 
 // The response under construction. Exactly one of: alloc() (write the output
 // straight into the server pool), write() (copy bytes in), reply_in_place()
-// (answer with a range of the request's own bytes; no copy at all), or
-// nothing (an empty response).
+// (answer with a range of the request's own bytes; no copy at all),
+// write_from_device() or share_device() (a GPU backend's output), or nothing
+// (an empty response).
 class Response {
  public:
   // A block of the session's server pool for the output. A second call
@@ -98,6 +99,19 @@ class Response {
   // The response is `bytes` bytes of device memory, copied into the server
   // pool on the GPU's copy engines (the pool is registered once per session).
   Status write_from_device(const void* device, size_t bytes);
+  // The response is `bytes` bytes of this process's device memory at
+  // `device`, shared by reference (CUDA IPC) with a caller that accepts GPU
+  // responses (CallOptions::gpu_response): no copy. The memory must stay
+  // allocated and unchanged until `release` runs, which happens when the
+  // client lets go of the reply or its session ends. A caller that does not
+  // accept GPU responses (or takes the response into its own buffer with the
+  // kernel path) gets the bytes copied into the server pool on the copy
+  // engines, and `release` runs right after that copy. `release` runs on a
+  // server thread, possibly another dispatcher's than the handler's, and its
+  // exceptions are swallowed. On an error `release` is dropped unrun (the
+  // memory stays the handler's): kUnavailable without a GPU, kInvalidArgument
+  // for host memory or a range past the allocation.
+  Status share_device(void* device, size_t bytes, std::function<void()> release);
 
   Response(const Response&) = delete;
   Response& operator=(const Response&) = delete;
@@ -108,13 +122,19 @@ class Response {
   explicit Response(detail::ServerSession* session, size_t request_bytes) noexcept
       : session_(session), request_bytes_(request_bytes) {}
   void release() noexcept;
+  // A shared GPU response for a caller that cannot take it by reference: the
+  // bytes copied into the server pool, then the handler's memory released.
+  Status device_to_pool();
 
   detail::ServerSession* session_;
   size_t request_bytes_;
-  enum class Kind : uint8_t { kEmpty, kPool, kInPlace } kind_ = Kind::kEmpty;
-  uint64_t offset_ = 0;
+  enum class Kind : uint8_t { kEmpty, kPool, kInPlace, kGpu } kind_ = Kind::kEmpty;
+  uint64_t offset_ = 0;  // kGpu: the server-pool block holding the reference
   uint64_t length_ = 0;
   bool committed_ = false;
+  const void* device_ = nullptr;        // kGpu: the shared memory
+  size_t device_bytes_ = 0;
+  std::function<void()> on_release_;    // kGpu: the handler's release
 };
 
 using Handler = std::function<Status(const Request&, Response&)>;
@@ -146,6 +166,8 @@ struct ServerStats {
   uint64_t protocol_errors = 0;  // corrupt rings, forged frees, garbage descriptors
   uint64_t bytes_mapped = 0;     // segments currently mapped for sessions
   uint64_t gpu_handles_opened = 0;  // CUDA IPC handles of GPU payloads opened (once per session each)
+  uint64_t gpu_responses_shared = 0;  // GPU responses handed over by reference
+  uint64_t gpu_responses_copied = 0;  // GPU responses copied into the pool for callers that did not accept them
 };
 
 class Server {
