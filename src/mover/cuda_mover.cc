@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <tuple>
 
 #include "sys/futex.h"
 
@@ -31,13 +32,17 @@ Result<const RocketCudaApi*> load_cuda_module(int device) {
   std::lock_guard<std::mutex> lock(mu);
   if (api != nullptr) return api;
   if (!failure.ok()) return failure;
-  // The driver first: its absence is the common, simple answer.
-  if (void* drv = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL); drv == nullptr) {
-    failure = unavailable("no GPU driver: libcuda.so.1 cannot be loaded");
-    return failure;
+  // The driver first: its absence is the common, simple answer. A module
+  // named explicitly ($ROCKET_CUDA_MODULE) answers for itself.
+  const char* named = std::getenv("ROCKET_CUDA_MODULE");
+  if (named == nullptr || *named == '\0') {
+    if (void* drv = ::dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL); drv == nullptr) {
+      failure = unavailable("no GPU driver: libcuda.so.1 cannot be loaded");
+      return failure;
+    }
   }
   std::vector<std::string> candidates;
-  if (const char* env = std::getenv("ROCKET_CUDA_MODULE")) candidates.emplace_back(env);
+  if (named != nullptr && *named != '\0') candidates.emplace_back(named);
   candidates.push_back(exe_dir() + "/librocket_cuda.so");
   candidates.push_back(exe_dir() + "/../librocket_cuda.so");
 #ifdef ROCKET_CUDA_MODULE_PATH
@@ -132,17 +137,36 @@ Result<Ticket> CudaMover::submit(std::span<const CopyOp> ops, const SubmitOption
   ROCKET_RETURN_IF_ERROR(validate(ops));
   Pending p;
   size_t total = 0;
+  // On an error part-way, the copies already queued finish before we return.
+  auto drain = [&] {
+    for (void* h : p.ops) {
+      api_->op_wait(h);
+      api_->op_release(h);
+    }
+    p.ops.clear();
+  };
   for (const CopyOp& op : ops) {
     if (op.remote != RemoteSide::kNone) return invalid_argument("the cuda mover copies within this process only");
     if (op.size == 0) continue;
     void* handle = nullptr;
     int dk = api_->pointer_kind(op.dst), sk = api_->pointer_kind(op.src);
+    // The GPU does not bounds-check a copy: one past a device allocation
+    // would silently overwrite a neighbour. Check against the real size.
+    for (auto [ptr, kind, side] : {std::tuple<const void*, int, const char*>{op.dst, dk, "destination"},
+                                   std::tuple<const void*, int, const char*>{op.src, sk, "source"}}) {
+      if (kind != ROCKET_CUDA_DEVICE) continue;
+      void* base = nullptr;
+      size_t bytes = 0;
+      const auto at = reinterpret_cast<uintptr_t>(ptr);
+      if (api_->mem_range(ptr, &base, &bytes) != 0 || op.size > bytes - (at - reinterpret_cast<uintptr_t>(base))) {
+        drain();
+        return invalid_argument(std::string("GPU copy: the ") + side + " range of " + std::to_string(op.size) +
+                                " bytes runs past its device allocation");
+      }
+    }
     if (api_->copy(op.dst, op.src, op.size, dk, sk, h2h_, &handle) != 0) {
       Status st = api_error("GPU copy");
-      for (void* h : p.ops) {
-        api_->op_wait(h);
-        api_->op_release(h);
-      }
+      drain();
       return st;
     }
     p.ops.push_back(handle);

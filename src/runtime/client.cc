@@ -866,7 +866,7 @@ std::byte* Buffer::data() const noexcept {
 size_t Buffer::size() const noexcept { return block_ ? block_->size : 0; }
 
 std::span<const std::byte> Reply::data() const noexcept {
-  if (!block_) return {};
+  if (!block_ || block_->gpu.data != nullptr) return {};  // a GPU response's block holds only the reference
   switch (block_->pool) {
     case detail::PayloadPool::kServer:
       return {block_->core->server_data() + block_->offset, block_->length};

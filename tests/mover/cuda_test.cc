@@ -101,6 +101,34 @@ TEST_P(CudaEngine, DetachedCallbacksArriveAfterTheData) {
   EXPECT_TRUE(correct.load());
 }
 
+TEST_P(CudaEngine, PollReportsCompletionAndBadRangesFail) {
+  const size_t n = (size_t{3} << 20) + 11;
+  Pinned src(*mover_, n), dst(*mover_, n);
+  ASSERT_TRUE(src.ok && dst.ok);
+  std::memset(src.p, 0x3c, n);
+  CopyOp op{dst.p, src.p, n};
+  auto t = mover_->submit({&op, 1}, Cache::kAuto);
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  bool done = false;
+  for (int i = 0; i < 5'000'000 && !done; ++i) {
+    auto p = mover_->poll(*t);
+    ASSERT_TRUE(p.ok()) << p.status().to_string();
+    done = *p;
+  }
+  ASSERT_TRUE(done);
+  EXPECT_EQ(dst.p[0], std::byte{0x3c});
+  EXPECT_EQ(dst.p[n - 1], std::byte{0x3c});
+  EXPECT_FALSE(mover_->poll(*t).ok());  // a completed ticket is gone
+  // A copy past the end of a device allocation is an error, not corruption.
+  auto api = detail::load_cuda_module(0);
+  ASSERT_TRUE(api.ok());
+  void* dev = nullptr;
+  ASSERT_EQ((*api)->device_alloc(&dev, 4096), 0);
+  CopyOp over{static_cast<std::byte*>(dev), src.p, 8192};
+  EXPECT_FALSE(mover_->execute({&over, 1}, Cache::kAuto).ok());
+  EXPECT_EQ((*api)->device_free(dev), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(H2H, CudaEngine, ::testing::Values("kernel", "staged"),
                          [](const auto& info) { return std::string(info.param); });
 
@@ -147,6 +175,27 @@ TEST(GpuPayload, HandedToAnotherProcessByReference) {
   EXPECT_EQ(c->call_gpu("gpu_checksum", host.data(), n).status().code(), StatusCode::kInvalidArgument);
   c->close();
   (*api)->device_free(dev);
+}
+
+// The built-in gpu_echo: each request is copied from the shared pool into
+// device memory and back into the server pool on the copy engines (the
+// session's pools registered with the GPU once).
+TEST(GpuPayload, GpuEchoRoundTripsThroughDeviceMemory) {
+  auto api = detail::load_cuda_module(0);
+  if (!api.ok()) GTEST_SKIP() << api.status().to_string();
+  testing::TestServer srv;
+  Client c = srv.connect();
+  for (size_t n : {size_t{1}, size_t{4097}, (size_t{3} << 20) + 5}) {
+    std::vector<std::byte> data(n);
+    for (size_t i = 0; i < n; ++i) data[i] = static_cast<std::byte>(i * 17 + n);
+    auto r = c.call("gpu_echo", std::span<const std::byte>(data));
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    EXPECT_EQ(r->to_vector(), data) << n;
+    auto f = c.call_async("gpu_echo", std::span<const std::byte>(data));
+    auto r2 = f.get();
+    ASSERT_TRUE(r2.ok()) << r2.status().to_string();
+    EXPECT_EQ(r2->to_vector(), data) << n;
+  }
 }
 
 // A GPU backend's output handed back by reference: the client reads the
