@@ -388,24 +388,42 @@ int run_calibrate(const CalibrateOptions& o) {
   json report = json::array();
   auto movers = probe_movers();
   size_t total_steps = 0, step = 0;
+  // What to measure: each usable engine as configured by default, and the
+  // GPU engine's two host-to-host methods as variants (its "auto" picks
+  // between them per size from these).
+  struct Target {
+    MoverKind kind;
+    std::string variant;
+    MoverConfig config;
+  };
+  std::vector<Target> targets;
   for (const auto& info : movers) {
     if (!info.usable) continue;
-    auto m = make_mover(info.kind);
+    targets.push_back({info.kind, "", MoverConfig{}});
+    if (info.kind == MoverKind::kCuda) {
+      for (const char* v : {"kernel", "staged"}) {
+        MoverConfig c;
+        c.cuda_h2h = v;
+        targets.push_back({info.kind, v, c});
+      }
+    }
+  }
+  for (const auto& t : targets) {
+    auto m = make_mover(t.kind, t.config);
     if (m.ok()) total_steps += sizes.size() * ((*m)->capabilities().cache_control ? 3 : 1);
   }
-  for (const auto& info : movers) {
-    if (!info.usable) continue;
-    auto m = make_mover(info.kind);
+  for (const auto& t : targets) {
+    auto m = make_mover(t.kind, t.config);
     if (!m.ok()) continue;
+    const std::string label = std::string(mover_kind_name(t.kind)) + (t.variant.empty() ? "" : ":" + t.variant);
     for (Cache cache : {Cache::kAuto, Cache::kInject, Cache::kBypass}) {
       if (!(*m)->capabilities().cache_control && cache != Cache::kAuto) continue;  // same copy either way
       std::vector<std::pair<double, double>> pts;
       for (size_t size : sizes) {
         ++step;
         if (!o.json_out) {
-          std::fprintf(stderr, "\r  [%3zu/%3zu] %-10s %-6s %6s", step, total_steps,
-                       std::string(mover_kind_name(info.kind)).c_str(), std::string(cache_name(cache)).c_str(),
-                       human_size(size).c_str());
+          std::fprintf(stderr, "\r  [%3zu/%3zu] %-13s %-6s %6s", step, total_steps, label.c_str(),
+                       std::string(cache_name(cache)).c_str(), human_size(size).c_str());
         }
         auto p = measure(**m, cache, size, o.budget_ms, WaitHow::kWait);
         if (!p.ok()) continue;
@@ -413,8 +431,8 @@ int run_calibrate(const CalibrateOptions& o) {
       }
       if (pts.size() < 2) continue;
       CostModel cm = fit_cost_model(pts);
-      profile.entries.push_back({info.kind, cache, cm});
-      report.push_back({{"mover", std::string(mover_kind_name(info.kind))}, {"cache", std::string(cache_name(cache))},
+      profile.entries.push_back({t.kind, cache, cm, t.variant});
+      report.push_back({{"mover", label}, {"cache", std::string(cache_name(cache))},
                         {"fixed_us", cm.fixed_us}, {"us_per_mib", cm.us_per_mib},
                         {"gbps", cm.us_per_mib > 0 ? 1048.576 / cm.us_per_mib : 0}});  // MiB per us -> GB/s
     }
@@ -428,9 +446,9 @@ int run_calibrate(const CalibrateOptions& o) {
     std::cout << json{{"profile", o.out}, {"machine", profile.machine}, {"movers", report}}.dump(1) << std::endl;
     return 0;
   }
-  std::printf("%-10s %-7s %10s %11s %8s\n", "mover", "cache", "fixed_us", "us_per_MiB", "GB/s");
+  std::printf("%-13s %-7s %10s %11s %8s\n", "mover", "cache", "fixed_us", "us_per_MiB", "GB/s");
   for (const auto& r : report) {
-    std::printf("%-10s %-7s %10.2f %11.2f %8.2f\n", r["mover"].get<std::string>().c_str(),
+    std::printf("%-13s %-7s %10.2f %11.2f %8.2f\n", r["mover"].get<std::string>().c_str(),
                 r["cache"].get<std::string>().c_str(), r["fixed_us"].get<double>(), r["us_per_mib"].get<double>(),
                 r["gbps"].get<double>());
   }

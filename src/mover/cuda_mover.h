@@ -36,6 +36,11 @@ class CudaMover final : public Mover {
  protected:
   CostModel default_cost(Cache cache) const noexcept override;
 
+ public:
+  // The host-to-host method for a copy of `bytes` (ROCKET_CUDA_H2H_*): the
+  // configured one, or under "auto" the cheaper by the variants' cost models.
+  int h2h_for(size_t bytes) const noexcept;
+
  private:
   struct Pending {
     std::vector<void*> ops;
@@ -44,13 +49,14 @@ class CudaMover final : public Mover {
     CopyCallback on_done;  // detached submissions
   };
 
+  static constexpr int kH2HAuto = -1;
   CudaMover(const RocketCudaApi* api, int h2h);
   Status wait_pending(Pending& p);
   void completer_loop();
   Status api_error(const char* what) const;
 
   const RocketCudaApi* api_;
-  int h2h_;
+  int h2h_;  // ROCKET_CUDA_H2H_* or kH2HAuto
   MoverCapabilities caps_;
   std::mutex mu_;
   std::condition_variable cv_;

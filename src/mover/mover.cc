@@ -94,10 +94,20 @@ CostModel Mover::cost(Cache cache) const noexcept {
   auto profile = g_profile.load(std::memory_order_acquire);
   if (profile) {
     for (const auto& e : profile->entries) {
-      if (e.kind == kind() && e.cache == cache) return e.model;
+      if (e.kind == kind() && e.cache == cache && e.variant.empty()) return e.model;
     }
   }
   return default_cost(cache);
+}
+
+std::optional<CostModel> profiled_cost(MoverKind kind, Cache cache, std::string_view variant) {
+  auto profile = g_profile.load(std::memory_order_acquire);  // pairs with set_cost_profile()
+  if (profile) {
+    for (const auto& e : profile->entries) {
+      if (e.kind == kind && e.cache == cache && e.variant == variant) return e.model;
+    }
+  }
+  return std::nullopt;
 }
 
 CostModel fit_cost_model(std::span<const std::pair<double, double>> pts) {
@@ -143,6 +153,7 @@ Status save_cost_profile(const CostProfile& profile, const std::string& path) {
                    {"cache", std::string(cache_name(e.cache))},
                    {"fixed_us", e.model.fixed_us},
                    {"us_per_mib", e.model.us_per_mib}});
+    if (!e.variant.empty()) arr.back()["variant"] = e.variant;
   }
   nlohmann::json j{{"version", 1}, {"machine", profile.machine}, {"movers", arr}};
   std::error_code ec;
@@ -182,7 +193,14 @@ Status load_cost_profile(const std::string& path) {
     if (!(fixed >= 0 && fixed < 1e7 && per >= 0 && per < 1e7)) {
       return data_loss("cost profile " + path + " has an out-of-range model");
     }
-    p.entries.push_back({*kind, *cache, {fixed, per}});
+    std::string variant;
+    if (e.contains("variant")) {
+      if (!e["variant"].is_string() || e["variant"].get<std::string>().size() > 32) {
+        return data_loss("cost profile " + path + " has a malformed variant");
+      }
+      variant = e["variant"].get<std::string>();
+    }
+    p.entries.push_back({*kind, *cache, {fixed, per}, std::move(variant)});
   }
   set_cost_profile(std::move(p));
   return ok_status();

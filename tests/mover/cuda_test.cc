@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -127,6 +128,42 @@ TEST_P(CudaEngine, PollReportsCompletionAndBadRangesFail) {
   CopyOp over{static_cast<std::byte*>(dev), src.p, 8192};
   EXPECT_FALSE(mover_->execute({&over, 1}, Cache::kAuto).ok());
   EXPECT_EQ((*api)->device_free(dev), 0);
+}
+
+// "auto" chooses the host-to-host method per copy from the variants' cost
+// models: here a calibrated profile where the copy kernel wins small copies
+// and staging wins large ones; without a profile, staging everywhere (the
+// H100 measurements in issue 4). Copies are right either way.
+TEST(CudaAuto, ChoosesTheCheaperMethodPerSize) {
+  MoverConfig cfg;
+  cfg.cuda_h2h = "auto";
+  auto m = make_mover(MoverKind::kCuda, cfg);
+  if (!m.ok()) GTEST_SKIP() << m.status().to_string();
+  auto* cuda = dynamic_cast<detail::CudaMover*>(m->get());
+  ASSERT_NE(cuda, nullptr);
+  if (std::getenv("ROCKET_CUDA_H2H") != nullptr) GTEST_SKIP() << "ROCKET_CUDA_H2H overrides auto";
+  set_cost_profile({});
+  for (size_t n : {size_t{4096}, size_t{1} << 20, size_t{128} << 20}) EXPECT_EQ(cuda->h2h_for(n), ROCKET_CUDA_H2H_STAGED);
+  CostProfile p;
+  p.entries.push_back({MoverKind::kCuda, Cache::kAuto, {2.0, 40.0}, "kernel"});
+  p.entries.push_back({MoverKind::kCuda, Cache::kAuto, {80.0, 20.0}, "staged"});  // crossover at 3.9 MiB
+  set_cost_profile(p);
+  EXPECT_EQ(cuda->h2h_for(size_t{1} << 20), ROCKET_CUDA_H2H_KERNEL);
+  EXPECT_EQ(cuda->h2h_for(size_t{16} << 20), ROCKET_CUDA_H2H_STAGED);
+  for (size_t n : {size_t{1} << 20, size_t{16} << 20}) {
+    Pinned src(**m, n), dst(**m, n);
+    ASSERT_TRUE(src.ok && dst.ok);
+    std::memset(src.p, 0x77, n);
+    CopyOp op{dst.p, src.p, n};
+    ASSERT_TRUE((*m)->execute({&op, 1}, Cache::kAuto).ok());
+    EXPECT_EQ(std::memcmp(dst.p, src.p, n), 0);
+  }
+  MoverConfig fixed;
+  fixed.cuda_h2h = "kernel";
+  auto k = make_mover(MoverKind::kCuda, fixed);
+  ASSERT_TRUE(k.ok());
+  EXPECT_EQ(dynamic_cast<detail::CudaMover*>(k->get())->h2h_for(size_t{128} << 20), ROCKET_CUDA_H2H_KERNEL);
+  set_cost_profile({});
 }
 
 INSTANTIATE_TEST_SUITE_P(H2H, CudaEngine, ::testing::Values("kernel", "staged"),

@@ -234,11 +234,16 @@ TEST(CostProfile, RoundTripsAndDrivesCost) {
   CostProfile p;
   p.machine = "test";
   p.entries.push_back({MoverKind::kCpu, Cache::kAuto, {3.0, 100.0}});
+  p.entries.push_back({MoverKind::kCpu, Cache::kAuto, {9.0, 1.0}, "other"});  // a variant: not the engine's cost
   ASSERT_TRUE(save_cost_profile(p, path).ok());
   ASSERT_TRUE(load_cost_profile(path).ok());
   auto m = make_mover(MoverKind::kCpu);
   ASSERT_TRUE(m.ok());
   EXPECT_DOUBLE_EQ((*m)->cost().predict_us(1 << 20), 103.0);
+  auto v = profiled_cost(MoverKind::kCpu, Cache::kAuto, "other");
+  ASSERT_TRUE(v.has_value());
+  EXPECT_DOUBLE_EQ(v->predict_us(1 << 20), 10.0);
+  EXPECT_FALSE(profiled_cost(MoverKind::kCpu, Cache::kAuto, "missing").has_value());
   set_cost_profile({});
   EXPECT_NE((*m)->cost().predict_us(1 << 20), 103.0);
   std::remove(path.c_str());

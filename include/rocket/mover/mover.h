@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -167,7 +168,10 @@ struct MoverConfig {
   size_t min_chunk_bytes = size_t{256} << 10;
   // `cuda` engine: how host-to-host copies cross the GPU -- "kernel" (a copy
   // kernel over mapped pinned memory), "staged" (the copy engines through
-  // device buffers) or "auto" (staged; $ROCKET_CUDA_H2H overrides).
+  // device buffers) or "auto": per copy, the one whose cost model predicts
+  // less for its size (calibrated by `rocket calibrate` as the variants
+  // "kernel" and "staged"; built-in estimates favour staging at every size).
+  // $ROCKET_CUDA_H2H overrides "auto".
   std::string cuda_h2h = "auto";
   int cuda_device = 0;
 };
@@ -188,6 +192,9 @@ struct CostProfile {
     MoverKind kind;
     Cache cache;
     CostModel model;
+    // One way of copying of an engine that has several ("kernel" and
+    // "staged" for cuda); empty for the engine as configured by default.
+    std::string variant;
   };
   std::vector<Entry> entries;
   std::string machine;  // where it was measured
@@ -201,6 +208,8 @@ CostModel fit_cost_model(std::span<const std::pair<double, double>> mib_us);
 
 // Makes `profile` the process-wide source of Mover::cost(). Thread-safe.
 void set_cost_profile(CostProfile profile);
+// The installed profile's model for one variant of an engine, if it has one.
+std::optional<CostModel> profiled_cost(MoverKind kind, Cache cache, std::string_view variant);
 // Reads a profile written by `rocket calibrate` (JSON) and installs it.
 Status load_cost_profile(const std::string& path);
 Status save_cost_profile(const CostProfile& profile, const std::string& path);
