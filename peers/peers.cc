@@ -35,6 +35,7 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "exit_with_parent.h"
 #include "mapped_buffer.h"
 #include "peers.grpc.pb.h"
 #include "stream_io.h"
@@ -467,6 +468,7 @@ Status run_client(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  rocket::tools::exit_with_parent();
   ::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"rocket bench peers: servers and clients of the compared transports"};
   app.require_subcommand(1);

@@ -1,5 +1,7 @@
 #include "process.h"
 
+#include "exit_with_parent.h"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -36,8 +38,16 @@ Result<Child> Child::spawn_program(const std::string& program, const std::vector
   std::vector<char*> argv;
   for (auto& a : all) argv.push_back(a.data());
   argv.push_back(nullptr);
+  // The child ends with us (exit_with_parent.h).
+  std::vector<std::string> env_store{std::string(kParentPidVariable) + "=" + std::to_string(::getpid())};
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, kParentPidVariable, std::strlen(kParentPidVariable)) != 0) env_store.emplace_back(*e);
+  }
+  std::vector<char*> envp;
+  for (auto& e : env_store) envp.push_back(e.data());
+  envp.push_back(nullptr);
   pid_t pid = -1;
-  int rc = posix_spawn(&pid, program.c_str(), &fa, nullptr, argv.data(), environ);
+  int rc = posix_spawn(&pid, program.c_str(), &fa, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
   ::close(in[0]);
   ::close(out[1]);

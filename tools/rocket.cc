@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "exit_with_parent.h"
 #include "bench_echo.h"
 #include "bench_movers.h"
 #include "bench_peers.h"
@@ -162,6 +163,7 @@ int doctor(bool json_out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  rocket::tools::exit_with_parent();
   CLI::App app{"rocket: shared-memory IPC with managed data movement"};
   app.require_subcommand(1);
 

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "exit_with_parent.h"
 #include "args.h"
 #include "demo_config.h"
 #include "serve_until_signal.h"
@@ -315,6 +316,7 @@ Status run_frontend(const FrontendArgs& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  rocket::tools::exit_with_parent();
   CLI::App app{"Rocket's demo workloads: backend and frontend processes (started by `rocket demo`)"};
   app.require_subcommand(1);
   bool as_json = false;
