@@ -1,6 +1,7 @@
 #include "mover/hybrid_wait.h"
 
 #include <cpuid.h>
+#include <sys/prctl.h>
 #include <immintrin.h>
 #include <x86intrin.h>
 
@@ -31,6 +32,15 @@ constexpr auto kPollWindow = std::chrono::microseconds(50);
 constexpr auto kMinSleep = std::chrono::microseconds(30);  // below this a futex sleep costs more than it saves
 constexpr auto kLongSleep = std::chrono::milliseconds(1);
 
+// This thread's timer slack, read once per thread (PR_GET_TIMERSLACK).
+std::chrono::nanoseconds timer_slack() noexcept {
+  thread_local const std::chrono::nanoseconds slack{[] {
+    long ns = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+    return ns > 0 && ns < 10'000'000 ? ns : 50'000L;
+  }()};
+  return slack;
+}
+
 }  // namespace
 
 bool cpu_has_waitpkg() noexcept { return g_waitpkg; }
@@ -47,8 +57,12 @@ void hybrid_wait(const std::atomic<uint32_t>* word, std::atomic<uint32_t>* waite
     waiters->fetch_sub(1, std::memory_order_relaxed);
     if (stats != nullptr) ++stats->sleeps;
   };
-  // Phase 1: sleep through most of the predicted time.
-  auto first = std::chrono::duration_cast<std::chrono::nanoseconds>(predicted * 95 / 100 - (Clock::now() - started));
+  // Phase 1: sleep through most of the predicted time. The kernel may end a
+  // timed sleep up to the thread's timer slack late (50 us by default), so
+  // aim that much early: a late wake-up still lands before the copy ends,
+  // and the poll below catches the end without a wake-up's latency.
+  auto first = std::chrono::duration_cast<std::chrono::nanoseconds>(predicted * 95 / 100 - (Clock::now() - started)) -
+               timer_slack();
   if (first > kMinSleep) sleep(first);
   // Phase 2: poll for a short window.
   auto poll_until = Clock::now() + kPollWindow;
