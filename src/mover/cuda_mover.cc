@@ -7,6 +7,7 @@
 #include <string>
 #include <tuple>
 
+#include "mover/hybrid_wait.h"
 #include "sys/futex.h"
 
 namespace rocket::detail {
@@ -221,7 +222,7 @@ Result<Ticket> CudaMover::submit(std::span<const CopyOp> ops, const SubmitOption
 Status CudaMover::wait_pending(Pending& p) {
   // Hybrid: sleep through most of the predicted time, poll briefly, then let
   // the driver block us (blocking-sync events: no spinning).
-  auto first = p.predicted * 95 / 100 - (Clock::now() - p.started);
+  auto first = p.predicted * 95 / 100 - (Clock::now() - p.started) - timer_slack();
   if (first > std::chrono::microseconds(30)) std::this_thread::sleep_for(first);
   Status st = ok_status();
   for (void* op : p.ops) {

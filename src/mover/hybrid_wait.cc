@@ -32,7 +32,8 @@ constexpr auto kPollWindow = std::chrono::microseconds(50);
 constexpr auto kMinSleep = std::chrono::microseconds(30);  // below this a futex sleep costs more than it saves
 constexpr auto kLongSleep = std::chrono::milliseconds(1);
 
-// This thread's timer slack, read once per thread (PR_GET_TIMERSLACK).
+}  // namespace
+
 std::chrono::nanoseconds timer_slack() noexcept {
   thread_local const std::chrono::nanoseconds slack{[] {
     long ns = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
@@ -40,8 +41,6 @@ std::chrono::nanoseconds timer_slack() noexcept {
   }()};
   return slack;
 }
-
-}  // namespace
 
 bool cpu_has_waitpkg() noexcept { return g_waitpkg; }
 

@@ -10,6 +10,11 @@
 
 namespace rocket::detail {
 
+// How late the kernel may end this thread's timed sleeps (PR_GET_TIMERSLACK,
+// read once per thread): a sleep meant to end before a copy does aims this
+// much earlier.
+std::chrono::nanoseconds timer_slack() noexcept;
+
 // CPUID leaf 7 sub-leaf 0, ECX bit 5.
 bool cpu_has_waitpkg() noexcept;
 
