@@ -70,6 +70,10 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   ~ClientCore();
 
   Result<std::shared_ptr<PoolBlock>> alloc_block(size_t bytes);
+  // Collects responses of abandoned jobs (freeing their request blocks);
+  // false when none is outstanding (or the session failed), so waiting for
+  // pool space would be in vain.
+  bool reclaim_abandoned();
   void free_block(uint64_t offset) noexcept;
   void free_reply(uint64_t offset) noexcept;
 
@@ -134,7 +138,10 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   Status push_request(std::unique_lock<std::mutex>& lock, uint32_t op, JobId id, uint64_t offset, uint64_t length,
                       uint16_t flags = 0);
   Status push_locked(std::unique_lock<std::mutex>& lock, const SubDesc& d);
-  void copy_done(JobId id, Status st);
+  // `keep`: the engine's reference to the request's block, dropped under the
+  // lock together with the job's, so the block is back in the pool by the
+  // time anyone can see the job gone.
+  void copy_done(JobId id, Status st, std::shared_ptr<PoolBlock> keep = nullptr);
   void wake_waiters() noexcept;
   void fail_locked(Status why);
   Result<Reply> take_locked(std::unordered_map<uint64_t, Job>::iterator it);
@@ -327,20 +334,42 @@ Result<std::shared_ptr<PoolBlock>> ClientCore::alloc_block(size_t bytes) {
     return failure_;
   }
   uint64_t off;
-  {
-    std::lock_guard<std::mutex> lock(alloc_mu_);
-    auto r = alloc_.allocate(bytes);
-    if (!r.ok()) {
+  for (;;) {
+    Status full;
+    {
+      std::lock_guard<std::mutex> lock(alloc_mu_);
+      auto r = alloc_.allocate(bytes);
+      if (r.ok()) {
+        off = *r;
+        break;
+      }
       if (r.status().code() == StatusCode::kInvalidArgument) {
         return invalid_argument("request of " + std::to_string(bytes) + " bytes exceeds the client pool of " +
                                 std::to_string(alloc_.capacity()) +
                                 " bytes; connect with ClientOptions::client_pool_bytes larger");
       }
-      return r.status();
+      full = r.status();
     }
-    off = *r;
+    // Full now. Requests of dropped futures hold their blocks until their
+    // responses arrive, and no caller can collect those: wait for them rather
+    // than fail. Space held by the caller's own buffers and jobs is theirs.
+    if (!reclaim_abandoned()) return full;
   }
   return std::make_shared<PoolBlock>(shared_from_this(), off, bytes);
+}
+
+bool ClientCore::reclaim_abandoned() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    drain_locked();  // frees the blocks of abandoned jobs whose responses are in
+    if (!failure_.ok()) return false;
+    const bool pending = std::any_of(jobs_.begin(), jobs_.end(), [](const auto& j) { return j.second.abandoned; });
+    if (!pending) return false;
+  }
+  if (peer_hung_up(sock_)) return false;
+  wake_server();
+  std::this_thread::sleep_for(std::chrono::microseconds(20));
+  return true;
 }
 
 void ClientCore::free_block(uint64_t offset) noexcept {
@@ -558,7 +587,9 @@ Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> by
   auto self = shared_from_this();
   SubmitOptions so{.cache = policy.cache,
                    .owner = reinterpret_cast<uint64_t>(this),
-                   .on_done = [self, block, id](Status st) { self->copy_done(id, std::move(st)); }};
+                   .on_done = [self, block, id](Status st) mutable {
+                     self->copy_done(id, std::move(st), std::move(block));
+                   }};
   auto t = m->submit({&cop, 1}, so);
   if (!t.ok()) {
     copy_done(id, t.status());
@@ -567,8 +598,9 @@ Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> by
   return id;
 }
 
-void ClientCore::copy_done(JobId id, Status st) {
+void ClientCore::copy_done(JobId id, Status st, std::shared_ptr<PoolBlock> keep) {
   std::unique_lock<std::mutex> lock(mu_);
+  keep.reset();  // the job holds the block while it lives (lock order: mu_, then alloc_mu_)
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return;  // the session failed meanwhile
   Job& job = it->second;
@@ -762,6 +794,7 @@ bool ClientCore::job_done(JobId id) {
 
 void ClientCore::abandon(JobId id) noexcept {
   std::unique_lock<std::mutex> lock(mu_);
+  drain_locked();  // responses already in: their jobs (this one too) free their blocks now
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return;
   // The caller's bytes may be freed once we return: let a running copy-in

@@ -170,6 +170,28 @@ TEST(ClientServer, DroppedAsyncFuturesWaitForTheirCopy) {
   EXPECT_EQ(c.stats().client_pool_in_use, 0u);
 }
 
+// Requests of dropped futures that were already posted hold their pool
+// blocks until their responses arrive, and nobody can collect those: a call
+// that finds the pool full waits for them instead of failing.
+TEST(ClientServer, PoolSpaceOfDroppedFuturesComesBack) {
+  TestServer srv({.default_client_pool_bytes = 16 << 20});
+  Client c = srv.connect({.client_pool_bytes = 16 << 20});
+  CallOptions opts{.policy = {.mover = MoverKind::kThreads, .cache = Cache::kAuto}};
+  for (int i = 0; i < 2; ++i) {
+    auto data = pattern(7 << 20, i);
+    const uint32_t ms = 150;  // the server holds each request this long
+    std::memcpy(data.data(), &ms, 4);
+    auto f = c.call_async("sleep", std::span<const std::byte>(data), opts);
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));  // copied and posted before the drop
+  }
+  auto data = pattern(4 << 20, 9);
+  auto r = c.call("echo", std::span<const std::byte>(data));
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r->to_vector(), data);
+  r = Reply();
+  EXPECT_EQ(c.stats().client_pool_in_use, 0u);
+}
+
 TEST(ClientServer, KernelPathMovesPrivateBytesBothWays) {
   TestServer srv;
   Client c = srv.connect({.allow_kernel_copy = true});

@@ -169,7 +169,9 @@ class Client {
   ~Client();
 
   // A buffer of `bytes` in the client pool. kResourceExhausted when the pool
-  // is full now; kInvalidArgument when it could never fit.
+  // is full now (after waiting for the responses of dropped futures' jobs,
+  // whose requests hold pool space until they arrive); kInvalidArgument when
+  // it could never fit.
   Result<Buffer> alloc(size_t bytes);
 
   // Synchronous call on a pool buffer (zero-copy) or on private bytes (copied
