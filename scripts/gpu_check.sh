@@ -44,6 +44,12 @@ run gpu-echo $R bench echo --op gpu_echo --sizes 1M,16M,128M --modes sync --path
 # Rocket's copy path against a Unix socket on this machine's cores.
 run uds-echo $R bench echo --sizes 64,16M --modes sync --paths copy --wake spin --transports rocket,uds \
   --movers cpu,threads,auto --clients 1
+# The copy kernel's and the staging pipeline's costs here: the profile the
+# cuda engine's "auto" chooses from per size (appended to checks.txt).
+{
+  echo "== rocket calibrate (cuda variants)"
+  timeout 240 $R calibrate --out /tmp/rocket-gpu-profile.json --sizes 64K,1M,4M,16M,64M,256M --json
+} >> "$out/checks.txt" 2>&1 || fails=$((fails + 1))
 # The whole core suite with a GPU present (the workloads suite needs the
 # workload libraries, which the GPU machine does not have).
 for t in rocket_unit_test rocket_runtime_test rocket_ring_test rocket_stress_test; do
