@@ -41,6 +41,13 @@ run overlap-cuda $R bench overlap --mover cuda
 # into GPU memory and back into the server pool on the copy engines.
 run gpu-echo $R bench echo --op gpu_echo --sizes 1M,16M,128M --modes sync --paths zerocopy,copy --wake spin \
   --transports rocket --clients 1
+# The same, answered from GPU memory by reference (gpu_share): a second JSON
+# document appended to gpu-echo.json (at most 8 files come back).
+if ! timeout 240 $R bench echo --op gpu_share --sizes 1M,16M,128M --modes sync --paths zerocopy,copy --wake spin \
+  --transports rocket --clients 1 --json >> "$out/gpu-echo.json" 2>> "$out/bench.log"; then
+  echo "gpu_check: gpu-share FAILED" | tee -a "$out/bench.log"
+  fails=$((fails + 1))
+fi
 # Rocket's copy path against a Unix socket on this machine's cores.
 run uds-echo $R bench echo --sizes 64,16M --modes sync --paths copy --wake spin --transports rocket,uds \
   --movers cpu,threads,auto --clients 1

@@ -152,16 +152,19 @@ Status run_worker(const WorkerArgs& a) {
     ROCKET_ASSIGN_OR_RETURN(MoverKind mover, parse_mover_kind(a.mover));
     co.allow_kernel_copy = mover == MoverKind::kKernel;
     ROCKET_ASSIGN_OR_RETURN(Client c, Client::connect(a.socket, co));
-    const CallOptions call_opts{.policy = {.mover = mover, .cache = Cache::kAuto}};
+    // gpu_share answers from the server's GPU memory: take it by reference
+    // (the client reads it only to verify the first reply).
+    const bool gpu_reply = a.op == "gpu_share";
+    const CallOptions call_opts{.policy = {.mover = mover, .cache = Cache::kAuto}, .gpu_response = gpu_reply};
     bool checked = false;
     const bool zc = a.path == "zerocopy";
     if (a.mode == "sync" && zc) {
       ROCKET_ASSIGN_OR_RETURN(Buffer buf, c.alloc(std::max<size_t>(a.size, 1)));
       std::memcpy(buf.data(), src.data(), a.size);  // built in place once
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
-        auto r = c.call(a.op, buf);
+        auto r = c.call(a.op, buf, call_opts);
         if (!r.ok()) return note(r.status());
-        if (!checked) checked = verify(r->data());
+        if (!checked) checked = r->on_gpu() ? verify(r->to_vector()) : verify(r->data());
         return checked;
       }, &samples, &wall, &cpu));
     } else if (a.mode == "sync") {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <utility>
 
 #include "mover/cuda_mover.h"
 
@@ -34,6 +36,33 @@ class DeviceScratch {
   const RocketCudaApi* api_ = nullptr;
   void* p_ = nullptr;
   size_t cap_ = 0;
+};
+// gpu_share's output buffers, one set per dispatcher thread: a buffer is lent
+// to the client with its response and comes back when the client drops the
+// reply (or its session ends), possibly on another thread.
+class LentBuffers {
+ public:
+  static constexpr int kSlots = 2;
+  // A free buffer of at least `n` bytes; kResourceExhausted while all are lent.
+  Result<std::pair<int, void*>> take(size_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (int i = 0; i < kSlots; ++i) {
+      if (lent_[i]) continue;
+      ROCKET_ASSIGN_OR_RETURN(void* p, slots_[i].reserve(n));
+      lent_[i] = true;
+      return std::make_pair(i, p);
+    }
+    return resource_exhausted("gpu_share: all output buffers are lent to clients; drop some replies");
+  }
+  void give_back(int slot) {
+    std::lock_guard<std::mutex> lock(mu_);
+    lent_[slot] = false;
+  }
+
+ private:
+  std::mutex mu_;
+  DeviceScratch slots_[kSlots];
+  bool lent_[kSlots] = {};
 };
 }  // namespace
 
@@ -82,7 +111,20 @@ Status register_builtin_ops(Server& server) {
       return resp.write_from_device(dev, n);
     });
   };
-  return server.handle_per_thread("gpu_echo", gpu_echo);
+  ROCKET_RETURN_IF_ERROR(server.handle_per_thread("gpu_echo", gpu_echo));
+  auto gpu_share = [] {
+    auto lent = std::make_shared<LentBuffers>();
+    return Handler([lent](const Request& req, Response& resp) -> Status {
+      const size_t n = req.data().size();
+      ROCKET_ASSIGN_OR_RETURN(auto slot, lent->take(std::max<size_t>(n, 1)));
+      const auto [index, dev] = slot;
+      Status st = req.copy_to_device(dev);
+      if (st.ok()) st = resp.share_device(dev, n, [lent, i = index] { lent->give_back(i); });
+      if (!st.ok()) lent->give_back(index);  // share_device keeps no release on error
+      return st;
+    });
+  };
+  return server.handle_per_thread("gpu_share", gpu_share);
 }
 
 }  // namespace rocket

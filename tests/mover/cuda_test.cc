@@ -235,6 +235,30 @@ TEST(GpuPayload, GpuEchoRoundTripsThroughDeviceMemory) {
   }
 }
 
+// The built-in gpu_share in a backend process: the response is the server's
+// device memory by reference; its output buffers come back as replies go.
+TEST(GpuPayload, GpuShareAnswersFromDeviceMemory) {
+  auto api = detail::load_cuda_module(0);
+  if (!api.ok()) GTEST_SKIP() << api.status().to_string();
+  const std::string sock = testing::unique_socket_path("gpushare");
+  testing::Peer server({"serve", sock});
+  ASSERT_EQ(server.read_line(std::chrono::milliseconds(30000)), "ready");
+  auto c = Client::connect(sock);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  for (int i = 0; i < 5; ++i) {  // more calls than output buffers: each reply gives its buffer back
+    std::vector<std::byte> data((size_t{3} << 20) + static_cast<size_t>(i));
+    for (size_t k = 0; k < data.size(); ++k) data[k] = static_cast<std::byte>(k * 7 + static_cast<size_t>(i));
+    auto r = c->call("gpu_share", std::span<const std::byte>(data), {.gpu_response = true});
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    ASSERT_TRUE(r->on_gpu());
+    EXPECT_EQ(r->to_vector(), data);
+    auto h = c->call("gpu_share", std::span<const std::byte>(data));
+    ASSERT_TRUE(h.ok()) << h.status().to_string();
+    EXPECT_FALSE(h->on_gpu());
+    EXPECT_EQ(h->to_vector(), data);
+  }
+}
+
 // A GPU backend's output handed back by reference: the client reads the
 // server's device memory through CUDA IPC (Reply::on_gpu), the server's
 // release runs when the reply is dropped, and a caller that does not accept

@@ -9,6 +9,10 @@
 //   gpu_echo    a GPU backend's round trip: the request is copied from the
 //               shared pool into GPU memory and back into the server pool on
 //               the copy engines (kUnavailable where there is no GPU)
+//   gpu_share   the request is copied into GPU memory and answered from there
+//               by reference (Response::share_device): a caller that accepts
+//               GPU responses reads the server's device memory with no copy
+//               back; others get it copied into the pool
 //
 //   rocket::Server server({.socket_path = path});
 //   if (auto s = rocket::register_builtin_ops(server); !s.ok()) die(s);
