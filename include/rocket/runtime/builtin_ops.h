@@ -12,7 +12,10 @@
 //   gpu_share   the request is copied into GPU memory and answered from there
 //               by reference (Response::share_device): a caller that accepts
 //               GPU responses reads the server's device memory with no copy
-//               back; others get it copied into the pool
+//               back; others get it copied into the pool. Two output buffers
+//               per dispatcher: while clients hold two replies, further
+//               calls on that dispatcher get kResourceExhausted (a benchmark
+//               op; a real backend bounds what each tenant may hold)
 //
 //   rocket::Server server({.socket_path = path});
 //   if (auto s = rocket::register_builtin_ops(server); !s.ok()) die(s);

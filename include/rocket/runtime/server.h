@@ -110,7 +110,8 @@ class Response {
   // server thread, possibly another dispatcher's than the handler's, and its
   // exceptions are swallowed. On an error `release` is dropped unrun (the
   // memory stays the handler's): kUnavailable without a GPU, kInvalidArgument
-  // for host memory or a range past the allocation.
+  // for host memory or a range past the allocation. The client decides when
+  // it lets go, so bound what one tenant may hold (Request::tenant()).
   Status share_device(void* device, size_t bytes, std::function<void()> release);
 
   Response(const Response&) = delete;
