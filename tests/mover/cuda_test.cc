@@ -14,6 +14,7 @@
 #include "mover/cuda_mover.h"
 #include "rocket/mover/mover.h"
 #include "rocket/rocket.h"
+#include "scripted_server.h"
 #include "test_util.h"
 
 namespace rocket {
@@ -256,6 +257,49 @@ TEST(GpuPayload, GpuShareAnswersFromDeviceMemory) {
     ASSERT_TRUE(h.ok()) << h.status().to_string();
     EXPECT_FALSE(h->on_gpu());
     EXPECT_EQ(h->to_vector(), data);
+  }
+}
+
+// A hostile server's GPU response naming real device memory (of another
+// process) with a range past the allocation: the client checks the range
+// against the allocation it opened and fails that call; its block goes back
+// to the server, and a reference within bounds then reads the memory.
+TEST(GpuPayload, ClientRefusesAGpuResponseOutsideItsAllocation) {
+  auto api = detail::load_cuda_module(0);
+  if (!api.ok()) GTEST_SKIP() << api.status().to_string();
+  const size_t bytes = size_t{1} << 20;
+  testing::Peer owner({"gpu-alloc", std::to_string(bytes)});
+  const std::string hex = owner.read_line(std::chrono::milliseconds(30000));
+  ASSERT_EQ(hex.size(), 128u) << hex;
+  testing::ScriptedServer srv;
+  auto c = Client::connect(srv.fake->path);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  for (uint64_t length : {bytes + 1, uint64_t{4096}}) {
+    detail::GpuRef ref{};
+    ref.magic = detail::kGpuRefMagic;
+    ref.offset = 0;
+    ref.length = length;
+    for (size_t i = 0; i < 64; ++i) ref.handle[i] = static_cast<unsigned char>(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
+    std::memcpy(srv.spool.data() + 8192, &ref, sizeof(ref));
+    auto id = c->submit("echo", testing::bytes_of("x"), {.gpu_response = true});
+    ASSERT_TRUE(id.ok());
+    detail::SubDesc d = srv.next();
+    ASSERT_EQ(d.kind, static_cast<uint16_t>(detail::SubKind::kRequest));
+    srv.complete(testing::gpu_completion(d.job_id, 8192));
+    auto r = c->query(*id, std::chrono::milliseconds(5000));
+    if (length > bytes) {
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().to_string();
+      EXPECT_NE(r.status().message().find("outside"), std::string::npos) << r.status().to_string();
+      detail::SubDesc freed = srv.next();
+      EXPECT_EQ(freed.kind, static_cast<uint16_t>(detail::SubKind::kFreeReply));
+      EXPECT_EQ(freed.offset, 8192u);
+    } else {
+      ASSERT_TRUE(r.ok()) << r.status().to_string();
+      ASSERT_TRUE(r->on_gpu());
+      EXPECT_EQ(r->size(), length);
+      EXPECT_EQ(r->to_vector().size(), length);
+    }
   }
 }
 

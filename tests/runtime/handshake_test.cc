@@ -2,6 +2,7 @@
 
 #include <thread>
 
+#include "scripted_server.h"
 #include "test_util.h"
 
 namespace rocket::testing {
@@ -99,31 +100,6 @@ TEST(Handshake, NoServerIsUnavailable) {
   EXPECT_EQ(c.status().code(), StatusCode::kUnavailable);
 }
 
-// A test double of a server that answers the handshake with crafted segments.
-struct FakeServer {
-  explicit FakeServer(std::function<void(int)> answer) : path(unique_socket_path("fake")) {
-    auto l = detail::listen_unix(path, 4);
-    EXPECT_TRUE(l.ok());
-    lfd = *l;
-    th = std::thread([this, answer] {
-      int fd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd < 0) return;
-      detail::Hello h;
-      (void)detail::recv_message(fd, &h, sizeof(h), nullptr, 0, std::chrono::milliseconds(2000));
-      answer(fd);
-      ::close(fd);
-    });
-  }
-  ~FakeServer() {
-    th.join();
-    ::close(lfd);
-    ::unlink(path.c_str());
-  }
-  std::string path;
-  int lfd = -1;
-  std::thread th;
-};
-
 void send_welcome(int fd, bool corrupt_header, bool unsealed) {
   auto control = shm::Segment::create("c", shm::SegmentKind::kControl, detail::control_data_bytes(64, 64), 1, {});
   auto cpool = shm::Segment::create("p", shm::SegmentKind::kClientPool, 1 << 20, 1, {});
@@ -181,68 +157,6 @@ TEST(Handshake, ClientRejectsServerThatHangsUp) {
 
 namespace rocket::testing {
 namespace {
-
-// A test double of a server: completes the handshake with one op ("echo"),
-// then the test reads the submission ring and writes completions by hand, as
-// a buggy or hostile server could.
-struct ScriptedServer {
-  ScriptedServer() {
-    auto c = shm::Segment::create("c", shm::SegmentKind::kControl, detail::control_data_bytes(64, 64), 1, {});
-    auto p = shm::Segment::create("p", shm::SegmentKind::kClientPool, 1 << 20, 1, {});
-    auto s = shm::Segment::create("s", shm::SegmentKind::kServerPool, 1 << 20, 1, {});
-    EXPECT_TRUE(c.ok() && p.ok() && s.ok());
-    control = std::move(*c);
-    cpool = std::move(*p);
-    spool = std::move(*s);
-    auto view = detail::control_view(control.data(), 64);
-    rx = shm::RingConsumer<detail::SubDesc>(&view.block->sub, view.sub_slots, 64);
-    tx = shm::RingProducer<detail::CompDesc>(&view.block->comp, view.comp_slots, 64);
-    fake = std::make_unique<FakeServer>([this](int fd) {
-      int efd = ::eventfd(0, EFD_CLOEXEC);
-      auto w = std::make_unique<detail::Welcome>();
-      std::memset(w.get(), 0, sizeof(*w));
-      w->magic = detail::kProtocolMagic;
-      w->version = detail::kProtocolVersion;
-      w->session_id = 1;
-      w->client_pool_bytes = w->server_pool_bytes = 1 << 20;
-      w->sub_ring_entries = w->comp_ring_entries = 64;
-      w->op_count = 1;
-      w->ops[0].id = 0;
-      detail::set_fixed_string(w->ops[0].name, sizeof(w->ops[0].name), "echo");
-      int fds[4] = {control.fd(), cpool.fd(), spool.fd(), efd};
-      EXPECT_TRUE(detail::send_message(fd, w.get(), detail::kWelcomeHeaderBytes + sizeof(detail::OpEntry), fds).ok());
-      ::close(efd);
-      while (!done.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));  // the session lives
-    });
-  }
-  ~ScriptedServer() { done = true; }
-  // The next descriptor the client posted (kind 0: none within 5 s).
-  detail::SubDesc next() {
-    detail::SubDesc d{};
-    for (int i = 0; i < 5000; ++i) {
-      if (rx.try_pop(&d) == shm::RingResult::kOk) return d;
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    return detail::SubDesc{};
-  }
-  void complete(const detail::CompDesc& c) { EXPECT_EQ(tx.try_push(c), shm::RingResult::kOk); }
-
-  shm::Segment control, cpool, spool;
-  shm::RingConsumer<detail::SubDesc> rx;
-  shm::RingProducer<detail::CompDesc> tx;
-  std::atomic<bool> done{false};
-  std::unique_ptr<FakeServer> fake;  // last: its thread stops before the segments go
-};
-
-detail::CompDesc gpu_completion(uint64_t job, uint64_t offset) {
-  detail::CompDesc c{};
-  c.job_id = job;
-  c.pool = static_cast<uint16_t>(detail::PayloadPool::kServer);
-  c.flags = detail::kCompGpuResponse;
-  c.offset = offset;
-  c.length = sizeof(detail::GpuRef);
-  return c;
-}
 
 // A GPU response to a request that did not accept one is a broken server:
 // the session fails with DATA_LOSS instead of the client opening anything.

@@ -12,6 +12,8 @@
 //                                             by share_device from a pool of 2 buffers) and
 //                                             "gpu_counts" (u64 releases run, responses shared,
 //                                             responses copied)
+//   rocket_test_peer gpu-alloc BYTES          device memory held open: prints its IPC
+//                                             handle (hex) and waits
 #include <unistd.h>
 
 #include <chrono>
@@ -125,9 +127,23 @@ static int serve_gpu(const char* path) {
   for (;;) ::pause();
 }
 
+// Device memory of another process, for tests that play a hostile server:
+// allocates `bytes`, prints the allocation's IPC handle in hex, and keeps it.
+static int gpu_alloc(size_t bytes) {
+  auto api = detail::load_cuda_module(0);
+  void* dev = nullptr;
+  unsigned char handle[64];
+  if (!api.ok() || (*api)->device_alloc(&dev, bytes) != 0 || (*api)->ipc_get(dev, handle) != 0) return 3;
+  for (unsigned char b : handle) std::printf("%02x", b);
+  std::printf("\n");
+  std::fflush(stdout);
+  for (;;) ::pause();
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) return 2;
   std::string mode = argv[1];
+  if (mode == "gpu-alloc") return gpu_alloc(std::stoull(argv[2]));
   if (mode == "serve") return serve(argv[2]);
   if (mode == "serve-gpu") return serve_gpu(argv[2]);
   size_t bytes = argc > 3 ? std::stoull(argv[3]) : 4096;
