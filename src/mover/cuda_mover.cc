@@ -146,6 +146,11 @@ int CudaMover::h2h_for(size_t bytes) const noexcept {
              : ROCKET_CUDA_H2H_STAGED;
 }
 
+std::string_view CudaMover::cost_variant() const noexcept {
+  if (h2h_ == kH2HAuto) return {};
+  return h2h_ == ROCKET_CUDA_H2H_KERNEL ? "kernel" : "staged";
+}
+
 CostModel CudaMover::default_cost(Cache) const noexcept {
   if (h2h_ != kH2HAuto) return variant_cost(h2h_);
   // "auto" takes the cheaper method per copy; as one line, the one cheaper

@@ -35,6 +35,8 @@ class CudaMover final : public Mover {
 
  protected:
   CostModel default_cost(Cache cache) const noexcept override;
+  // "kernel" or "staged" for a fixed method; empty for "auto".
+  std::string_view cost_variant() const noexcept override;
 
  public:
   // The host-to-host method for a copy of `bytes` (ROCKET_CUDA_H2H_*): the

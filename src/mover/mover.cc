@@ -94,7 +94,7 @@ CostModel Mover::cost(Cache cache) const noexcept {
   auto profile = g_profile.load(std::memory_order_acquire);
   if (profile) {
     for (const auto& e : profile->entries) {
-      if (e.kind == kind() && e.cache == cache && e.variant.empty()) return e.model;
+      if (e.kind == kind() && e.cache == cache && e.variant == cost_variant()) return e.model;
     }
   }
   return default_cost(cache);

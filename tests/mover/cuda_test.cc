@@ -164,6 +164,12 @@ TEST(CudaAuto, ChoosesTheCheaperMethodPerSize) {
   auto k = make_mover(MoverKind::kCuda, fixed);
   ASSERT_TRUE(k.ok());
   EXPECT_EQ(dynamic_cast<detail::CudaMover*>(k->get())->h2h_for(size_t{128} << 20), ROCKET_CUDA_H2H_KERNEL);
+  // Each instance's cost is its own method's: the fixed one its variant's,
+  // "auto" the profile's plain entry.
+  p.entries.push_back({MoverKind::kCuda, Cache::kAuto, {7.0, 30.0}, ""});
+  set_cost_profile(p);
+  EXPECT_DOUBLE_EQ((*k)->cost().predict_us(size_t{1} << 20), 42.0);  // kernel: 2 + 40
+  EXPECT_DOUBLE_EQ((*m)->cost().predict_us(size_t{1} << 20), 37.0);  // auto: 7 + 30
   set_cost_profile({});
 }
 

@@ -150,6 +150,9 @@ class Mover {
  protected:
   // The engine's own estimate, used until a profile is calibrated.
   virtual CostModel default_cost(Cache cache) const noexcept = 0;
+  // Which of the engine's ways of copying this instance uses, as named in a
+  // profile's variants (CostProfile::Entry::variant); empty: the default.
+  virtual std::string_view cost_variant() const noexcept { return {}; }
 };
 
 // What `rocket doctor` reports for each engine.
