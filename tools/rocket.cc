@@ -20,12 +20,14 @@
 #include <string>
 #include <vector>
 
+#include "args.h"
 #include "exit_with_parent.h"
 #include "bench_echo.h"
 #include "bench_movers.h"
 #include "bench_peers.h"
 #include "demo.h"
 #include "serve_until_signal.h"
+#include "mover/cuda_mover.h"
 #include "rocket/rocket.h"
 
 namespace {
@@ -144,18 +146,43 @@ int call(const CallArgs& a) {
 
 int doctor(bool json_out) {
   auto infos = rocket::probe_movers();
+  // The cost profile the runtime would load, and so what `auto` chooses from.
+  const std::string path = rocket::default_profile_path();
+  const rocket::Status loaded = rocket::load_cost_profile(path);
+  const std::string profile = loaded.ok() ? path + " (calibrated here)"
+                              : loaded.code() == rocket::StatusCode::kNotFound
+                                  ? "none: built-in estimates (run `rocket calibrate`)"
+                                  : "ignored: " + loaded.to_string();
+  // Where there is a GPU: how its engine crosses host-to-host copies by size.
+  std::vector<std::pair<std::string, std::string>> h2h;  // size, method
+  if (auto m = rocket::make_mover(rocket::MoverKind::kCuda); m.ok()) {
+    if (auto* cuda = dynamic_cast<rocket::detail::CudaMover*>(m->get())) {
+      for (size_t size : {size_t{64} << 10, size_t{1} << 20, size_t{16} << 20, size_t{128} << 20, size_t{512} << 20}) {
+        h2h.emplace_back(rocket::tools::human_size(size),
+                         cuda->h2h_for(size) == ROCKET_CUDA_H2H_KERNEL ? "kernel" : "staged");
+      }
+    }
+  }
   if (json_out) {
     json arr = json::array();
     for (const auto& i : infos) {
       arr.push_back({{"mover", std::string(rocket::mover_kind_name(i.kind))}, {"usable", i.usable}, {"reason", i.reason}});
     }
-    std::cout << json{{"movers", arr}}.dump(1) << std::endl;
+    json methods = json::array();
+    for (const auto& [size, how] : h2h) methods.push_back({{"size", size}, {"method", how}});
+    std::cout << json{{"movers", arr}, {"cost_profile", profile}, {"cuda_host_to_host", methods}}.dump(1) << std::endl;
     return 0;
   }
   std::printf("%-11s %-7s %s\n", "mover", "usable", "why");
   for (const auto& i : infos) {
     std::printf("%-11s %-7s %s\n", std::string(rocket::mover_kind_name(i.kind)).c_str(), i.usable ? "yes" : "no",
                 i.reason.c_str());
+  }
+  std::printf("\ncost profile: %s\n", profile.c_str());
+  if (!h2h.empty()) {
+    std::printf("cuda host-to-host under auto:");
+    for (const auto& [size, how] : h2h) std::printf(" %s %s;", size.c_str(), how.c_str());
+    std::printf("\n");
   }
   return 0;
 }
