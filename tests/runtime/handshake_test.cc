@@ -1,6 +1,8 @@
 #include <sys/socket.h>
 
+#include <functional>
 #include <thread>
+#include <vector>
 
 #include "scripted_server.h"
 #include "test_util.h"
@@ -174,6 +176,90 @@ TEST(HostileServer, UnaskedGpuResponseFailsTheSession) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << r.status().to_string();
   EXPECT_FALSE(c->call("echo", bytes_of("x")).ok());  // the session stays failed
+}
+
+// Every field of a completion is checked before the client acts on it: a
+// completion for a job it never posted, a payload range outside the server
+// pool or outside the request, a status code out of range or unknown flags
+// fail the session with DATA_LOSS -- no crash, no read out of bounds.
+TEST(HostileServer, ForgedCompletionsFailTheSessionCleanly) {
+  struct Forgery {
+    const char* what;
+    std::function<void(detail::CompDesc&)> forge;
+  };
+  const std::vector<Forgery> forgeries = {
+      {"unknown job", [](detail::CompDesc& c) { c.job_id += 1000; }},
+      {"server range past the pool",
+       [](detail::CompDesc& c) {
+         c.pool = static_cast<uint16_t>(detail::PayloadPool::kServer);
+         c.offset = (1 << 20) - 16;
+         c.length = 64;
+       }},
+      {"server offset wraps",
+       [](detail::CompDesc& c) {
+         c.pool = static_cast<uint16_t>(detail::PayloadPool::kServer);
+         c.offset = UINT64_MAX - 8;
+         c.length = 16;
+       }},
+      {"client range outside the request",
+       [](detail::CompDesc& c) {
+         c.pool = static_cast<uint16_t>(detail::PayloadPool::kClient);
+         c.length = 4096;
+       }},
+      {"status out of range", [](detail::CompDesc& c) { c.status = 999; }},
+      {"negative status", [](detail::CompDesc& c) { c.status = -3; }},
+      {"unknown pool", [](detail::CompDesc& c) { c.pool = 7; }},
+      {"unknown flags", [](detail::CompDesc& c) { c.flags = 0x80; }},
+      {"remote length without a remote buffer",
+       [](detail::CompDesc& c) {
+         c.flags = detail::kCompWrittenRemote;
+         c.length = 100;
+       }},
+  };
+  for (const auto& f : forgeries) {
+    ScriptedServer srv;
+    auto c = Client::connect(srv.fake->path);
+    ASSERT_TRUE(c.ok()) << c.status().to_string();
+    auto id = c->submit("echo", bytes_of("hello"));
+    ASSERT_TRUE(id.ok());
+    detail::SubDesc d = srv.next();
+    ASSERT_EQ(d.kind, static_cast<uint16_t>(detail::SubKind::kRequest)) << f.what;
+    detail::CompDesc comp{};
+    comp.job_id = d.job_id;
+    comp.offset = d.offset;
+    f.forge(comp);
+    srv.complete(comp);
+    auto r = c->query(*id, std::chrono::milliseconds(5000));
+    ASSERT_FALSE(r.ok()) << f.what;
+    EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << f.what << ": " << r.status().to_string();
+  }
+}
+
+// An error completion carries its text in the server pool: the call gets the
+// code and the text, and the block goes back to the server.
+TEST(HostileServer, ErrorTextArrivesAndItsBlockIsFreed) {
+  ScriptedServer srv;
+  auto c = Client::connect(srv.fake->path);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  auto id = c->submit("echo", bytes_of("hello"));
+  ASSERT_TRUE(id.ok());
+  detail::SubDesc d = srv.next();
+  const std::string text = "model is busy";
+  std::memcpy(srv.spool.data() + 256, text.data(), text.size());
+  detail::CompDesc comp{};
+  comp.job_id = d.job_id;
+  comp.status = static_cast<int32_t>(StatusCode::kResourceExhausted);
+  comp.pool = static_cast<uint16_t>(detail::PayloadPool::kServer);
+  comp.offset = 256;
+  comp.length = text.size();
+  srv.complete(comp);
+  auto r = c->query(*id, std::chrono::milliseconds(5000));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(r.status().message(), text);
+  detail::SubDesc freed = srv.next();
+  EXPECT_EQ(freed.kind, static_cast<uint16_t>(detail::SubKind::kFreeReply));
+  EXPECT_EQ(freed.offset, 256u);
 }
 
 // A bad GPU reference fails that call only; the client hands the block back
