@@ -278,8 +278,7 @@ TEST(GpuPayload, ClientRefusesAGpuResponseOutsideItsAllocation) {
   const std::string hex = owner.read_line(std::chrono::milliseconds(30000));
   ASSERT_EQ(hex.size(), 128u) << hex;
   testing::ScriptedServer srv;
-  auto c = Client::connect(srv.fake->path);
-  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  Client c = srv.connect();
   for (uint64_t length : {bytes + 1, uint64_t{4096}}) {
     detail::GpuRef ref{};
     ref.magic = detail::kGpuRefMagic;
@@ -287,12 +286,12 @@ TEST(GpuPayload, ClientRefusesAGpuResponseOutsideItsAllocation) {
     ref.length = length;
     for (size_t i = 0; i < 64; ++i) ref.handle[i] = static_cast<unsigned char>(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
     std::memcpy(srv.spool.data() + 8192, &ref, sizeof(ref));
-    auto id = c->submit("echo", testing::bytes_of("x"), {.gpu_response = true});
+    auto id = c.submit("echo", testing::bytes_of("x"), {.gpu_response = true});
     ASSERT_TRUE(id.ok());
     detail::SubDesc d = srv.next();
     ASSERT_EQ(d.kind, static_cast<uint16_t>(detail::SubKind::kRequest));
     srv.complete(testing::gpu_completion(d.job_id, 8192));
-    auto r = c->query(*id, std::chrono::milliseconds(5000));
+    auto r = c.query(*id, std::chrono::milliseconds(5000));
     if (length > bytes) {
       ASSERT_FALSE(r.ok());
       EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().to_string();

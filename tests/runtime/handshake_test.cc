@@ -164,18 +164,17 @@ namespace {
 // the session fails with DATA_LOSS instead of the client opening anything.
 TEST(HostileServer, UnaskedGpuResponseFailsTheSession) {
   ScriptedServer srv;
-  auto c = Client::connect(srv.fake->path);
-  ASSERT_TRUE(c.ok()) << c.status().to_string();
-  auto id = c->submit("echo", bytes_of("hello"));
+  Client c = srv.connect();
+  auto id = c.submit("echo", bytes_of("hello"));
   ASSERT_TRUE(id.ok());
   detail::SubDesc d = srv.next();
   ASSERT_EQ(d.kind, static_cast<uint16_t>(detail::SubKind::kRequest));
   EXPECT_EQ(d.flags & detail::kSubAcceptGpuResponse, 0);
   srv.complete(gpu_completion(d.job_id, 0));
-  auto r = c->query(*id, std::chrono::milliseconds(5000));
+  auto r = c.query(*id, std::chrono::milliseconds(5000));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << r.status().to_string();
-  EXPECT_FALSE(c->call("echo", bytes_of("x")).ok());  // the session stays failed
+  EXPECT_FALSE(c.call("echo", bytes_of("x")).ok());  // the session stays failed
 }
 
 // Every field of a completion is checked before the client acts on it: a
@@ -218,9 +217,8 @@ TEST(HostileServer, ForgedCompletionsFailTheSessionCleanly) {
   };
   for (const auto& f : forgeries) {
     ScriptedServer srv;
-    auto c = Client::connect(srv.fake->path);
-    ASSERT_TRUE(c.ok()) << c.status().to_string();
-    auto id = c->submit("echo", bytes_of("hello"));
+    Client c = srv.connect();
+    auto id = c.submit("echo", bytes_of("hello"));
     ASSERT_TRUE(id.ok());
     detail::SubDesc d = srv.next();
     ASSERT_EQ(d.kind, static_cast<uint16_t>(detail::SubKind::kRequest)) << f.what;
@@ -229,7 +227,7 @@ TEST(HostileServer, ForgedCompletionsFailTheSessionCleanly) {
     comp.offset = d.offset;
     f.forge(comp);
     srv.complete(comp);
-    auto r = c->query(*id, std::chrono::milliseconds(5000));
+    auto r = c.query(*id, std::chrono::milliseconds(5000));
     ASSERT_FALSE(r.ok()) << f.what;
     EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << f.what << ": " << r.status().to_string();
   }
@@ -239,9 +237,8 @@ TEST(HostileServer, ForgedCompletionsFailTheSessionCleanly) {
 // code and the text, and the block goes back to the server.
 TEST(HostileServer, ErrorTextArrivesAndItsBlockIsFreed) {
   ScriptedServer srv;
-  auto c = Client::connect(srv.fake->path);
-  ASSERT_TRUE(c.ok()) << c.status().to_string();
-  auto id = c->submit("echo", bytes_of("hello"));
+  Client c = srv.connect();
+  auto id = c.submit("echo", bytes_of("hello"));
   ASSERT_TRUE(id.ok());
   detail::SubDesc d = srv.next();
   const std::string text = "model is busy";
@@ -253,7 +250,7 @@ TEST(HostileServer, ErrorTextArrivesAndItsBlockIsFreed) {
   comp.offset = 256;
   comp.length = text.size();
   srv.complete(comp);
-  auto r = c->query(*id, std::chrono::milliseconds(5000));
+  auto r = c.query(*id, std::chrono::milliseconds(5000));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
   EXPECT_EQ(r.status().message(), text);
@@ -266,8 +263,7 @@ TEST(HostileServer, ErrorTextArrivesAndItsBlockIsFreed) {
 // (so the server can release its memory) and the session goes on.
 TEST(HostileServer, BadGpuReferenceFailsThatCallAndIsFreed) {
   ScriptedServer srv;
-  auto c = Client::connect(srv.fake->path);
-  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  Client c = srv.connect();
   const uint64_t offsets[2] = {4096, 8192};
   for (int round = 0; round < 2; ++round) {
     detail::GpuRef ref{};
@@ -275,13 +271,13 @@ TEST(HostileServer, BadGpuReferenceFailsThatCallAndIsFreed) {
     ref.length = 64;
     std::memset(ref.handle, 0xcd, sizeof(ref.handle));
     std::memcpy(srv.spool.data() + offsets[round], &ref, sizeof(ref));
-    auto id = c->submit("echo", bytes_of("hello"), {.gpu_response = true});
+    auto id = c.submit("echo", bytes_of("hello"), {.gpu_response = true});
     ASSERT_TRUE(id.ok());
     detail::SubDesc d = srv.next();
     ASSERT_EQ(d.kind, static_cast<uint16_t>(detail::SubKind::kRequest));
     EXPECT_NE(d.flags & detail::kSubAcceptGpuResponse, 0);
     srv.complete(gpu_completion(d.job_id, offsets[round]));
-    auto r = c->query(*id, std::chrono::milliseconds(5000));
+    auto r = c.query(*id, std::chrono::milliseconds(5000));
     ASSERT_FALSE(r.ok());
     // Without a GPU here the handle cannot be opened at all; with one, the
     // garbage handle does not open.
@@ -293,13 +289,13 @@ TEST(HostileServer, BadGpuReferenceFailsThatCallAndIsFreed) {
     EXPECT_EQ(freed.offset, offsets[round]);
   }
   // The session is fine: a plain completion still arrives.
-  auto id = c->submit("echo", bytes_of("x"));
+  auto id = c.submit("echo", bytes_of("x"));
   ASSERT_TRUE(id.ok());
   detail::SubDesc d = srv.next();
   detail::CompDesc ok{};
   ok.job_id = d.job_id;
   srv.complete(ok);
-  auto r = c->query(*id, std::chrono::milliseconds(5000));
+  auto r = c.query(*id, std::chrono::milliseconds(5000));
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_EQ(r->size(), 0u);
 }

@@ -76,6 +76,12 @@ struct ScriptedServer {
     });
   }
   ~ScriptedServer() { done = true; }
+  // A client of this server (the handshake is expected to succeed).
+  Client connect() {
+    auto c = Client::connect(fake->path);
+    EXPECT_TRUE(c.ok()) << c.status().to_string();
+    return std::move(c).value();
+  }
   // The next descriptor the client posted (kind 0: none within 5 s).
   detail::SubDesc next() {
     detail::SubDesc d{};
