@@ -148,7 +148,9 @@ Status run_worker(const WorkerArgs& a) {
     co.tenant = "bench";
     co.spin = std::chrono::microseconds(a.spin_us);
     co.client_pool_bytes = ((a.size * static_cast<size_t>(a.depth) + (1 << 20)) + 4095) / 4096 * 4096;
-    co.server_pool_bytes = 4 << 20;
+    // Echo answers in the client's pool or straight into the caller's
+    // buffer; the GPU ops copy their answer down into the server pool.
+    co.server_pool_bytes = a.op.rfind("gpu_", 0) == 0 ? co.client_pool_bytes : 4 << 20;
     ROCKET_ASSIGN_OR_RETURN(MoverKind mover, parse_mover_kind(a.mover));
     co.allow_kernel_copy = mover == MoverKind::kKernel;
     ROCKET_ASSIGN_OR_RETURN(Client c, Client::connect(a.socket, co));
