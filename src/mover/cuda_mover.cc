@@ -1,12 +1,15 @@
 #include "mover/cuda_mover.h"
 
 #include <dlfcn.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <tuple>
 
+#include "mover/copy_kernels.h"
 #include "mover/hybrid_wait.h"
 #include "sys/futex.h"
 
@@ -124,13 +127,12 @@ CudaMover::~CudaMover() {
 }
 
 namespace {
-// Uncalibrated, from the H100 machine's measurements (issue 4, host to host
-// between registered pools): staging 25 us at 1 MiB, 0.36 ms at 16 MiB,
-// 2.78 ms at 128 MiB; the copy kernel 0.43 ms at 16 MiB and 3.25 ms at
-// 128 MiB (a lone 1 MiB op 144 us: launch and wake-up). Host<->device runs
-// at ~55 GB/s, a little faster than the staged model says.
-constexpr CostModel kStagedCost{.fixed_us = 4.0, .us_per_mib = 21.7};
-constexpr CostModel kKernelCost{.fixed_us = 30.0, .us_per_mib = 25.2};
+// Uncalibrated: `rocket calibrate` on the H100 machine (2026-11-22, host to
+// host between registered buffers, completion polled; BENCHMARKS.md §3). The
+// kernel starts sooner (16 us at 64 KiB against 25), staging streams faster
+// (46 GB/s at 128 MiB against 41): auto crosses over near 4 MiB.
+constexpr CostModel kStagedCost{.fixed_us = 26.2, .us_per_mib = 22.1};
+constexpr CostModel kKernelCost{.fixed_us = 15.1, .us_per_mib = 25.1};
 
 CostModel variant_cost(int h2h) {
   const bool kernel = h2h == ROCKET_CUDA_H2H_KERNEL;
@@ -192,11 +194,24 @@ Result<Ticket> CudaMover::submit(std::span<const CopyOp> ops, const SubmitOption
       void* base = nullptr;
       size_t bytes = 0;
       const auto at = reinterpret_cast<uintptr_t>(ptr);
-      if (api_->mem_range(ptr, &base, &bytes) != 0 || op.size > bytes - (at - reinterpret_cast<uintptr_t>(base))) {
+      if (api_->mem_range(ptr, &base, &bytes) != 0) {
+        drain();
+        return invalid_argument(std::string("GPU copy: cannot find the ") + side + "'s device allocation: " +
+                                api_->last_error());
+      }
+      if (op.size > bytes - (at - reinterpret_cast<uintptr_t>(base))) {
         drain();
         return invalid_argument(std::string("GPU copy: the ") + side + " range of " + std::to_string(op.size) +
                                 " bytes runs past its device allocation");
       }
+    }
+    if (dk != ROCKET_CUDA_DEVICE && sk != ROCKET_CUDA_DEVICE &&
+        (dk == ROCKET_CUDA_HOST_PAGEABLE || sk == ROCKET_CUDA_HOST_PAGEABLE)) {
+      // The GPU reaches only registered host memory; the driver would move a
+      // pageable side with the CPU through its bounce buffers (measured on the
+      // H100 machine: 4.4 GB/s against 6.9 for a plain copy). Copy it here.
+      copy_with_policy(op.dst, op.src, op.size, options.cache);
+      continue;
     }
     if (api_->copy(op.dst, op.src, op.size, dk, sk, h2h_for(op.size), &handle) != 0) {
       Status st = api_error("GPU copy");
@@ -225,13 +240,28 @@ Result<Ticket> CudaMover::submit(std::span<const CopyOp> ops, const SubmitOption
 }
 
 Status CudaMover::wait_pending(Pending& p) {
-  // Hybrid: sleep through most of the predicted time, poll briefly, then let
-  // the driver block us (blocking-sync events: no spinning).
-  auto first = p.predicted * 95 / 100 - (Clock::now() - p.started) - timer_slack();
-  if (first > std::chrono::microseconds(30)) std::this_thread::sleep_for(first);
+  // Hybrid: sleep through most of the predicted time, poll until a little
+  // past the predicted end, then let the driver block us (blocking-sync
+  // events: no spinning). Polling that long is what makes a lone copy of a
+  // MiB or so fast: a wake-up from the driver's blocking wait costs ~35 us on
+  // the H100 machine, longer than the poll. The sleep runs with a 1 us timer
+  // slack (restored after), so it can end 3% short of the prediction instead
+  // of the default slack's 50 us: the caller then spins ~3% of a large copy.
+  using std::chrono::microseconds;
+  const auto predicted_end = p.started + p.predicted;
+  auto first = p.predicted * 97 / 100 - (Clock::now() - p.started);
+  // A sleep shorter than ~100 us costs more in wake-up (measured: a 64 KiB
+  // copy kernel took 47 us with a 28 us sleep, 16 us with polling) than the
+  // CPU it saves.
+  if (first > microseconds(100)) {
+    const long slack = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+    const bool tightened = slack > 1000 && ::prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0) == 0;
+    std::this_thread::sleep_for(first - (tightened ? microseconds(2) : timer_slack()));
+    if (tightened) ::prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0);
+  }
+  const auto poll_until = std::max(Clock::now() + microseconds(30), predicted_end + p.predicted / 20 + microseconds(20));
   Status st = ok_status();
   for (void* op : p.ops) {
-    auto poll_until = Clock::now() + std::chrono::microseconds(30);
     int r;
     while ((r = api_->op_query(op)) == 0 && Clock::now() < poll_until) cpu_relax();
     if (r == 0) r = api_->op_wait(op) == 0 ? 1 : -1;
