@@ -167,6 +167,13 @@ int run_bench_movers(const MoverBenchOptions& o) {
                  r["p50_us"].get<double>(), r["p99_us"].get<double>(), r["gbps"].get<double>(),
                  r["cpu_us"].get<double>(), r["read_us"].get<double>());
   };
+  // Waits sleep on the predicted costs the runtime would use here: this
+  // machine's profile when `rocket calibrate` wrote one.
+  if (Status st = load_cost_profile(default_profile_path()); !st.ok() && st.code() != StatusCode::kNotFound) {
+    std::cerr << "rocket bench movers: ignoring cost profile: " << st.to_string() << "\n";
+  } else if (!o.json_out) {
+    std::fprintf(stderr, "cost profile: %s\n", st.ok() ? default_profile_path().c_str() : "none (built-in estimates)");
+  }
   // The memcpy baseline, always.
   auto cpu = make_mover(MoverKind::kCpu);
   for (size_t size : sizes) {
@@ -425,7 +432,12 @@ int run_calibrate(const CalibrateOptions& o) {
           std::fprintf(stderr, "\r  [%3zu/%3zu] %-13s %-6s %6s", step, total_steps, label.c_str(),
                        std::string(cache_name(cache)).c_str(), human_size(size).c_str());
         }
-        auto p = measure(**m, cache, size, o.budget_ms, WaitHow::kWait);
+        // The model is of the copy itself, what a waiter should sleep
+        // through. A poller shares no resource with a GPU or DSA engine, so
+        // those are timed by polling; for engines that copy on CPU cores a
+        // poller would steal one from them, and waiting is timed instead.
+        const bool device_engine = t.kind == MoverKind::kCuda || t.kind == MoverKind::kDsa;
+        auto p = measure(**m, cache, size, o.budget_ms, device_engine ? WaitHow::kBusyPoll : WaitHow::kWait);
         if (!p.ok()) continue;
         pts.emplace_back(static_cast<double>(size) / (1024.0 * 1024.0), p->lat.p50);
       }
