@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdlib>
 #include <string>
 #include <tuple>
@@ -101,6 +102,7 @@ Result<std::unique_ptr<Mover>> CudaMover::open(const MoverConfig& config) {
 }
 
 CudaMover::CudaMover(const RocketCudaApi* api, int h2h) : api_(api), h2h_(h2h) {
+  for (auto& s : wait_scale_) s.store(1.0, std::memory_order_relaxed);
   caps_ = MoverCapabilities{.async = true,
                             .batch = true,
                             .cache_control = false,  // fixed: the GPU writes to memory
@@ -220,6 +222,7 @@ Result<Ticket> CudaMover::submit(std::span<const CopyOp> ops, const SubmitOption
     }
     p.ops.push_back(handle);
     total += op.size;
+    p.bytes = total;
   }
   if (p.ops.empty()) {
     if (options.on_done) options.on_done(ok_status());
@@ -239,36 +242,89 @@ Result<Ticket> CudaMover::submit(std::span<const CopyOp> ops, const SubmitOption
   return Ticket{.id = id, .done = false};
 }
 
+namespace {
+size_t size_class(size_t bytes) noexcept {
+  return std::min<size_t>(bytes == 0 ? 0 : static_cast<size_t>(std::bit_width(bytes) - 1), 47);
+}
+// Waits shorter than this neither sleep nor teach: a sleep below ~100 us
+// costs more in wake-up than it saves (measured: a 64 KiB copy kernel took
+// 47 us with a 28 us sleep, 16 us with polling).
+constexpr auto kMinSleep = std::chrono::microseconds(100);
+}  // namespace
+
+double CudaMover::wait_scale(size_t bytes) const noexcept {
+  return wait_scale_[size_class(bytes)].load(std::memory_order_relaxed);
+}
+
+void CudaMover::learn(const Pending& p, double scale, bool slept, bool done_at_first_look,
+                      std::chrono::nanoseconds elapsed) noexcept {
+  if (p.predicted < kMinSleep / 2) return;
+  auto& slot = wait_scale_[size_class(p.bytes)];
+  double next;
+  if (slept && done_at_first_look) {
+    // Done before we looked: we slept too long, by how much is unknown.
+    // Back off multiplicatively until a wait finds the copy still running.
+    next = scale * 0.9;
+  } else if (!done_at_first_look) {
+    // Seen (or, after the blocking wait, nearly seen) to finish: move toward
+    // the real ratio.
+    next = 0.8 * scale + 0.2 * (static_cast<double>(elapsed.count()) / static_cast<double>(p.predicted.count()));
+  } else {
+    return;
+  }
+  slot.store(std::clamp(next, 0.25, 4.0), std::memory_order_relaxed);
+}
+
+Status CudaMover::release_pending(Pending& p) {
+  Status st = ok_status();
+  for (void* op : p.ops) {
+    if (api_->op_query(op) < 0 && st.ok()) st = api_error("GPU copy");
+    api_->op_release(op);
+  }
+  p.ops.clear();
+  return st;
+}
+
 Status CudaMover::wait_pending(Pending& p) {
-  // Hybrid: sleep through most of the predicted time, poll until a little
-  // past the predicted end, then let the driver block us (blocking-sync
+  // Hybrid: sleep through most of the expected time, poll until a little
+  // past the expected end, then let the driver block us (blocking-sync
   // events: no spinning). Polling that long is what makes a lone copy of a
   // MiB or so fast: a wake-up from the driver's blocking wait costs ~35 us on
   // the H100 machine, longer than the poll. The sleep runs with a 1 us timer
-  // slack (restored after), so it can end 3% short of the prediction instead
-  // of the default slack's 50 us: the caller then spins ~3% of a large copy.
+  // slack (restored after), so it can end 3% short of the expected time
+  // instead of the default slack's 50 us. The expected time is the cost
+  // model's prediction times what this engine has learned of its error for
+  // this size (learn()): a model a fifth short made the waiter spin for that
+  // fifth of the copy.
   using std::chrono::microseconds;
-  const auto predicted_end = p.started + p.predicted;
-  auto first = p.predicted * 97 / 100 - (Clock::now() - p.started);
-  // A sleep shorter than ~100 us costs more in wake-up (measured: a 64 KiB
-  // copy kernel took 47 us with a 28 us sleep, 16 us with polling) than the
-  // CPU it saves.
-  if (first > microseconds(100)) {
+  using std::chrono::nanoseconds;
+  const double scale = wait_scale(p.bytes);
+  const auto expected = nanoseconds(static_cast<int64_t>(static_cast<double>(p.predicted.count()) * scale));
+  const auto expected_end = p.started + expected;
+  const auto first = expected * 97 / 100 - (Clock::now() - p.started);
+  const bool slept = first > kMinSleep;
+  if (slept) {
     const long slack = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
     const bool tightened = slack > 1000 && ::prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0) == 0;
     std::this_thread::sleep_for(first - (tightened ? microseconds(2) : timer_slack()));
     if (tightened) ::prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0);
   }
-  const auto poll_until = std::max(Clock::now() + microseconds(30), predicted_end + p.predicted / 20 + microseconds(20));
+  const auto poll_until = std::max(Clock::now() + microseconds(30), expected_end + expected / 20 + microseconds(20));
   Status st = ok_status();
+  bool done_at_first_look = true;
   for (void* op : p.ops) {
-    int r;
-    while ((r = api_->op_query(op)) == 0 && Clock::now() < poll_until) cpu_relax();
+    int r = api_->op_query(op);
+    if (r == 0) done_at_first_look = false;
+    while (r == 0 && Clock::now() < poll_until) {
+      cpu_relax();
+      r = api_->op_query(op);
+    }
     if (r == 0) r = api_->op_wait(op) == 0 ? 1 : -1;
     if (r < 0 && st.ok()) st = api_error("GPU copy");
     api_->op_release(op);
   }
   p.ops.clear();
+  if (st.ok()) learn(p, scale, slept, done_at_first_look, Clock::now() - p.started);
   return st;
 }
 
@@ -285,7 +341,7 @@ Result<bool> CudaMover::poll(Ticket t) {
   Pending p = std::move(it->second);
   tickets_.erase(it);
   lock.unlock();
-  ROCKET_RETURN_IF_ERROR(wait_pending(p));  // all done: releases the events
+  ROCKET_RETURN_IF_ERROR(release_pending(p));
   return true;
 }
 

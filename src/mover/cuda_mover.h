@@ -3,6 +3,8 @@
 // or a GPU is missing, open() says why and the engine is not offered.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -43,9 +45,15 @@ class CudaMover final : public Mover {
   // configured one, or under "auto" the cheaper by the variants' cost models.
   int h2h_for(size_t bytes) const noexcept;
 
+  // What this engine has learned of its copies' real duration against the
+  // cost model's prediction, for a submission of `bytes` (1.0 at first).
+  // Waits sleep through the prediction times this.
+  double wait_scale(size_t bytes) const noexcept;
+
  private:
   struct Pending {
     std::vector<void*> ops;
+    size_t bytes = 0;
     std::chrono::nanoseconds predicted{0};
     std::chrono::steady_clock::time_point started;
     CopyCallback on_done;  // detached submissions
@@ -54,11 +62,18 @@ class CudaMover final : public Mover {
   static constexpr int kH2HAuto = -1;
   CudaMover(const RocketCudaApi* api, int h2h);
   Status wait_pending(Pending& p);
+  // For submissions whose copies poll() found all done: releases them.
+  Status release_pending(Pending& p);
   void completer_loop();
   Status api_error(const char* what) const;
 
+  // Learns actual/predicted per power-of-two size class from each wait.
+  void learn(const Pending& p, double scale, bool slept, bool done_at_first_look,
+             std::chrono::nanoseconds elapsed) noexcept;
+
   const RocketCudaApi* api_;
   int h2h_;  // ROCKET_CUDA_H2H_* or kH2HAuto
+  std::array<std::atomic<double>, 48> wait_scale_;  // by floor(log2(bytes)); approximate under races
   MoverCapabilities caps_;
   std::mutex mu_;
   std::condition_variable cv_;

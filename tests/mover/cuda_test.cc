@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 
 #include <array>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -308,6 +309,66 @@ TEST(GpuPayload, ClientRefusesAGpuResponseOutsideItsAllocation) {
       EXPECT_EQ(r->to_vector().size(), length);
     }
   }
+}
+
+// Waits sleep through the cost model's prediction times what the engine has
+// learned of its error per size: a model far too slow is backed off after
+// waits find the copy already done, one far too fast is scaled up after
+// waits see the copy finish late. A poll that finds the copies done returns
+// at once, whatever the prediction.
+TEST(CudaWait, LearnsHowWrongTheCostModelIs) {
+  MoverConfig cfg;
+  cfg.cuda_h2h = "kernel";
+  auto m = make_mover(MoverKind::kCuda, cfg);
+  if (!m.ok()) GTEST_SKIP() << m.status().to_string();
+  auto* cuda = dynamic_cast<detail::CudaMover*>(m->get());
+  ASSERT_NE(cuda, nullptr);
+  auto copy_and_wait = [&](Pinned& src, Pinned& dst, size_t n) {
+    CopyOp op{dst.p, src.p, n};
+    auto t = (*m)->submit({&op, 1}, Cache::kAuto);
+    ASSERT_TRUE(t.ok()) << t.status().to_string();
+    ASSERT_TRUE((*m)->wait(*t).ok());
+    EXPECT_EQ(std::memcmp(dst.p, src.p, n), 0);
+  };
+  const size_t small = size_t{1} << 20, large = size_t{64} << 20;
+  Pinned s1(**m, small), d1(**m, small), s2(**m, large), d2(**m, large);
+  ASSERT_TRUE(s1.ok && d1.ok && s2.ok && d2.ok);
+  std::memset(s1.p, 0x21, small);
+  std::memset(s2.p, 0x42, large);
+  EXPECT_EQ(cuda->wait_scale(small), 1.0);
+
+  // poll() that finds the copies done returns at once: it does not sleep out
+  // a prediction of half a second.
+  CostProfile glacial;
+  glacial.entries.push_back({MoverKind::kCuda, Cache::kAuto, {500000.0, 0.0}, "kernel"});
+  set_cost_profile(glacial);
+  CopyOp op{d1.p, s1.p, small};
+  auto t0 = std::chrono::steady_clock::now();
+  auto t = (*m)->submit({&op, 1}, Cache::kAuto);
+  ASSERT_TRUE(t.ok());
+  for (;;) {
+    auto done = (*m)->poll(*t);
+    ASSERT_TRUE(done.ok()) << done.status().to_string();
+    if (*done) break;
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(200));
+  EXPECT_EQ(cuda->wait_scale(small), 1.0);  // polling teaches nothing
+
+  // 20 ms predicted for any copy: a 1 MiB copy is done long before.
+  CostProfile slow;
+  slow.entries.push_back({MoverKind::kCuda, Cache::kAuto, {20000.0, 0.0}, "kernel"});
+  set_cost_profile(slow);
+  for (int i = 0; i < 8; ++i) copy_and_wait(s1, d1, small);
+  EXPECT_LT(cuda->wait_scale(small), 0.5);
+
+  // 60 us predicted for 64 MiB: the copy runs far longer.
+  CostProfile fast;
+  fast.entries.push_back({MoverKind::kCuda, Cache::kAuto, {60.0, 0.0}, "kernel"});
+  set_cost_profile(fast);
+  for (int i = 0; i < 3; ++i) copy_and_wait(s2, d2, large);
+  EXPECT_GT(cuda->wait_scale(large), 1.5);
+  EXPECT_LT(cuda->wait_scale(small), 0.5);  // other sizes keep their own
+  set_cost_profile({});
 }
 
 // A GPU backend's output handed back by reference: the client reads the
