@@ -311,6 +311,34 @@ TEST(GpuPayload, ClientRefusesAGpuResponseOutsideItsAllocation) {
   }
 }
 
+// The GPU reaches only registered host memory: a copy from a caller's own
+// pageable buffer is made on the CPU inside submit(); once the buffer is
+// registered, the same copy goes to the engine.
+TEST(CudaEngineMemory, RegisteredPrivateBuffersGoToTheEngine) {
+  auto m = make_mover(MoverKind::kCuda);
+  if (!m.ok()) GTEST_SKIP() << m.status().to_string();
+  const size_t n = size_t{2} << 20;
+  Pinned pool(**m, n);
+  ASSERT_TRUE(pool.ok);
+  void* mine = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mine, MAP_FAILED);
+  std::memset(mine, 0x5c, n);
+  CopyOp op{pool.p, static_cast<const std::byte*>(mine), n};
+  auto on_cpu = (*m)->submit({&op, 1}, Cache::kAuto);
+  ASSERT_TRUE(on_cpu.ok()) << on_cpu.status().to_string();
+  EXPECT_TRUE(on_cpu->done);  // copied on the CPU before submit returned
+  EXPECT_EQ(std::memcmp(pool.p, mine, n), 0);
+  ASSERT_TRUE((*m)->register_memory(mine, n, false).ok());
+  std::memset(mine, 0x3a, n);
+  auto on_gpu = (*m)->submit({&op, 1}, Cache::kAuto);
+  ASSERT_TRUE(on_gpu.ok()) << on_gpu.status().to_string();
+  EXPECT_FALSE(on_gpu->done);  // queued on the engine
+  ASSERT_TRUE((*m)->wait(*on_gpu).ok());
+  EXPECT_EQ(std::memcmp(pool.p, mine, n), 0);
+  (*m)->unregister_memory(mine);
+  ::munmap(mine, n);
+}
+
 // Waits sleep through the cost model's prediction times what the engine has
 // learned of its error per size: a model far too slow is backed off after
 // waits find the copy already done, one far too fast is scaled up after

@@ -128,7 +128,10 @@ class Mover {
   virtual Status wait(Ticket ticket) = 0;
   // Makes [p, p+n) reachable by the engine at full speed (pins and maps it
   // for a GPU); engines that need nothing return OK. Unregister before the
-  // memory is unmapped.
+  // memory is unmapped. Sessions register their pools; a caller whose own
+  // buffer is copied often registers it with shared_mover(kind) so that
+  // copies between it and a pool run on the engine (the cuda engine copies
+  // from or to unregistered host memory on the CPU).
   virtual Status register_memory(void* p, size_t n, bool read_only) {
     (void)p;
     (void)n;
@@ -173,7 +176,8 @@ struct MoverConfig {
   // kernel over mapped pinned memory), "staged" (the copy engines through
   // device buffers) or "auto": per copy, the one whose cost model predicts
   // less for its size (calibrated by `rocket calibrate` as the variants
-  // "kernel" and "staged"; built-in estimates favour staging at every size).
+  // "kernel" and "staged"; the built-in estimates, from the H100 machine,
+  // take the kernel below ~4 MiB).
   // $ROCKET_CUDA_H2H overrides "auto".
   std::string cuda_h2h = "auto";
   int cuda_device = 0;
