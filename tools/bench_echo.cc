@@ -166,7 +166,14 @@ Status run_worker(const WorkerArgs& a) {
       ROCKET_RETURN_IF_ERROR(measure(a, [&] {
         auto r = c.call(a.op, buf, call_opts);
         if (!r.ok()) return note(r.status());
-        if (!checked) checked = r->on_gpu() ? verify(r->to_vector()) : verify(r->data());
+        if (!checked) {
+          if (!r->on_gpu()) {
+            checked = verify(r->data());
+          } else {
+            auto v = r->to_vector();
+            checked = v.ok() ? verify(*v) : note(v.status());
+          }
+        }
         return checked;
       }, &samples, &wall, &cpu));
     } else if (a.mode == "sync") {

@@ -941,14 +941,14 @@ Status Reply::copy_to(std::span<std::byte> dst, const CopyOptions& options) cons
   return m->execute({&op, 1}, options.cache);
 }
 
-std::vector<std::byte> Reply::to_vector() const {
+Result<std::vector<std::byte>> Reply::to_vector() const {
   if (on_gpu()) {
     std::vector<std::byte> v(gpu_size());
-    if (!copy_to(v).ok()) return {};
+    ROCKET_RETURN_IF_ERROR(copy_to(v));
     return v;
   }
   auto d = data();
-  return {d.begin(), d.end()};
+  return std::vector<std::byte>(d.begin(), d.end());
 }
 
 Result<Reply> Future::get(std::chrono::milliseconds timeout) {

@@ -124,7 +124,7 @@ TEST(ClientServer, AsyncFuturesOverlapAndResolve) {
   auto fast = c.call_async("echo", std::span<const std::byte>(data));
   auto r = fast.get();
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ(r->to_vector(), data);
+  EXPECT_EQ(r->to_vector().value(), data);
   EXPECT_TRUE(slow.get().ok());
   EXPECT_FALSE(slow.get().ok());  // get() once
 }
@@ -149,7 +149,7 @@ TEST(ClientServer, AsyncCallsThroughTheThreadsEngine) {
   ASSERT_TRUE(id.ok());
   auto r = c.query(*id);
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ(r->to_vector(), payloads[0]);
+  EXPECT_EQ(r->to_vector().value(), payloads[0]);
   auto s = c.call("echo", std::span<const std::byte>(payloads[1]), opts);
   ASSERT_TRUE(s.ok());
   std::vector<std::byte> out(payloads[1].size());
@@ -187,7 +187,7 @@ TEST(ClientServer, PoolSpaceOfDroppedFuturesComesBack) {
   auto data = pattern(4 << 20, 9);
   auto r = c.call("echo", std::span<const std::byte>(data));
   ASSERT_TRUE(r.ok()) << r.status().to_string();
-  EXPECT_EQ(r->to_vector(), data);
+  EXPECT_EQ(r->to_vector().value(), data);
   r = Reply();
   EXPECT_EQ(c.stats().client_pool_in_use, 0u);
 }
@@ -215,7 +215,7 @@ TEST(ClientServer, KernelPathMovesPrivateBytesBothWays) {
   // Remote request, reply in the server pool.
   auto r = c.call("echo", std::span<const std::byte>(big), kernel);
   ASSERT_TRUE(r.ok()) << r.status().to_string();
-  EXPECT_EQ(r->to_vector(), big);
+  EXPECT_EQ(r->to_vector().value(), big);
   // A response that does not fit.
   std::vector<std::byte> small(10);
   auto too_small = c.call_into("echo", std::span<const std::byte>(big), small, kernel);
@@ -275,7 +275,7 @@ TEST(ClientServer, PipelinedQueryInAnyOrder) {
   for (int i = 99; i >= 0; --i) {
     auto r = c.query(ids[static_cast<size_t>(i)]);
     ASSERT_TRUE(r.ok());
-    EXPECT_EQ(r->to_vector(), sent[static_cast<size_t>(i)]);
+    EXPECT_EQ(r->to_vector().value(), sent[static_cast<size_t>(i)]);
   }
   EXPECT_EQ(c.query(ids[0]).status().code(), StatusCode::kNotFound);  // already collected
 }
@@ -294,7 +294,7 @@ TEST(ClientServer, SubmitBatchCopiesInParallelAndPostsTogether) {
   for (size_t i = ids->size(); i-- > 0;) {
     auto r = c.query((*ids)[i]);
     ASSERT_TRUE(r.ok()) << r.status().to_string();
-    EXPECT_EQ(r->to_vector(), data[i]);
+    EXPECT_EQ(r->to_vector().value(), data[i]);
   }
 }
 
@@ -451,7 +451,7 @@ TEST(ClientServer, ShareDeviceRefusesWhatIsNotDeviceMemory) {
   auto r = c.call("echo", std::span<const std::byte>(data), {.gpu_response = true});
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_FALSE(r->on_gpu());
-  EXPECT_EQ(r->to_vector(), data);
+  EXPECT_EQ(r->to_vector().value(), data);
 }
 
 // The GPU backend hooks (Request::copy_to_device, Response::write_from_device)

@@ -94,7 +94,7 @@ TEST(Stress, ManyThreadsShareOneClient) {
       for (int i = 0; i < 200; ++i) {
         auto data = pattern(static_cast<size_t>(1 + (i * 977 + t) % 20000), static_cast<uint64_t>(t * 1000 + i));
         auto r = c.call(i % 2 ? "echo" : "echo_copy", std::span<const std::byte>(data));
-        if (!r.ok() || r->to_vector() != data) failures++;
+        if (!r.ok() || r->to_vector().value() != data) failures++;
       }
     });
   }

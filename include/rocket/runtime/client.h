@@ -117,8 +117,9 @@ class Reply {
   // Copies the payload into `dst` (which must hold size() bytes) with a mover;
   // a GPU response on the GPU's copy engines.
   Status copy_to(std::span<std::byte> dst, const CopyOptions& options = {}) const;
-  // The payload as a vector (a GPU response copied; empty if that fails).
-  std::vector<std::byte> to_vector() const;
+  // The payload as a vector (a GPU response copied down; its status if that
+  // fails).
+  Result<std::vector<std::byte>> to_vector() const;
 
  private:
   friend class detail::ClientCore;
