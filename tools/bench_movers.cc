@@ -54,7 +54,10 @@ int iterations(size_t size, double budget_ms) {
   return static_cast<int>(std::clamp(budget_ms * 1000.0 / est_us, 15.0, 5000.0));
 }
 
-enum class WaitHow { kWait, kBusyPoll };
+// How a measured copy is run: submit then wait (hybrid) or spin on poll,
+// or execute(), the synchronous call a sync request pays (the threads engine
+// copies with the caller's core there too).
+enum class WaitHow { kWait, kBusyPoll, kExecute };
 
 struct Point {
   Summary lat, read;
@@ -78,11 +81,13 @@ Result<Point> measure(Mover& m, Cache cache, size_t size, double budget_ms, Wait
     if (size <= (size_t{64} << 20)) sink = sink + consume(src);
     double c0 = thread_cpu_us();
     auto t0 = Clock::now();
-    ROCKET_ASSIGN_OR_RETURN(Ticket t, m.submit({&op, 1}, cache));
-    if (!t.done) {
-      if (how == WaitHow::kWait) {
+    if (how == WaitHow::kExecute) {
+      ROCKET_RETURN_IF_ERROR(m.execute({&op, 1}, cache));
+    } else {
+      ROCKET_ASSIGN_OR_RETURN(Ticket t, m.submit({&op, 1}, cache));
+      if (!t.done && how == WaitHow::kWait) {
         ROCKET_RETURN_IF_ERROR(m.wait(t));
-      } else {
+      } else if (!t.done) {
         for (;;) {
           ROCKET_ASSIGN_OR_RETURN(bool done, m.poll(t));
           if (done) break;
@@ -227,14 +232,17 @@ int run_bench_movers(const MoverBenchOptions& o) {
       if (!(*m)->capabilities().cache_control && *cache != Cache::kInject) continue;
       for (size_t size : sizes) {
         bool async = (*m)->capabilities().async;
-        for (WaitHow how : {WaitHow::kWait, WaitHow::kBusyPoll}) {
-          if (!async && how == WaitHow::kBusyPoll) continue;
+        for (WaitHow how : {WaitHow::kExecute, WaitHow::kWait, WaitHow::kBusyPoll}) {
+          if (!async && how != WaitHow::kWait) continue;
           auto p = measure(**m, *cache, size, o.budget_ms, how);
           if (!p.ok()) {
             std::cerr << "rocket bench movers: " << name << ": " << p.status().to_string() << "\n";
             continue;
           }
-          json r = row(label, !async ? "sync" : how == WaitHow::kWait ? "async-wait" : "async-poll", cname, size, *p);
+          const char* mode = !async || how == WaitHow::kExecute ? "sync"
+                             : how == WaitHow::kWait           ? "async-wait"
+                                                               : "async-poll";
+          json r = row(label, mode, cname, size, *p);
           rows.push_back(r);
           print(r);
         }
