@@ -34,7 +34,8 @@ cudaEvent_t g_stage_free[kStageBuffers] = {};    // recorded after a buffer's D2
 cudaEvent_t g_stage_filled[kStageBuffers] = {};  // recorded after a buffer's H2D
 cudaDeviceProp g_prop;
 constexpr size_t kSpareEvents = 64;
-std::vector<cudaEvent_t> g_spare_events;  // completed per-copy events, reused (guarded by g_mu)
+std::mutex g_spare_mu;                    // not g_mu: a release must not wait behind a staging enqueue
+std::vector<cudaEvent_t> g_spare_events;  // completed per-copy events, reused (guarded by g_spare_mu)
 
 int fail(const char* what, cudaError_t e) {
   std::snprintf(g_error, sizeof(g_error), "%s: %s", what, cudaGetErrorString(e));
@@ -198,10 +199,15 @@ int api_copy(void* dst, const void* src, size_t n, int dst_kind, int src_kind, i
   auto* op = new (std::nothrow) Op{};
   if (op == nullptr) return (std::snprintf(g_error, sizeof(g_error), "out of memory"), -1);
   cudaError_t e = cudaSuccess;
-  if (!g_spare_events.empty()) {
-    op->done = g_spare_events.back();
-    g_spare_events.pop_back();
-  } else if ((e = cudaEventCreateWithFlags(&op->done, cudaEventDisableTiming | cudaEventBlockingSync)) != cudaSuccess) {
+  {
+    std::lock_guard<std::mutex> spare_lock(g_spare_mu);
+    if (!g_spare_events.empty()) {
+      op->done = g_spare_events.back();
+      g_spare_events.pop_back();
+    }
+  }
+  if (op->done == nullptr &&
+      (e = cudaEventCreateWithFlags(&op->done, cudaEventDisableTiming | cudaEventBlockingSync)) != cudaSuccess) {
     delete op;
     return fail("cudaEventCreate", e);
   }
@@ -248,11 +254,11 @@ int api_op_wait(void* p) {
 
 void api_op_release(void* p) {
   auto* op = static_cast<Op*>(p);
-  {
-    // Completed events are kept for the next copies (creating one per copy
-    // costs the caller a driver call); an abandoned one is simply destroyed.
-    std::lock_guard<std::mutex> lock(g_mu);
-    if (g_spare_events.size() < kSpareEvents && cudaEventQuery(op->done) == cudaSuccess) {
+  // Completed events are kept for the next copies (creating one per copy
+  // costs the caller a driver call); an abandoned one is simply destroyed.
+  if (cudaEventQuery(op->done) == cudaSuccess) {
+    std::lock_guard<std::mutex> lock(g_spare_mu);
+    if (g_spare_events.size() < kSpareEvents) {
       g_spare_events.push_back(op->done);
       op->done = nullptr;
     }
