@@ -38,7 +38,7 @@ run() {  # name, command...: JSON to $out/name.json, errors to the log
     fails=$((fails + 1))
   fi
 }
-run movers $R bench movers --movers cpu,threads,cuda --caches inject --sizes 64K,1M,16M,128M,512M
+run movers $R bench movers --movers cpu,threads,cuda --caches inject --sizes 64K,1M,4M,16M,64M,128M,512M
 run echo $R bench echo --sizes 1M,16M,128M --modes sync --paths copy --wake spin --transports rocket,memcpy \
   --movers cpu,threads,cuda --clients 1
 run overlap-cuda $R bench overlap --mover cuda

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <bit>
 #include <cstdlib>
 #include <string>
@@ -102,7 +103,6 @@ Result<std::unique_ptr<Mover>> CudaMover::open(const MoverConfig& config) {
 }
 
 CudaMover::CudaMover(const RocketCudaApi* api, int h2h) : api_(api), h2h_(h2h) {
-  for (auto& s : wait_scale_) s.store(1.0, std::memory_order_relaxed);
   caps_ = MoverCapabilities{.async = true,
                             .batch = true,
                             .cache_control = false,  // fixed: the GPU writes to memory
@@ -165,72 +165,122 @@ CostModel CudaMover::default_cost(Cache) const noexcept {
 Status CudaMover::api_error(const char* what) const { return internal_error(std::string(what) + ": " + api_->last_error()); }
 
 Status CudaMover::register_memory(void* p, size_t n, bool read_only) {
+  if (n == 0) return ok_status();
+  const bool already = api_->pointer_kind(p) != ROCKET_CUDA_HOST_PAGEABLE;
   if (api_->host_register(p, n, read_only ? 1 : 0) != 0) return api_error("register memory with the GPU");
+  if (!already) {
+    std::unique_lock<std::shared_mutex> lock(ranges_mu_);
+    ranges_[reinterpret_cast<uintptr_t>(p)] = n;
+  }
   return ok_status();
 }
 
-void CudaMover::unregister_memory(void* p) noexcept { api_->host_unregister(p); }
+void CudaMover::unregister_memory(void* p) noexcept {
+  {
+    std::unique_lock<std::shared_mutex> lock(ranges_mu_);
+    ranges_.erase(reinterpret_cast<uintptr_t>(p));
+  }
+  api_->host_unregister(p);
+}
 
-Result<Ticket> CudaMover::submit(std::span<const CopyOp> ops, const SubmitOptions& options) {
-  ROCKET_RETURN_IF_ERROR(validate(ops));
-  Pending p;
-  size_t total = 0;
-  // On an error part-way, the copies already queued finish before we return.
-  auto drain = [&] {
-    for (void* h : p.ops) {
-      api_->op_wait(h);
-      api_->op_release(h);
+int CudaMover::pointer_kind(const void* p, size_t n) const {
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  {
+    std::shared_lock<std::shared_mutex> lock(ranges_mu_);
+    auto it = ranges_.upper_bound(at);
+    if (it != ranges_.begin()) {
+      --it;
+      // A range that runs past ours is copied by the CPU: the GPU would
+      // fault on the part it cannot reach.
+      if (at - it->first < it->second) {
+        return n <= it->second - (at - it->first) ? ROCKET_CUDA_HOST_REGISTERED : ROCKET_CUDA_HOST_PAGEABLE;
+      }
     }
-    p.ops.clear();
-  };
+  }
+  return api_->pointer_kind(p);
+}
+
+Status CudaMover::classify(std::span<const CopyOp> ops, std::vector<Classified>& out) {
+  ROCKET_RETURN_IF_ERROR(validate(ops));
+  out.clear();
+  out.reserve(ops.size());
   for (const CopyOp& op : ops) {
     if (op.remote != RemoteSide::kNone) return invalid_argument("the cuda mover copies within this process only");
     if (op.size == 0) continue;
-    void* handle = nullptr;
-    int dk = api_->pointer_kind(op.dst), sk = api_->pointer_kind(op.src);
+    Classified c{op, pointer_kind(op.dst, op.size), pointer_kind(op.src, op.size)};
     // The GPU does not bounds-check a copy: one past a device allocation
     // would silently overwrite a neighbour. Check against the real size.
-    for (auto [ptr, kind, side] : {std::tuple<const void*, int, const char*>{op.dst, dk, "destination"},
-                                   std::tuple<const void*, int, const char*>{op.src, sk, "source"}}) {
+    for (auto [ptr, kind, side] : {std::tuple<const void*, int, const char*>{op.dst, c.dk, "destination"},
+                                   std::tuple<const void*, int, const char*>{op.src, c.sk, "source"}}) {
       if (kind != ROCKET_CUDA_DEVICE) continue;
       void* base = nullptr;
       size_t bytes = 0;
       const auto at = reinterpret_cast<uintptr_t>(ptr);
       if (api_->mem_range(ptr, &base, &bytes) != 0) {
-        drain();
         return invalid_argument(std::string("GPU copy: cannot find the ") + side + "'s device allocation: " +
                                 api_->last_error());
       }
       if (op.size > bytes - (at - reinterpret_cast<uintptr_t>(base))) {
-        drain();
         return invalid_argument(std::string("GPU copy: the ") + side + " range of " + std::to_string(op.size) +
                                 " bytes runs past its device allocation");
       }
     }
-    if (dk != ROCKET_CUDA_DEVICE && sk != ROCKET_CUDA_DEVICE &&
-        (dk == ROCKET_CUDA_HOST_PAGEABLE || sk == ROCKET_CUDA_HOST_PAGEABLE)) {
+    out.push_back(c);
+  }
+  return ok_status();
+}
+
+Status CudaMover::enqueue(std::span<const Classified> ops, Cache cache, Pending& p) {
+  size_t total = 0, largest = 0;
+  for (const Classified& c : ops) {
+    const CopyOp& op = c.op;
+    if (c.dk != ROCKET_CUDA_DEVICE && c.sk != ROCKET_CUDA_DEVICE &&
+        (c.dk == ROCKET_CUDA_HOST_PAGEABLE || c.sk == ROCKET_CUDA_HOST_PAGEABLE)) {
       // The GPU reaches only registered host memory; the driver would move a
       // pageable side with the CPU through its bounce buffers, slower than a
       // plain copy (H100 machine, `bench echo` at 16 MiB: 4.4 GB/s with the
       // cuda engine against 6.9 with cpu). Copy it here.
-      copy_with_policy(op.dst, op.src, op.size, options.cache);
+      copy_with_policy(op.dst, op.src, op.size, cache);
       continue;
     }
-    if (api_->copy(op.dst, op.src, op.size, dk, sk, h2h_for(op.size), &handle) != 0) {
+    void* handle = nullptr;
+    const int h2h = h2h_for(op.size);
+    if (api_->copy(op.dst, op.src, op.size, c.dk, c.sk, h2h, &handle) != 0) {
+      // The copies already queued finish before we return.
       Status st = api_error("GPU copy");
-      drain();
+      for (void* h : p.ops) {
+        api_->op_wait(h);
+        api_->op_release(h);
+      }
+      p.ops.clear();
       return st;
     }
     p.ops.push_back(handle);
     total += op.size;
-    p.bytes = total;
+    if (op.size > largest) {
+      largest = op.size;
+      p.path = c.dk == ROCKET_CUDA_DEVICE || c.sk == ROCKET_CUDA_DEVICE ? kPathDevice
+               : h2h == ROCKET_CUDA_H2H_KERNEL                          ? kPathKernel
+                                                                        : kPathStaged;
+    }
   }
+  p.bytes = total;
+  // Host <-> device runs on the copy engines as staging does (one leg).
+  const CostModel model = variant_cost(p.path == kPathKernel ? ROCKET_CUDA_H2H_KERNEL : ROCKET_CUDA_H2H_STAGED);
+  p.predicted = std::chrono::nanoseconds(static_cast<int64_t>(model.predict_us(total) * 1000.0));
+  p.started = Clock::now();
+  return ok_status();
+}
+
+Result<Ticket> CudaMover::submit(std::span<const CopyOp> ops, const SubmitOptions& options) {
+  std::vector<Classified> classified;
+  ROCKET_RETURN_IF_ERROR(classify(ops, classified));
+  Pending p;
+  ROCKET_RETURN_IF_ERROR(enqueue(classified, options.cache, p));
   if (p.ops.empty()) {
     if (options.on_done) options.on_done(ok_status());
     return Ticket{.id = 0, .done = true};
   }
-  p.predicted = std::chrono::nanoseconds(static_cast<int64_t>(cost().predict_us(total) * 1000.0));
-  p.started = Clock::now();
   std::lock_guard<std::mutex> lock(mu_);
   if (options.on_done) {
     p.on_done = options.on_done;
@@ -252,29 +302,48 @@ size_t size_class(size_t bytes) noexcept {
 // 47 us with a 28 us sleep, 16 us with polling). Predictions under half of it
 // teach the wait nothing.
 constexpr auto kMinSleep = std::chrono::microseconds(100);
+// A wait wakes at the earliest end it expects: the learned mean less this
+// many mean deviations. Each deviation is polled through on every wait
+// (caller CPU); fewer make more waits find the copy already done (latency).
+constexpr double kSpreads = 1.0;
+// execute() splits a host-to-host copy only from this size, and gives the
+// GPU at least this much of it: below, one core alone is as fast.
+constexpr size_t kMinSplit = size_t{256} << 10;
+constexpr size_t kMinGpuShare = size_t{64} << 10;
 }  // namespace
 
-double CudaMover::wait_scale(size_t bytes) const noexcept {
-  return wait_scale_[size_class(bytes)].load(std::memory_order_relaxed);
+CudaMover::Learned& CudaMover::learned(int path, size_t bytes) noexcept { return learned_[path][size_class(bytes)]; }
+const CudaMover::Learned& CudaMover::learned(int path, size_t bytes) const noexcept {
+  return learned_[path][size_class(bytes)];
 }
 
-void CudaMover::learn(const Pending& p, double scale, bool slept, bool done_at_first_look,
-                      std::chrono::nanoseconds elapsed) noexcept {
+double CudaMover::wait_scale(size_t bytes, bool device) const noexcept {
+  const int path = device ? kPathDevice : h2h_for(bytes) == ROCKET_CUDA_H2H_KERNEL ? kPathKernel : kPathStaged;
+  return learned(path, bytes).ratio.load(std::memory_order_relaxed);
+}
+
+void CudaMover::learn(const Pending& p, bool slept, bool done_at_first_look, std::chrono::nanoseconds elapsed) noexcept {
   if (p.predicted < kMinSleep / 2) return;
-  auto& slot = wait_scale_[size_class(p.bytes)];
-  double next;
+  Learned& l = learned(p.path, p.bytes);
+  const double ratio = l.ratio.load(std::memory_order_relaxed);
+  const double spread = l.spread.load(std::memory_order_relaxed);
+  const double seen = static_cast<double>(elapsed.count()) / static_cast<double>(p.predicted.count());
+  double next_ratio, next_spread;
   if (slept && done_at_first_look) {
-    // Done before we looked: we slept too long, by how much is unknown.
-    // Back off multiplicatively until a wait finds the copy still running.
-    next = scale * 0.9;
+    // Done before we looked: we slept too long, by how much is unknown; it
+    // ended before `seen`. Lower the mean below that and widen the spread,
+    // until a wait finds the copy still running.
+    next_ratio = std::min(ratio * 0.9, seen);
+    next_spread = std::max(spread * 1.25, 0.02);
   } else if (!done_at_first_look) {
-    // Seen (or, after the blocking wait, nearly seen) to finish: move toward
-    // the real ratio.
-    next = 0.8 * scale + 0.2 * (static_cast<double>(elapsed.count()) / static_cast<double>(p.predicted.count()));
+    // Seen (or, after the blocking wait, nearly seen) to finish.
+    next_spread = 0.8 * spread + 0.2 * std::abs(seen - ratio);
+    next_ratio = 0.8 * ratio + 0.2 * seen;
   } else {
     return;
   }
-  slot.store(std::clamp(next, 0.25, 4.0), std::memory_order_relaxed);
+  l.ratio.store(std::clamp(next_ratio, 0.25, 4.0), std::memory_order_relaxed);
+  l.spread.store(std::clamp(next_spread, 0.0, 1.0), std::memory_order_relaxed);
 }
 
 Status CudaMover::release_pending(Pending& p) {
@@ -288,30 +357,43 @@ Status CudaMover::release_pending(Pending& p) {
 }
 
 Status CudaMover::wait_pending(Pending& p) {
-  // Hybrid: sleep through most of the expected time, poll until a little
-  // past the expected end, then let the driver block us (blocking-sync
-  // events: no spinning). Polling that long is what makes a lone copy of a
-  // MiB or so fast: a wake-up from the driver's blocking wait costs ~35 us on
-  // the H100 machine, longer than the poll. The sleep runs with a 1 us timer
-  // slack (restored after), so it can end 3% short of the expected time
-  // instead of the default slack's 50 us. The expected time is the cost
-  // model's prediction times what this engine has learned of its error for
-  // this size (learn()): a model a fifth short made the waiter spin for that
-  // fifth of the copy.
+  // Hybrid: sleep until the earliest end we expect, poll until a little past
+  // the latest, then let the driver block us (blocking-sync events: no
+  // spinning). Polling is what makes a lone copy of a MiB or so fast: the
+  // driver's blocking wait wakes ~50 us after the copy ends on the H100
+  // machine. What we expect is the cost model's prediction times what this
+  // engine has learned of its error for this size and path (learn()): the
+  // mean of actual/predicted less one mean deviation. The sleep runs with a
+  // 1 us timer slack (restored after) instead of the default 50 us and ends
+  // early by how late such sleeps have been waking (13-30 us there).
+  //
+  // What the caller pays, measured there for a 16 MiB copy kernel whose
+  // data the caller had just touched: queueing it 17-29 us (the driver's
+  // structures are out of the cache), the sleep 9-20 us, polling through
+  // the copy's own jitter (a mean deviation of 5%) 25-30 us.
   using std::chrono::microseconds;
   using std::chrono::nanoseconds;
-  const double scale = wait_scale(p.bytes);
-  const auto expected = nanoseconds(static_cast<int64_t>(static_cast<double>(p.predicted.count()) * scale));
-  const auto expected_end = p.started + expected;
-  const auto first = expected * 97 / 100 - (Clock::now() - p.started);
+  const Learned& l = learned(p.path, p.bytes);
+  const double ratio = l.ratio.load(std::memory_order_relaxed);
+  const double spread = l.spread.load(std::memory_order_relaxed);
+  const double pred = static_cast<double>(p.predicted.count());
+  const auto earliest = nanoseconds(static_cast<int64_t>(pred * std::max(0.0, ratio - kSpreads * spread)));
+  const auto latest = nanoseconds(static_cast<int64_t>(pred * (ratio + 3 * spread) * 1.05));
+  const auto late = nanoseconds(wake_late_ns_.load(std::memory_order_relaxed));
+  const auto first = earliest - late - (Clock::now() - p.started);
   const bool slept = first > kMinSleep;
   if (slept) {
     const long slack = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
     const bool tightened = slack > 1000 && ::prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0) == 0;
-    std::this_thread::sleep_for(first - (tightened ? microseconds(2) : timer_slack()));
+    const auto asked = first;
+    const auto t0 = Clock::now();
+    std::this_thread::sleep_for(asked);
+    const auto overslept = std::chrono::duration_cast<nanoseconds>(Clock::now() - t0 - asked).count();
+    wake_late_ns_.store(std::clamp<int64_t>((wake_late_ns_.load(std::memory_order_relaxed) * 4 + overslept) / 5, 0, 200000),
+                        std::memory_order_relaxed);
     if (tightened) ::prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0);
   }
-  const auto poll_until = std::max(Clock::now() + microseconds(30), expected_end + expected / 20 + microseconds(20));
+  const auto poll_until = std::max(Clock::now() + microseconds(30), p.started + latest + microseconds(20));
   Status st = ok_status();
   bool done_at_first_look = true;
   for (void* op : p.ops) {
@@ -326,7 +408,7 @@ Status CudaMover::wait_pending(Pending& p) {
     api_->op_release(op);
   }
   p.ops.clear();
-  if (st.ok()) learn(p, scale, slept, done_at_first_look, Clock::now() - p.started);
+  if (st.ok()) learn(p, slept, done_at_first_look, Clock::now() - p.started);
   return st;
 }
 
@@ -358,6 +440,152 @@ Status CudaMover::wait(Ticket t) {
     tickets_.erase(it);
   }
   return wait_pending(p);
+}
+
+double CudaMover::gpu_h2h_us(size_t gpu_bytes) const noexcept {
+  const int h2h = h2h_for(gpu_bytes);
+  const int path = h2h == ROCKET_CUDA_H2H_KERNEL ? kPathKernel : kPathStaged;
+  return variant_cost(h2h).predict_us(gpu_bytes) * learned(path, gpu_bytes).ratio.load(std::memory_order_relaxed);
+}
+
+namespace {
+constexpr double kMiB = 1024.0 * 1024.0;
+// The caller copies its share in pieces of this size, asking between pieces
+// (once the GPU could be done) whether it is: a piece is 7-30 us of copying,
+// a question 1-3 us.
+constexpr size_t kCallerPiece = size_t{256} << 10;
+}  // namespace
+
+double CudaMover::cpu_us_per_mib(size_t bytes) const noexcept {
+  const double seen = split_[size_class(bytes)].cpu_us_per_mib.load(std::memory_order_relaxed);
+  if (seen > 0) return seen;
+  return std::max(profiled_cost(MoverKind::kCpu, Cache::kAuto, "").value_or(CostModel{0.05, 58.0}).us_per_mib, 1.0);
+}
+
+double CudaMover::gpu_us_per_mib(size_t bytes) const noexcept {
+  const double seen = split_[size_class(bytes)].gpu_us_per_mib.load(std::memory_order_relaxed);
+  if (seen > 0) return seen;
+  const double mib = std::max(static_cast<double>(bytes) / kMiB, 1.0 / 16);
+  return std::max(gpu_h2h_us(bytes) - variant_cost(h2h_for(bytes)).fixed_us, 0.0) / mib;
+}
+
+double CudaMover::caller_share(size_t bytes) const noexcept {
+  const double known = split_[size_class(bytes)].share.load(std::memory_order_relaxed);
+  if (known >= 0) return known;
+  // Both finish together when the caller's c bytes take as long as the
+  // GPU's n - c: c * r_c = F + (n - c) * r_g.
+  const double mib = static_cast<double>(bytes) / kMiB;
+  const double r_c = cpu_us_per_mib(bytes), r_g = gpu_us_per_mib(bytes);
+  return std::clamp((variant_cost(h2h_for(bytes)).fixed_us / mib + r_g) / (r_c + r_g), 0.0, 1.0);
+}
+
+Status CudaMover::execute(std::span<const CopyOp> ops, Cache cache) {
+  std::vector<Classified> all;
+  ROCKET_RETURN_IF_ERROR(classify(ops, all));
+  size_t h2h_bytes = 0, total = 0;
+  for (const Classified& c : all) {
+    if (c.dk == ROCKET_CUDA_HOST_REGISTERED && c.sk == ROCKET_CUDA_HOST_REGISTERED) h2h_bytes += c.op.size;
+    total += c.op.size;
+  }
+  if (h2h_bytes < kMinSplit) {
+    Pending p;
+    ROCKET_RETURN_IF_ERROR(enqueue(all, cache, p));
+    return p.ops.empty() ? ok_status() : wait_pending(p);
+  }
+  // The caller's share is the tail of the host-to-host bytes, in whole
+  // pages. It copies them all itself where queueing the GPU's share costs
+  // more than the GPU would save.
+  const double n_mib = static_cast<double>(h2h_bytes) / kMiB;
+  const double r_c = cpu_us_per_mib(h2h_bytes);
+  const double fixed = variant_cost(h2h_for(h2h_bytes)).fixed_us;
+  const double share = caller_share(h2h_bytes);
+  size_t mine = std::min(h2h_bytes, static_cast<size_t>(share * static_cast<double>(h2h_bytes)) & ~size_t{4095});
+  if (h2h_bytes - mine < kMinGpuShare ||
+      enqueue_us_.load(std::memory_order_relaxed) + share * n_mib * r_c >= 0.95 * n_mib * r_c) {
+    mine = h2h_bytes;
+  }
+  std::vector<Classified> gpu;
+  std::vector<CopyOp> cpu;
+  gpu.reserve(all.size());
+  size_t left = mine;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    Classified c = *it;
+    if (left > 0 && c.dk == ROCKET_CUDA_HOST_REGISTERED && c.sk == ROCKET_CUDA_HOST_REGISTERED) {
+      const size_t take = std::min(left, c.op.size);
+      left -= take;
+      c.op.size -= take;
+      cpu.push_back({c.op.dst + c.op.size, c.op.src + c.op.size, take});
+    }
+    if (c.op.size > 0) gpu.push_back(c);
+  }
+  Pending p;
+  const auto queued = Clock::now();
+  ROCKET_RETURN_IF_ERROR(enqueue(gpu, cache, p));
+  const auto started = Clock::now();
+  if (total == h2h_bytes && mine < h2h_bytes) {
+    const double us = std::chrono::duration<double, std::micro>(started - queued).count();
+    enqueue_us_.store(0.8 * enqueue_us_.load(std::memory_order_relaxed) + 0.2 * us, std::memory_order_relaxed);
+  }
+
+  // Copy our share in pieces; once the GPU could be done, ask between
+  // pieces, so its finishing time is known to within a piece.
+  const size_t gpu_bytes = h2h_bytes - mine;
+  const auto gpu_soon =
+      started + std::chrono::nanoseconds(static_cast<int64_t>(
+                    700.0 * (fixed + gpu_us_per_mib(h2h_bytes) * static_cast<double>(gpu_bytes) / kMiB)));
+  size_t gpu_left = 0;  // p.ops before this index are done
+  std::optional<Clock::time_point> gpu_end;
+  Status st = ok_status();
+  auto ask_gpu = [&] {
+    while (gpu_left < p.ops.size()) {
+      const int r = api_->op_query(p.ops[gpu_left]);
+      if (r == 0) return;
+      if (r < 0 && st.ok()) st = api_error("GPU copy");
+      ++gpu_left;
+    }
+    gpu_end = Clock::now();
+  };
+  if (p.ops.empty()) gpu_end = started;
+  for (const CopyOp& op : cpu) {
+    for (size_t off = 0; off < op.size; off += kCallerPiece) {
+      copy_with_policy(op.dst + off, op.src + off, std::min(kCallerPiece, op.size - off), cache);
+      if (!gpu_end && Clock::now() >= gpu_soon) ask_gpu();
+    }
+  }
+  const auto mine_done = Clock::now();
+  // The GPU's share is usually nearly done: poll it (a sleep's wake-up would
+  // cost more than it saves), then block.
+  const auto poll_until = mine_done + std::chrono::microseconds(200) + (mine_done - started);
+  while (!gpu_end && Clock::now() < poll_until) {
+    ask_gpu();
+    if (!gpu_end) cpu_relax();
+  }
+  for (; gpu_left < p.ops.size(); ++gpu_left) {
+    if (api_->op_wait(p.ops[gpu_left]) != 0 && st.ok()) st = api_error("GPU copy");
+  }
+  if (!gpu_end) gpu_end = Clock::now();
+  for (void* op : p.ops) {
+    if (api_->op_query(op) < 0 && st.ok()) st = api_error("GPU copy");
+    api_->op_release(op);
+  }
+  p.ops.clear();
+  if (!st.ok() || total != h2h_bytes) return st;  // learn from host-to-host alone
+
+  // Learn the speeds, and from them the share at which both finish together.
+  Split& learned_split = split_[size_class(h2h_bytes)];
+  auto ewma = [](std::atomic<double>& v, double sample) {
+    const double old = v.load(std::memory_order_relaxed);
+    v.store(old < 0 ? sample : 0.7 * old + 0.3 * sample, std::memory_order_relaxed);
+  };
+  const double t_c = std::chrono::duration<double, std::micro>(mine_done - started).count();
+  if (mine > 0) ewma(learned_split.cpu_us_per_mib, std::max(t_c, 0.01) / (static_cast<double>(mine) / kMiB));
+  if (gpu_bytes > 0) {
+    const double t_g = std::chrono::duration<double, std::micro>(*gpu_end - started).count();
+    ewma(learned_split.gpu_us_per_mib, std::max(t_g - fixed, 0.01) / (static_cast<double>(gpu_bytes) / kMiB));
+  }
+  const double c = cpu_us_per_mib(h2h_bytes), g = gpu_us_per_mib(h2h_bytes);
+  learned_split.share.store(std::clamp((fixed / n_mib + g) / (c + g), 0.0, 1.0), std::memory_order_relaxed);
+  return ok_status();
 }
 
 void CudaMover::completer_loop() {

@@ -8,7 +8,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
+#include <shared_mutex>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -32,6 +34,10 @@ class CudaMover final : public Mover {
   Result<Ticket> submit(std::span<const CopyOp> ops, const SubmitOptions& options) override;
   Result<bool> poll(Ticket ticket) override;
   Status wait(Ticket ticket) override;
+  // Synchronous: the caller would only wait, so for copies between
+  // registered host buffers it copies a share itself (the tail) while the GPU
+  // copies the rest, sized so both finish together (caller_share()).
+  Status execute(std::span<const CopyOp> ops, Cache cache) override;
   Status register_memory(void* p, size_t n, bool read_only) override;
   void unregister_memory(void* p) noexcept override;
 
@@ -48,7 +54,14 @@ class CudaMover final : public Mover {
   // What this engine has learned of its copies' real duration against the
   // cost model's prediction, for a submission of `bytes` (1.0 at first).
   // Waits sleep through the prediction times this.
-  double wait_scale(size_t bytes) const noexcept;
+  // `device`: a copy to or from GPU memory, else host-to-host.
+  double wait_scale(size_t bytes, bool device = false) const noexcept;
+
+  // The share of a synchronous host-to-host copy of `bytes` the caller
+  // copies itself: from the cost models at first, then learned from how
+  // each execute() finished (the GPU still busy when the caller was done, or
+  // already done).
+  double caller_share(size_t bytes) const noexcept;
 
  private:
   struct Pending {
@@ -56,11 +69,32 @@ class CudaMover final : public Mover {
     size_t bytes = 0;
     std::chrono::nanoseconds predicted{0};
     std::chrono::steady_clock::time_point started;
+    int path = 0;          // kPath* of its largest copy: what the wait learns about
     CopyCallback on_done;  // detached submissions
+  };
+  // How a copy runs, for learning: each has its own speed.
+  static constexpr int kPathKernel = 0, kPathStaged = 1, kPathDevice = 2, kPaths = 3;
+  // A copy with its sides' kinds (RocketCudaPtrKind), asked of the driver once.
+  struct Classified {
+    CopyOp op;
+    int dk, sk;
+  };
+  // Per power-of-two size class: what the wait has learned of the cost
+  // model's error (actual / predicted: its mean and mean deviation).
+  // Approximate under races, which only cost a less apt guess.
+  struct Learned {
+    std::atomic<double> ratio{1.0};
+    std::atomic<double> spread{0.0};
   };
 
   static constexpr int kH2HAuto = -1;
   CudaMover(const RocketCudaApi* api, int h2h);
+  // Checks and queues the copies on the GPU (pageable host copies run here).
+  Status enqueue(std::span<const Classified> ops, Cache cache, Pending& p);
+  Status classify(std::span<const CopyOp> ops, std::vector<Classified>& out);
+  // The kind of [p, p + n): known for ranges this engine registered, else
+  // the driver's answer for p.
+  int pointer_kind(const void* p, size_t n) const;
   Status wait_pending(Pending& p);
   // For submissions whose copies poll() found all done: releases them.
   Status release_pending(Pending& p);
@@ -68,13 +102,42 @@ class CudaMover final : public Mover {
   Status api_error(const char* what) const;
 
   // Learns actual/predicted per power-of-two size class from each wait.
-  void learn(const Pending& p, double scale, bool slept, bool done_at_first_look,
-             std::chrono::nanoseconds elapsed) noexcept;
+  void learn(const Pending& p, bool slept, bool done_at_first_look, std::chrono::nanoseconds elapsed) noexcept;
+  // The GPU's expected time for `gpu_bytes` of host-to-host copy, with what
+  // the wait has learned of the model's error.
+  double gpu_h2h_us(size_t gpu_bytes) const noexcept;
+  // One core's copy speed and the GPU's, for an execute() of `bytes`.
+  double cpu_us_per_mib(size_t bytes) const noexcept;
+  double gpu_us_per_mib(size_t bytes) const noexcept;
+  Learned& learned(int path, size_t bytes) noexcept;
+  const Learned& learned(int path, size_t bytes) const noexcept;
 
   const RocketCudaApi* api_;
   int h2h_;  // ROCKET_CUDA_H2H_* or kH2HAuto
-  std::array<std::atomic<double>, 48> wait_scale_;  // by floor(log2(bytes)); approximate under races
+  std::array<std::array<Learned, 48>, kPaths> learned_;  // by path, floor(log2(bytes))
+  // How late a wait's sleep ends after the time asked for (ns, EWMA): ~13 us
+  // on the H100 machine with a 1 us timer slack, more under load.
+  std::atomic<int64_t> wake_late_ns_{10000};
+  // What execute() learns per size class of a host-to-host copy: the
+  // caller's share and its copy speed, the GPU's speed on the rest
+  // (negative: not yet seen). Approximate under races like learned_.
+  struct Split {
+    std::atomic<double> share{-1.0};
+    std::atomic<double> cpu_us_per_mib{-1.0};
+    std::atomic<double> gpu_us_per_mib{-1.0};
+  };
+  std::array<Split, 48> split_;
+  // The caller's time to queue the GPU's share (us, EWMA): it copies nothing
+  // meanwhile.
+  std::atomic<double> enqueue_us_{10.0};
   MoverCapabilities caps_;
+  // Host ranges this engine registered with the GPU (base -> bytes), so a
+  // copy between them needs no driver query: two such queries cost 5-14 us
+  // of the caller's CPU on the H100 machine when it has just touched the
+  // data (the driver's own structures are out of its cache). A range that
+  // was registered already when we were asked is not ours to vouch for.
+  mutable std::shared_mutex ranges_mu_;
+  std::map<uintptr_t, size_t> ranges_;  // guarded by ranges_mu_
   std::mutex mu_;
   std::condition_variable cv_;
   uint64_t next_id_ = 1;                         // guarded by mu_

@@ -1,6 +1,7 @@
 // The cuda engine on real hardware: registered host-to-host copies through
 // the GPU (copy kernel and staged copy engines), host<->device round trips and
 // CUDA IPC handles. Skips with the reason where there is no GPU or module.
+#include <dlfcn.h>
 #include <sys/mman.h>
 
 #include <array>
@@ -347,6 +348,101 @@ TEST(CudaEngineMemory, RegisteredPrivateBuffersGoToTheEngine) {
   EXPECT_EQ(std::memcmp(pool.p, mine, n), 0);
   (*m)->unregister_memory(mine);
   ::munmap(mine, n);
+}
+
+// One of the GPU test double's test-only symbols, or null on a real GPU.
+template <class Fn>
+Fn* double_symbol(const char* name) {
+  const char* path = std::getenv("ROCKET_CUDA_MODULE");
+  if (path == nullptr) return nullptr;
+  void* lib = ::dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+  if (lib == nullptr) return nullptr;
+  return reinterpret_cast<Fn*>(::dlsym(lib, (std::string("rocket_cuda_double_") + name).c_str()));
+}
+
+// Copies between ranges the engine registered itself need no driver query
+// (two such queries cost the caller 5-14 us on the H100 machine). A range
+// that starts in one but runs past it is copied by the CPU: the GPU would
+// fault on the rest.
+TEST(CudaEngineMemory, KnowsTheRangesItRegistered) {
+  auto m = make_mover(MoverKind::kCuda);
+  if (!m.ok()) GTEST_SKIP() << m.status().to_string();
+  const size_t n = size_t{1} << 20;
+  Pinned src(**m, n), dst(**m, n);
+  ASSERT_TRUE(src.ok && dst.ok);
+  std::memset(src.p, 0x6b, n);
+  auto* queries = double_symbol<long()>("pointer_queries");
+  const long before = queries != nullptr ? queries() : 0;
+  CopyOp op{dst.p, src.p, n};
+  ASSERT_TRUE((*m)->execute({&op, 1}, Cache::kAuto).ok());
+  EXPECT_EQ(std::memcmp(dst.p, src.p, n), 0);
+  if (queries != nullptr) {
+    EXPECT_EQ(queries(), before);
+  }
+
+  // Register the first half of a buffer only, and copy a range that starts
+  // there and runs into the second half.
+  auto* big = static_cast<std::byte*>(::mmap(nullptr, 2 * n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(big, MAP_FAILED);
+  ASSERT_TRUE((*m)->register_memory(big, n, false).ok());
+  for (size_t i = 0; i < 2 * n; ++i) big[i] = static_cast<std::byte>(i * 7);
+  CopyOp across{dst.p, big + n / 2, n};
+  auto t = (*m)->submit({&across, 1}, Cache::kAuto);
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  if (!t->done) ASSERT_TRUE((*m)->wait(*t).ok());
+  EXPECT_EQ(std::memcmp(dst.p, big + n / 2, n), 0);
+  (*m)->unregister_memory(big);
+  ::munmap(big, 2 * n);
+}
+
+// A synchronous host-to-host copy is split: the GPU copies the head, the
+// caller the tail, both at once, and what the engine learns of both speeds
+// moves the split. Every byte lands where it belongs whatever the split,
+// also for a batch whose split falls inside one copy and one with a side
+// the GPU cannot reach.
+TEST(CudaExecute, CallerAndGpuShareAHostCopy) {
+  auto m = make_mover(MoverKind::kCuda);
+  if (!m.ok()) GTEST_SKIP() << m.status().to_string();
+  auto* cuda = dynamic_cast<detail::CudaMover*>(m->get());
+  ASSERT_NE(cuda, nullptr);
+  const size_t n = size_t{8} << 20;
+  Pinned src(**m, n), dst(**m, n);
+  ASSERT_TRUE(src.ok && dst.ok);
+  std::vector<std::byte> pageable(100000);
+  auto* copied = double_symbol<unsigned long long()>("copied_bytes");
+  // 5 MiB, then a little under 3 MiB at odd offsets, then a pageable source.
+  const size_t a = size_t{5} << 20, b = (size_t{3} << 20) - 100000 - 8192;
+  for (int round = 0; round < 6; ++round) {
+    for (size_t i = 0; i < n; i += 4096) std::memset(src.p + i, round * 16 + static_cast<int>(i >> 20), 4096);
+    for (size_t i = 0; i < pageable.size(); ++i) pageable[i] = static_cast<std::byte>(i + round);
+    std::memset(dst.p, 0, n);
+    std::array<CopyOp, 3> ops{CopyOp{dst.p, src.p, a}, CopyOp{dst.p + a + 1, src.p + a + 3, b},
+                              CopyOp{dst.p + a + b + 4096, pageable.data(), pageable.size()}};
+    const unsigned long long gpu_before = copied != nullptr ? copied() : 0;
+    ASSERT_TRUE((*m)->execute(ops, Cache::kAuto).ok());
+    EXPECT_EQ(std::memcmp(dst.p, src.p, a), 0) << "round " << round;
+    EXPECT_EQ(std::memcmp(dst.p + a + 1, src.p + a + 3, b), 0) << "round " << round;
+    EXPECT_EQ(std::memcmp(dst.p + a + b + 4096, pageable.data(), pageable.size()), 0) << "round " << round;
+    EXPECT_EQ(dst.p[a], std::byte{0});  // untouched between the copies
+    if (copied != nullptr) {
+      const unsigned long long gpu = copied() - gpu_before;
+      EXPECT_GT(gpu, 0u) << "round " << round;
+      EXPECT_LT(gpu, a + b) << "round " << round;  // the caller copied a share
+    }
+  }
+  const double share = cuda->caller_share(a + b);
+  EXPECT_GT(share, 0.0);
+  EXPECT_LT(share, 1.0);
+
+  // The same through submit() and wait(): no split, the GPU copies it all.
+  CopyOp whole{dst.p, src.p, n};
+  std::memset(src.p, 0x77, n);
+  const unsigned long long gpu_before = copied != nullptr ? copied() : 0;
+  auto t = (*m)->submit({&whole, 1}, Cache::kAuto);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE((*m)->wait(*t).ok());
+  EXPECT_EQ(std::memcmp(dst.p, src.p, n), 0);
+  if (copied != nullptr) EXPECT_EQ(copied() - gpu_before, n);
 }
 
 // Waits sleep through the cost model's prediction times what the engine has
