@@ -103,6 +103,9 @@ Result<std::unique_ptr<Mover>> CudaMover::open(const MoverConfig& config) {
 }
 
 CudaMover::CudaMover(const RocketCudaApi* api, int h2h) : api_(api), h2h_(h2h) {
+  for (auto& path : learned_) {
+    for (auto& ratio : path) ratio.store(1.0, std::memory_order_relaxed);
+  }
   caps_ = MoverCapabilities{.async = true,
                             .batch = true,
                             .cache_control = false,  // fixed: the GPU writes to memory
@@ -299,51 +302,43 @@ size_t size_class(size_t bytes) noexcept {
 }
 // A wait sleeps only when more than this remains: a sleep below ~100 us
 // costs more in wake-up than it saves (measured: a 64 KiB copy kernel took
-// 47 us with a 28 us sleep, 16 us with polling). Predictions under half of it
-// teach the wait nothing.
+// 47 us with a 28 us sleep, 16 us with polling).
 constexpr auto kMinSleep = std::chrono::microseconds(100);
-// A wait wakes at the earliest end it expects: the learned mean less this
-// many mean deviations. Each deviation is polled through on every wait
-// (caller CPU); fewer make more waits find the copy already done (latency).
-constexpr double kSpreads = 1.0;
 // execute() splits a host-to-host copy only from this size, and gives the
 // GPU at least this much of it: below, one core alone is as fast.
 constexpr size_t kMinSplit = size_t{256} << 10;
 constexpr size_t kMinGpuShare = size_t{64} << 10;
 }  // namespace
 
-CudaMover::Learned& CudaMover::learned(int path, size_t bytes) noexcept { return learned_[path][size_class(bytes)]; }
-const CudaMover::Learned& CudaMover::learned(int path, size_t bytes) const noexcept {
+std::atomic<double>& CudaMover::learned(int path, size_t bytes) noexcept { return learned_[path][size_class(bytes)]; }
+const std::atomic<double>& CudaMover::learned(int path, size_t bytes) const noexcept {
   return learned_[path][size_class(bytes)];
 }
 
 double CudaMover::wait_scale(size_t bytes, bool device) const noexcept {
   const int path = device ? kPathDevice : h2h_for(bytes) == ROCKET_CUDA_H2H_KERNEL ? kPathKernel : kPathStaged;
-  return learned(path, bytes).ratio.load(std::memory_order_relaxed);
+  return learned(path, bytes).load(std::memory_order_relaxed);
 }
 
-void CudaMover::learn(const Pending& p, bool slept, bool done_at_first_look, std::chrono::nanoseconds elapsed) noexcept {
-  if (p.predicted < kMinSleep / 2) return;
-  Learned& l = learned(p.path, p.bytes);
-  const double ratio = l.ratio.load(std::memory_order_relaxed);
-  const double spread = l.spread.load(std::memory_order_relaxed);
-  const double seen = static_cast<double>(elapsed.count()) / static_cast<double>(p.predicted.count());
-  double next_ratio, next_spread;
+void CudaMover::learn(const Pending& p, double ratio, bool slept, bool done_at_first_look,
+                      std::chrono::nanoseconds elapsed) noexcept {
+  auto& slot = learned(p.path, p.bytes);
+  double next;
   if (slept && done_at_first_look) {
-    // Done before we looked: we slept too long, by how much is unknown; it
-    // ended before `seen`. Lower the mean below that and widen the spread,
-    // until a wait finds the copy still running.
-    next_ratio = std::min(ratio * 0.9, seen);
-    next_spread = std::max(spread * 1.25, 0.02);
+    // Done before we looked: we slept too long, by how much is unknown.
+    // Back off multiplicatively until a wait finds the copy still running.
+    next = ratio * 0.9;
   } else if (!done_at_first_look) {
-    // Seen (or, after the blocking wait, nearly seen) to finish.
-    next_spread = 0.8 * spread + 0.2 * std::abs(seen - ratio);
-    next_ratio = 0.8 * ratio + 0.2 * seen;
+    // Seen (or, after the blocking wait, nearly seen) to finish: move toward
+    // the real ratio. Small copies learn too: a 1 MiB copy kernel predicted
+    // at 41 us took ~75 us when the caller had just touched its data, so an
+    // unlearned wait stopped polling at 63 us and paid the blocking wait's
+    // ~50 us wake-up on half the copies.
+    next = 0.8 * ratio + 0.2 * (static_cast<double>(elapsed.count()) / static_cast<double>(p.predicted.count()));
   } else {
     return;
   }
-  l.ratio.store(std::clamp(next_ratio, 0.25, 4.0), std::memory_order_relaxed);
-  l.spread.store(std::clamp(next_spread, 0.0, 1.0), std::memory_order_relaxed);
+  slot.store(std::clamp(next, 0.25, 4.0), std::memory_order_relaxed);
 }
 
 Status CudaMover::release_pending(Pending& p) {
@@ -357,43 +352,35 @@ Status CudaMover::release_pending(Pending& p) {
 }
 
 Status CudaMover::wait_pending(Pending& p) {
-  // Hybrid: sleep until the earliest end we expect, poll until a little past
-  // the latest, then let the driver block us (blocking-sync events: no
-  // spinning). Polling is what makes a lone copy of a MiB or so fast: the
-  // driver's blocking wait wakes ~50 us after the copy ends on the H100
-  // machine. What we expect is the cost model's prediction times what this
-  // engine has learned of its error for this size and path (learn()): the
-  // mean of actual/predicted less one mean deviation. The sleep runs with a
-  // 1 us timer slack (restored after) instead of the default 50 us and ends
-  // early by how late such sleeps have been waking (13-30 us there).
+  // Hybrid: sleep through most of the expected time, poll until a little
+  // past the expected end, then let the driver block us (blocking-sync
+  // events: no spinning). Polling that long is what makes a lone copy of a
+  // MiB or so fast: the driver's blocking wait wakes ~50 us after the copy
+  // ends on the H100 machine. The sleep runs with a 1 us timer slack
+  // (restored after), so it can end 3% short of the expected time instead of
+  // the default slack's 50 us. The expected time is the cost model's
+  // prediction times what this engine has learned of its error for this
+  // path and size (learn()).
   //
-  // What the caller pays, measured there for a 16 MiB copy kernel whose
-  // data the caller had just touched: queueing it 17-29 us (the driver's
-  // structures are out of the cache), the sleep 9-20 us, polling through
-  // the copy's own jitter (a mean deviation of 5%) 25-30 us.
+  // What the caller pays, measured there for a 16 MiB copy kernel whose data
+  // it had just touched: queueing the copy 17-29 us (the driver's structures
+  // are out of the cache), the sleep 9-20 us, polling the rest 25-30 us. A
+  // wake-up aimed at the learned mean less one mean deviation of the copy
+  // time instead polled no less, and more for 128-512 MiB copies.
   using std::chrono::microseconds;
   using std::chrono::nanoseconds;
-  const Learned& l = learned(p.path, p.bytes);
-  const double ratio = l.ratio.load(std::memory_order_relaxed);
-  const double spread = l.spread.load(std::memory_order_relaxed);
-  const double pred = static_cast<double>(p.predicted.count());
-  const auto earliest = nanoseconds(static_cast<int64_t>(pred * std::max(0.0, ratio - kSpreads * spread)));
-  const auto latest = nanoseconds(static_cast<int64_t>(pred * (ratio + 3 * spread) * 1.05));
-  const auto late = nanoseconds(wake_late_ns_.load(std::memory_order_relaxed));
-  const auto first = earliest - late - (Clock::now() - p.started);
+  const double ratio = learned(p.path, p.bytes).load(std::memory_order_relaxed);
+  const auto expected = nanoseconds(static_cast<int64_t>(static_cast<double>(p.predicted.count()) * ratio));
+  const auto expected_end = p.started + expected;
+  const auto first = expected * 97 / 100 - (Clock::now() - p.started);
   const bool slept = first > kMinSleep;
   if (slept) {
     const long slack = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
     const bool tightened = slack > 1000 && ::prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0) == 0;
-    const auto asked = first;
-    const auto t0 = Clock::now();
-    std::this_thread::sleep_for(asked);
-    const auto overslept = std::chrono::duration_cast<nanoseconds>(Clock::now() - t0 - asked).count();
-    wake_late_ns_.store(std::clamp<int64_t>((wake_late_ns_.load(std::memory_order_relaxed) * 4 + overslept) / 5, 0, 200000),
-                        std::memory_order_relaxed);
+    std::this_thread::sleep_for(first - (tightened ? microseconds(2) : timer_slack()));
     if (tightened) ::prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0);
   }
-  const auto poll_until = std::max(Clock::now() + microseconds(30), p.started + latest + microseconds(20));
+  const auto poll_until = std::max(Clock::now() + microseconds(30), expected_end + expected / 20 + microseconds(20));
   Status st = ok_status();
   bool done_at_first_look = true;
   for (void* op : p.ops) {
@@ -408,7 +395,7 @@ Status CudaMover::wait_pending(Pending& p) {
     api_->op_release(op);
   }
   p.ops.clear();
-  if (st.ok()) learn(p, slept, done_at_first_look, Clock::now() - p.started);
+  if (st.ok()) learn(p, ratio, slept, done_at_first_look, Clock::now() - p.started);
   return st;
 }
 
@@ -445,7 +432,7 @@ Status CudaMover::wait(Ticket t) {
 double CudaMover::gpu_h2h_us(size_t gpu_bytes) const noexcept {
   const int h2h = h2h_for(gpu_bytes);
   const int path = h2h == ROCKET_CUDA_H2H_KERNEL ? kPathKernel : kPathStaged;
-  return variant_cost(h2h).predict_us(gpu_bytes) * learned(path, gpu_bytes).ratio.load(std::memory_order_relaxed);
+  return variant_cost(h2h).predict_us(gpu_bytes) * learned(path, gpu_bytes).load(std::memory_order_relaxed);
 }
 
 namespace {

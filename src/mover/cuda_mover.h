@@ -79,14 +79,6 @@ class CudaMover final : public Mover {
     CopyOp op;
     int dk, sk;
   };
-  // Per power-of-two size class: what the wait has learned of the cost
-  // model's error (actual / predicted: its mean and mean deviation).
-  // Approximate under races, which only cost a less apt guess.
-  struct Learned {
-    std::atomic<double> ratio{1.0};
-    std::atomic<double> spread{0.0};
-  };
-
   static constexpr int kH2HAuto = -1;
   CudaMover(const RocketCudaApi* api, int h2h);
   // Checks and queues the copies on the GPU (pageable host copies run here).
@@ -102,22 +94,24 @@ class CudaMover final : public Mover {
   Status api_error(const char* what) const;
 
   // Learns actual/predicted per power-of-two size class from each wait.
-  void learn(const Pending& p, bool slept, bool done_at_first_look, std::chrono::nanoseconds elapsed) noexcept;
+  void learn(const Pending& p, double ratio, bool slept, bool done_at_first_look,
+             std::chrono::nanoseconds elapsed) noexcept;
   // The GPU's expected time for `gpu_bytes` of host-to-host copy, with what
   // the wait has learned of the model's error.
   double gpu_h2h_us(size_t gpu_bytes) const noexcept;
   // One core's copy speed and the GPU's, for an execute() of `bytes`.
   double cpu_us_per_mib(size_t bytes) const noexcept;
   double gpu_us_per_mib(size_t bytes) const noexcept;
-  Learned& learned(int path, size_t bytes) noexcept;
-  const Learned& learned(int path, size_t bytes) const noexcept;
+  // What the wait has learned of the cost model's error for a path and a
+  // size: actual / predicted.
+  std::atomic<double>& learned(int path, size_t bytes) noexcept;
+  const std::atomic<double>& learned(int path, size_t bytes) const noexcept;
 
   const RocketCudaApi* api_;
   int h2h_;  // ROCKET_CUDA_H2H_* or kH2HAuto
-  std::array<std::array<Learned, 48>, kPaths> learned_;  // by path, floor(log2(bytes))
-  // How late a wait's sleep ends after the time asked for (ns, EWMA): ~13 us
-  // on the H100 machine with a 1 us timer slack, more under load.
-  std::atomic<int64_t> wake_late_ns_{10000};
+  // By path and floor(log2(bytes)); approximate under races, which only
+  // cost a less apt guess.
+  std::array<std::array<std::atomic<double>, 48>, kPaths> learned_;
   // What execute() learns per size class of a host-to-host copy: the
   // caller's share and its copy speed, the GPU's speed on the rest
   // (negative: not yet seen). Approximate under races like learned_.
