@@ -323,7 +323,9 @@ int run_bench_overlap(const OverlapOptions& o) {
     if (!r.ok()) return -1;
     return us_since(t0);
   };
-  // The copy alone, on the same engine (what the caller could hide).
+  // The copy alone, on the same engine, made synchronously (execute(): what
+  // the caller would pay without the async call, where threads and cuda copy
+  // with the caller too). The fractions below are of this time.
   MappedBuffer dst(size, {.register_with = *m});
   std::vector<double> copies;
   for (int i = 0; i < o.iters; ++i) {
