@@ -5,6 +5,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -56,8 +57,10 @@ int iterations(size_t size, double budget_ms) {
 
 // How a measured copy is run: submit then wait (hybrid) or spin on poll,
 // or execute(), the synchronous call a sync request pays (the threads engine
-// copies with the caller's core there too).
-enum class WaitHow { kWait, kBusyPoll, kExecute };
+// copies with the caller's core there too), or a detached submission whose
+// callback wakes the caller blocked on a futex: what call_async pays, whose
+// copy completes on the engine's thread.
+enum class WaitHow { kWait, kBusyPoll, kExecute, kCallback };
 
 struct Point {
   Summary lat, read;
@@ -83,6 +86,17 @@ Result<Point> measure(Mover& m, Cache cache, size_t size, double budget_ms, Wait
     auto t0 = Clock::now();
     if (how == WaitHow::kExecute) {
       ROCKET_RETURN_IF_ERROR(m.execute({&op, 1}, cache));
+    } else if (how == WaitHow::kCallback) {
+      std::atomic<int> done{0};
+      Status copied = ok_status();
+      auto on_done = [&](Status st) {
+        copied = std::move(st);
+        done.store(1, std::memory_order_release);
+        done.notify_one();
+      };
+      ROCKET_RETURN_IF_ERROR(m.submit({&op, 1}, SubmitOptions{.cache = cache, .owner = 0, .on_done = on_done}).status());
+      done.wait(0, std::memory_order_acquire);
+      ROCKET_RETURN_IF_ERROR(copied);
     } else {
       ROCKET_ASSIGN_OR_RETURN(Ticket t, m.submit({&op, 1}, cache));
       if (!t.done && how == WaitHow::kWait) {
@@ -166,7 +180,7 @@ int run_bench_movers(const MoverBenchOptions& o) {
   }
   auto print = [&](const json& r) {
     if (o.json_out) return;
-    std::fprintf(stderr, "  %-10s %-10s %-7s %6s  p50 %10.2f us  p99 %10.2f us  %6.2f GB/s  caller CPU %9.2f us  read %9.2f us\n",
+    std::fprintf(stderr, "  %-10s %-14s %-7s %6s  p50 %10.2f us  p99 %10.2f us  %6.2f GB/s  caller CPU %9.2f us  read %9.2f us\n",
                  r["mover"].get<std::string>().c_str(), r["mode"].get<std::string>().c_str(),
                  r["cache"].get<std::string>().c_str(), human_size(r["size"].get<size_t>()).c_str(),
                  r["p50_us"].get<double>(), r["p99_us"].get<double>(), r["gbps"].get<double>(),
@@ -232,7 +246,7 @@ int run_bench_movers(const MoverBenchOptions& o) {
       if (!(*m)->capabilities().cache_control && *cache != Cache::kInject) continue;
       for (size_t size : sizes) {
         bool async = (*m)->capabilities().async;
-        for (WaitHow how : {WaitHow::kExecute, WaitHow::kWait, WaitHow::kBusyPoll}) {
+        for (WaitHow how : {WaitHow::kExecute, WaitHow::kWait, WaitHow::kBusyPoll, WaitHow::kCallback}) {
           if (!async && how != WaitHow::kWait) continue;
           auto p = measure(**m, *cache, size, o.budget_ms, how);
           if (!p.ok()) {
@@ -241,7 +255,8 @@ int run_bench_movers(const MoverBenchOptions& o) {
           }
           const char* mode = !async || how == WaitHow::kExecute ? "sync"
                              : how == WaitHow::kWait           ? "async-wait"
-                                                               : "async-poll";
+                             : how == WaitHow::kBusyPoll       ? "async-poll"
+                                                               : "async-callback";
           json r = row(label, mode, cname, size, *p);
           rows.push_back(r);
           print(r);
@@ -254,10 +269,10 @@ int run_bench_movers(const MoverBenchOptions& o) {
     std::cout << json{{"results", rows}}.dump(1) << std::endl;
     return 0;
   }
-  std::printf("\n%-10s %-11s %-7s %6s %11s %11s %8s %12s %10s\n", "mover", "mode", "cache", "size", "p50_us",
+  std::printf("\n%-10s %-14s %-7s %6s %11s %11s %8s %12s %10s\n", "mover", "mode", "cache", "size", "p50_us",
               "p99_us", "GB/s", "caller_cpu", "read_us");
   for (const auto& r : rows) {
-    std::printf("%-10s %-11s %-7s %6s %11.2f %11.2f %8.2f %12.2f %10.2f\n", r["mover"].get<std::string>().c_str(),
+    std::printf("%-10s %-14s %-7s %6s %11.2f %11.2f %8.2f %12.2f %10.2f\n", r["mover"].get<std::string>().c_str(),
                 r["mode"].get<std::string>().c_str(), r["cache"].get<std::string>().c_str(),
                 human_size(r["size"].get<size_t>()).c_str(), r["p50_us"].get<double>(), r["p99_us"].get<double>(),
                 r["gbps"].get<double>(), r["cpu_us"].get<double>(), r["read_us"].get<double>());
