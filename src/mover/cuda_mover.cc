@@ -113,10 +113,18 @@ CudaMover::CudaMover(const RocketCudaApi* api, int h2h) : api_(api), h2h_(h2h) {
                             .cross_process = false,
                             .max_op_bytes = SIZE_MAX,
                             .alignment = 1};
+  submitter_ = std::thread([this] { submitter_loop(); });
   completer_ = std::thread([this] { completer_loop(); });
 }
 
 CudaMover::~CudaMover() {
+  // Queued submissions still reach the GPU, and the GPU finishes them all.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_submit_ = true;
+  }
+  submit_cv_.notify_all();
+  submitter_.join();
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
@@ -278,6 +286,23 @@ Status CudaMover::enqueue(std::span<const Classified> ops, Cache cache, Pending&
 Result<Ticket> CudaMover::submit(std::span<const CopyOp> ops, const SubmitOptions& options) {
   std::vector<Classified> classified;
   ROCKET_RETURN_IF_ERROR(classify(ops, classified));
+  if (options.on_done) {
+    // Detached (how call_async uses an engine): the caller wants its CPU
+    // back, so it only queues the copies. Queueing them on the GPU costs the
+    // driver 17-29 us of calls at 16 MiB on the H100 machine when the caller
+    // has just touched the data (its cache then holds the payload, not the
+    // driver's structures); the submitter thread makes them instead.
+    if (classified.empty()) {
+      options.on_done(ok_status());
+      return Ticket{.id = 0, .done = true};
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      deferred_.push_back({std::move(classified), options.cache, options.on_done});
+    }
+    submit_cv_.notify_one();
+    return Ticket{.id = 0, .done = false};
+  }
   Pending p;
   ROCKET_RETURN_IF_ERROR(enqueue(classified, options.cache, p));
   if (p.ops.empty()) {
@@ -285,12 +310,6 @@ Result<Ticket> CudaMover::submit(std::span<const CopyOp> ops, const SubmitOption
     return Ticket{.id = 0, .done = true};
   }
   std::lock_guard<std::mutex> lock(mu_);
-  if (options.on_done) {
-    p.on_done = options.on_done;
-    detached_.push_back(std::move(p));
-    cv_.notify_one();
-    return Ticket{.id = 0, .done = false};
-  }
   uint64_t id = next_id_++;
   tickets_.emplace(id, std::move(p));
   return Ticket{.id = id, .done = false};
@@ -573,6 +592,32 @@ Status CudaMover::execute(std::span<const CopyOp> ops, Cache cache) {
   const double c = cpu_us_per_mib(h2h_bytes), g = gpu_us_per_mib(h2h_bytes);
   learned_split.share.store(std::clamp((fixed / n_mib + g) / (c + g), 0.0, 1.0), std::memory_order_relaxed);
   return ok_status();
+}
+
+void CudaMover::submitter_loop() {
+  for (;;) {
+    std::deque<Deferred> todo;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      submit_cv_.wait(lock, [this] { return stopping_submit_ || !deferred_.empty(); });
+      if (deferred_.empty()) return;
+      todo.swap(deferred_);
+    }
+    for (Deferred& d : todo) {
+      Pending p;
+      Status st = enqueue(d.ops, d.cache, p);
+      if (!st.ok() || p.ops.empty()) {  // failed, or copied here (pageable)
+        d.on_done(st);
+        continue;
+      }
+      p.on_done = std::move(d.on_done);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        detached_.push_back(std::move(p));
+      }
+      cv_.notify_one();
+    }
+  }
 }
 
 void CudaMover::completer_loop() {

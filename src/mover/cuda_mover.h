@@ -90,6 +90,7 @@ class CudaMover final : public Mover {
   Status wait_pending(Pending& p);
   // For submissions whose copies poll() found all done: releases them.
   Status release_pending(Pending& p);
+  void submitter_loop();
   void completer_loop();
   Status api_error(const char* what) const;
 
@@ -133,12 +134,23 @@ class CudaMover final : public Mover {
   mutable std::shared_mutex ranges_mu_;
   std::map<uintptr_t, size_t> ranges_;  // guarded by ranges_mu_
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;         // completer: detached_ or stopping_
+  std::condition_variable submit_cv_;  // submitter: deferred_ or stopping_submit_
   uint64_t next_id_ = 1;                         // guarded by mu_
   std::unordered_map<uint64_t, Pending> tickets_;  // guarded by mu_
-  std::deque<Pending> detached_;                 // guarded by mu_
-  bool stopping_ = false;                        // guarded by mu_
-  std::thread completer_;                        // runs detached submissions' callbacks
+  // A detached submission the caller only queues: the submitter thread makes
+  // the driver calls.
+  struct Deferred {
+    std::vector<Classified> ops;
+    Cache cache;
+    CopyCallback on_done;
+  };
+  std::deque<Deferred> deferred_;  // guarded by mu_
+  std::deque<Pending> detached_;   // guarded by mu_
+  bool stopping_submit_ = false;   // guarded by mu_
+  bool stopping_ = false;          // guarded by mu_
+  std::thread submitter_;          // queues detached submissions on the GPU
+  std::thread completer_;          // waits for them and runs their callbacks
 };
 
 }  // namespace rocket::detail

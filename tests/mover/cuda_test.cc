@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -393,6 +394,50 @@ TEST(CudaEngineMemory, KnowsTheRangesItRegistered) {
   EXPECT_EQ(std::memcmp(dst.p, big + n / 2, n), 0);
   (*m)->unregister_memory(big);
   ::munmap(big, 2 * n);
+}
+
+// A detached submission (how call_async uses an engine) is only queued by
+// the caller; the engine's threads make the driver calls, wait, and call
+// back once each -- also for a side the GPU cannot reach, copied on their
+// CPU. Destroying the engine first lets everything queued finish.
+TEST(CudaEngineMemory, DetachedSubmissionsAreQueuedByTheEngine) {
+  auto m = make_mover(MoverKind::kCuda);
+  if (!m.ok()) GTEST_SKIP() << m.status().to_string();
+  auto api = detail::load_cuda_module(0);
+  ASSERT_TRUE(api.ok());
+  const size_t n = size_t{1} << 20;
+  constexpr int kCopies = 12;
+  auto* src = static_cast<std::byte*>(::mmap(nullptr, n * kCopies, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  auto* dst = static_cast<std::byte*>(::mmap(nullptr, n * kCopies, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(src, MAP_FAILED);
+  ASSERT_NE(dst, MAP_FAILED);
+  std::vector<std::byte> pageable(n);
+  ASSERT_TRUE((*m)->register_memory(src, n * kCopies, false).ok());
+  ASSERT_TRUE((*m)->register_memory(dst, n * kCopies, false).ok());
+  for (size_t i = 0; i < n * kCopies; ++i) src[i] = static_cast<std::byte>(i * 13 + 1);
+  for (size_t i = 0; i < n; ++i) pageable[i] = static_cast<std::byte>(i * 3 + 2);
+  std::array<std::atomic<int>, kCopies> calls{};
+  std::array<Status, kCopies> status;
+  for (int i = 0; i < kCopies; ++i) {
+    // Every fourth copy reads a pageable buffer: copied on an engine thread.
+    CopyOp op{dst + i * n, i % 4 == 3 ? pageable.data() : src + i * n, n};
+    SubmitOptions so{.cache = Cache::kAuto, .owner = 0, .on_done = [&, i](Status st) {
+                       status[i] = std::move(st);
+                       calls[i].fetch_add(1);
+                     }};
+    auto t = (*m)->submit({&op, 1}, so);
+    ASSERT_TRUE(t.ok()) << t.status().to_string();
+  }
+  m->reset();  // waits for everything queued
+  for (int i = 0; i < kCopies; ++i) {
+    EXPECT_EQ(calls[i].load(), 1) << "copy " << i;
+    EXPECT_TRUE(status[i].ok()) << status[i].to_string();
+    EXPECT_EQ(std::memcmp(dst + i * n, i % 4 == 3 ? pageable.data() : src + i * n, n), 0) << "copy " << i;
+  }
+  (*api)->host_unregister(src);
+  (*api)->host_unregister(dst);
+  ::munmap(src, n * kCopies);
+  ::munmap(dst, n * kCopies);
 }
 
 // A synchronous host-to-host copy is split: the GPU copies the head, the
