@@ -447,8 +447,11 @@ void Server::Impl::Dispatcher::run() {
       if (s->backlog) backlog = true;
     }
     // A backlog drains when the client reads its completion ring, which sends
-    // no signal: re-check on a short timer then.
-    if (!pending) poll_events(backlog ? 1 : -1);
+    // no signal: re-check on a short timer then. Look at the stop flag once
+    // more first: the busy pass above may have drained the wake-up stop()
+    // sent after this iteration last looked, and nothing would wake us again
+    // (a server whose wait() hung under ThreadSanitizer in CI).
+    if (!pending && !server_->stopping.load(std::memory_order_acquire)) poll_events(backlog ? 1 : -1);
     for (auto& s : sessions_) s->cb->server_sleeping.store(0, std::memory_order_relaxed);
     last_work = last_events = detail::Clock::now();
     reap();
