@@ -58,9 +58,8 @@ class CudaMover final : public Mover {
   double wait_scale(size_t bytes, bool device = false) const noexcept;
 
   // The share of a synchronous host-to-host copy of `bytes` the caller
-  // copies itself: from the cost models at first, then learned from how
-  // each execute() finished (the GPU still busy when the caller was done, or
-  // already done).
+  // copies itself: from the cost models at first, then from the speeds each
+  // execute() measured on both sides.
   double caller_share(size_t bytes) const noexcept;
 
  private:
@@ -94,7 +93,8 @@ class CudaMover final : public Mover {
   void completer_loop();
   Status api_error(const char* what) const;
 
-  // Learns actual/predicted per power-of-two size class from each wait.
+  // Learns actual/predicted per path and power-of-two size class from each
+  // wait.
   void learn(const Pending& p, double ratio, bool slept, bool done_at_first_look,
              std::chrono::nanoseconds elapsed) noexcept;
   // The GPU's expected time for `gpu_bytes` of host-to-host copy, with what
@@ -127,7 +127,7 @@ class CudaMover final : public Mover {
   std::atomic<double> enqueue_us_{10.0};
   MoverCapabilities caps_;
   // Host ranges this engine registered with the GPU (base -> bytes), so a
-  // copy between them needs no driver query: two such queries cost 5-14 us
+  // copy between them needs no driver query: two such queries cost 5-16 us
   // of the caller's CPU on the H100 machine when it has just touched the
   // data (the driver's own structures are out of its cache). A range that
   // was registered already when we were asked is not ours to vouch for.
