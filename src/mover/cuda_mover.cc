@@ -596,14 +596,14 @@ Status CudaMover::execute(std::span<const CopyOp> ops, Cache cache) {
 
 void CudaMover::submitter_loop() {
   for (;;) {
-    std::deque<Deferred> todo;
+    std::deque<Deferred> batch;
     {
       std::unique_lock<std::mutex> lock(mu_);
       submit_cv_.wait(lock, [this] { return stopping_submit_ || !deferred_.empty(); });
       if (deferred_.empty()) return;
-      todo.swap(deferred_);
+      batch.swap(deferred_);
     }
-    for (Deferred& d : todo) {
+    for (Deferred& d : batch) {
       Pending p;
       Status st = enqueue(d.ops, d.cache, p);
       if (!st.ok() || p.ops.empty()) {  // failed, or copied here (pageable)
