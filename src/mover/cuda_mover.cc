@@ -5,9 +5,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <optional>
 #include <bit>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <tuple>
 
