@@ -25,7 +25,7 @@ const MoverCapabilities& CpuMover::capabilities() const noexcept {
 
 // Uncalibrated: ~18 GB/s, the single-core figure on the CI machine
 // (DESIGN.md §3). `rocket calibrate` replaces it.
-CostModel CpuMover::default_cost(Cache) const noexcept { return {.fixed_us = 0.05, .us_per_mib = 58.0}; }
+CostModel CpuMover::default_cost(Cache) const noexcept { return kCoreCopyCost; }
 
 Result<Ticket> CpuMover::submit(std::span<const CopyOp> ops, const SubmitOptions& options) {
   ROCKET_RETURN_IF_ERROR(validate(ops));
@@ -49,7 +49,7 @@ const MoverCapabilities& CpuStreamMover::capabilities() const noexcept {
 
 // Uncalibrated: ~28 GB/s with streaming stores on the CI machine (DESIGN.md §3).
 CostModel CpuStreamMover::default_cost(Cache cache) const noexcept {
-  if (cache == Cache::kInject) return {.fixed_us = 0.05, .us_per_mib = 58.0};
+  if (cache == Cache::kInject) return kCoreCopyCost;  // regular stores
   return {.fixed_us = 0.1, .us_per_mib = 37.0};
 }
 

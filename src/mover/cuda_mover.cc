@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "mover/copy_kernels.h"
+#include "mover/cpu_mover.h"
 #include "mover/hybrid_wait.h"
 #include "sys/futex.h"
 
@@ -465,7 +466,7 @@ constexpr size_t kCallerPiece = size_t{256} << 10;
 double CudaMover::cpu_us_per_mib(size_t bytes) const noexcept {
   const double seen = split_[size_class(bytes)].cpu_us_per_mib.load(std::memory_order_relaxed);
   if (seen > 0) return seen;
-  return std::max(profiled_cost(MoverKind::kCpu, Cache::kAuto, "").value_or(CostModel{0.05, 58.0}).us_per_mib, 1.0);
+  return std::max(profiled_cost(MoverKind::kCpu, Cache::kAuto, "").value_or(kCoreCopyCost).us_per_mib, 1.0);
 }
 
 double CudaMover::gpu_us_per_mib(size_t bytes) const noexcept {
