@@ -571,11 +571,7 @@ Status CudaMover::execute(std::span<const CopyOp> ops, Cache cache) {
     if (api_->op_wait(p.ops[gpu_left]) != 0 && st.ok()) st = api_error("GPU copy");
   }
   if (!gpu_end) gpu_end = Clock::now();
-  for (void* op : p.ops) {
-    if (api_->op_query(op) < 0 && st.ok()) st = api_error("GPU copy");
-    api_->op_release(op);
-  }
-  p.ops.clear();
+  if (Status released = release_pending(p); st.ok()) st = released;
   if (!st.ok() || total != h2h_bytes) return st;  // learn from host-to-host alone
 
   // Learn the speeds, and from them the share at which both finish together.

@@ -87,7 +87,8 @@ class CudaMover final : public Mover {
   // the driver's answer for p.
   int pointer_kind(const void* p, size_t n) const;
   Status wait_pending(Pending& p);
-  // For submissions whose copies poll() found all done: releases them.
+  // For submissions whose copies are all done (found by poll(), or waited
+  // for by execute()): releases them, with the first copy error.
   Status release_pending(Pending& p);
   void submitter_loop();
   void completer_loop();
