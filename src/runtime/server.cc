@@ -13,10 +13,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <mutex>
 #include <new>
-#include <optional>
+#include <iterator>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -39,6 +40,7 @@ struct OpSpec {
   std::string name;
   Handler shared;
   std::function<Handler()> factory;
+  OpOptions options;
 };
 
 // Statistics; relaxed: counters read for reporting, no ordering needed.
@@ -46,6 +48,7 @@ struct ServerCounters {
   std::atomic<uint64_t> sessions_open{0}, sessions_total{0}, sessions_refused{0};
   std::atomic<uint64_t> requests{0}, request_errors{0}, protocol_errors{0}, bytes_mapped{0};
   std::atomic<uint64_t> gpu_handles_opened{0}, gpu_responses_shared{0}, gpu_responses_copied{0};
+  std::atomic<uint64_t> requests_helped{0};
 };
 
 // Tags let one epoll set tell a session's socket from its eventfd.
@@ -54,8 +57,13 @@ struct EpollTag {
   bool is_socket;
 };
 
-// One connected client. Owned and touched only by its dispatcher thread after
-// the handshake (the acceptor builds it, then hands it over under a mutex).
+// One connected client. Owned by one dispatcher thread after the handshake
+// (the acceptor builds it, then hands it over under a mutex). On a server
+// with concurrent ops (Server::Impl::helping) other dispatchers may run its
+// requests too; `shared` is set then, and two mutexes guard what they touch:
+// `rx_mu` taking descriptors off the submission ring, `mu` the completion ring
+// and backlog, the server pool's allocator and the GPU state. Without
+// concurrent ops only the owner touches a session and no lock is taken.
 struct ServerSession {
   ServerSession(ServerCounters* c, uint64_t sid) : counters(c), id(sid), alloc(0) {}
   ~ServerSession();
@@ -71,8 +79,16 @@ struct ServerSession {
   shm::RingConsumer<SubDesc> rx;
   shm::RingProducer<CompDesc> tx;
   shm::PoolAllocator alloc;  // the server pool's allocator
-  std::optional<CompDesc> backlog;  // a completion the full ring could not take
-  bool dead = false;
+  // Completions the full ring could not take, oldest first: at most one per
+  // dispatcher, since nobody takes another request while it is not empty.
+  std::deque<CompDesc> backlog;
+  std::atomic<bool> dead{false};
+  bool shared = false;
+  std::mutex rx_mu, mu;
+  // Dispatchers other than the owner now running this session's requests; the
+  // owner destroys a dead session only once they are done.
+  std::atomic<int> borrowers{0};
+  bool unwatched = false;  // owner only: dead and out of the epoll set
   // Kernel single-copy path: allowed after the handshake probe succeeded.
   bool kernel_copy = false;
   int pidfd = -1;  // to notice pid reuse before touching the client's memory
@@ -106,6 +122,9 @@ struct Server::Impl {
   std::vector<std::unique_ptr<Dispatcher>> dispatchers;
   std::atomic<uint64_t> next_session_id{1};
   unsigned next_dispatcher = 0;  // acceptor thread only
+  // Some op is OpOptions::concurrent and there is more than one dispatcher:
+  // idle dispatchers help busy ones (set by start()).
+  bool helping = false;
 
   detail::ServerCounters counters;
 
@@ -126,6 +145,22 @@ void run_release(std::function<void()>& release) noexcept {
   }
   release = nullptr;
 }
+
+// A session's mutex, taken only when other dispatchers may touch the session.
+class SessionLock {
+ public:
+  SessionLock(std::mutex& m, bool shared) : m_(shared ? &m : nullptr) {
+    if (m_ != nullptr) m_->lock();
+  }
+  ~SessionLock() {
+    if (m_ != nullptr) m_->unlock();
+  }
+  SessionLock(const SessionLock&) = delete;
+  SessionLock& operator=(const SessionLock&) = delete;
+
+ private:
+  std::mutex* m_;
+};
 }  // namespace detail
 
 detail::ServerSession::~ServerSession() {
@@ -156,6 +191,7 @@ namespace {
 // The cuda engine, with `pool` of session `s` registered (once per session).
 // A pool that cannot be registered still works, through pageable copies.
 Result<Mover*> session_gpu(ServerSession& s, bool server_pool) {
+  SessionLock lock(s.mu, s.shared);
   if (s.gpu_mover == nullptr) {
     auto m = shared_mover(MoverKind::kCuda);
     if (!m.ok()) return unavailable("this server has no usable GPU: " + m.status().message());
@@ -204,7 +240,10 @@ Status Response::device_to_pool() {
   const void* device = device_;
   const size_t bytes = device_bytes_;
   std::function<void()> done = std::move(on_release_);
-  session_->alloc.free(offset_).ignore_error();  // the reference's block
+  {
+    detail::SessionLock lock(session_->mu, session_->shared);
+    session_->alloc.free(offset_).ignore_error();  // the reference's block
+  }
   kind_ = Kind::kEmpty;
   offset_ = length_ = 0;
   on_release_ = nullptr;
@@ -218,7 +257,11 @@ Status Response::device_to_pool() {
 Result<std::span<std::byte>> Response::alloc(size_t bytes) {
   release();
   if (bytes == 0) return std::span<std::byte>{};
-  ROCKET_ASSIGN_OR_RETURN(uint64_t off, session_->alloc.allocate(bytes));
+  Result<uint64_t> block = [&] {
+    detail::SessionLock lock(session_->mu, session_->shared);
+    return session_->alloc.allocate(bytes);
+  }();
+  ROCKET_ASSIGN_OR_RETURN(uint64_t off, std::move(block));
   kind_ = Kind::kPool;
   offset_ = off;
   length_ = bytes;
@@ -243,7 +286,10 @@ Status Response::reply_in_place(size_t offset, size_t length) {
 }
 
 void Response::release() noexcept {
-  if ((kind_ == Kind::kPool || kind_ == Kind::kGpu) && !committed_) session_->alloc.free(offset_).ignore_error();
+  if ((kind_ == Kind::kPool || kind_ == Kind::kGpu) && !committed_) {
+    detail::SessionLock lock(session_->mu, session_->shared);
+    session_->alloc.free(offset_).ignore_error();
+  }
   if (kind_ == Kind::kGpu && !committed_) detail::run_release(on_release_);
   kind_ = Kind::kEmpty;
   offset_ = length_ = 0;
@@ -282,6 +328,7 @@ class Server::Impl::Dispatcher {
 
   // Called by the acceptor thread.
   void adopt(std::unique_ptr<detail::ServerSession> s) {
+    s->shared = server_->helping;
     {
       std::lock_guard<std::mutex> lock(mu_);
       incoming_.push_back(std::move(s));
@@ -297,15 +344,29 @@ class Server::Impl::Dispatcher {
 
  private:
   static constexpr int kBatch = 64;  // descriptors per session per pass: fairness
+  // How often an idle dispatcher of a helping server wakes to look for
+  // requests that a busy dispatcher's sessions are waiting with.
+  static constexpr int kHelpPollMs = 1;
 
   void run();
   void take_incoming();
   bool poll_events(int timeout_ms);
   void reap();
-  size_t service(detail::ServerSession& s);
+  // Runs waiting descriptors of `s`. A helper (`helping`: not the session's
+  // own dispatcher) takes only requests to concurrent ops, and frees.
+  size_t service(detail::ServerSession& s, bool helping = false);
+  // A helping server's idle dispatcher: runs what the other dispatchers'
+  // sessions are waiting with.
+  size_t help_others();
+  // One of this dispatcher's live sessions with descriptors waiting, its
+  // borrowers count raised (the caller lowers it when done); null if none.
+  detail::ServerSession* lend_waiting_session();
+  bool drain_backlog(detail::ServerSession& s);
+  bool has_backlog(detail::ServerSession& s);
   void handle_request(detail::ServerSession& s, const detail::SubDesc& d);
   void fail_request(detail::ServerSession& s, uint64_t job, const Status& st);
   bool post(detail::ServerSession& s, const detail::CompDesc& c);
+  static void wake_client(detail::ServerSession& s);
   // Copies between this process and the client `pid` (`side` names the
   // client's end). Large copies run on the kernel engine's workers and this
   // thread at once; small ones, or all where the engine is absent, here.
@@ -343,7 +404,12 @@ class Server::Impl::Dispatcher {
   std::thread thread_;
   std::mutex mu_;
   std::vector<std::unique_ptr<detail::ServerSession>> incoming_;  // guarded by mu_
-  std::vector<std::unique_ptr<detail::ServerSession>> sessions_;  // this thread only
+  // Changed by this thread only, under lend_mu_, which helpers hold to read it.
+  std::vector<std::unique_ptr<detail::ServerSession>> sessions_;
+  std::mutex lend_mu_;
+  bool closed_ = false;  // guarded by lend_mu_: exiting, lends nothing more
+  size_t lend_next_ = 0;  // guarded by lend_mu_: where the next search starts
+  size_t unwatched_ = 0;  // sessions_ that are dead and wait for their borrowers
 };
 
 void Server::Impl::Dispatcher::take_incoming() {
@@ -369,6 +435,7 @@ void Server::Impl::Dispatcher::take_incoming() {
       ::epoll_ctl(epfd_, EPOLL_CTL_DEL, s->sock, nullptr);
       continue;  // destroyed here: the client sees the hang-up
     }
+    std::lock_guard<std::mutex> lock(lend_mu_);
     sessions_.push_back(std::move(s));
   }
 }
@@ -400,18 +467,35 @@ bool Server::Impl::Dispatcher::poll_events(int timeout_ms) {
 }
 
 void Server::Impl::Dispatcher::reap() {
-  auto dead = std::partition(sessions_.begin(), sessions_.end(), [](auto& s) { return !s->dead; });
-  for (auto it = dead; it != sessions_.end(); ++it) {
+  for (auto& s : sessions_) {
+    if (!s->dead || s->unwatched) continue;
     // The client holds its own reference to the eventfd's file, so closing our
     // descriptor would not drop it from the epoll set: remove it explicitly.
-    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, (*it)->wake_fd, nullptr);
-    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, (*it)->sock, nullptr);
+    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, s->wake_fd, nullptr);
+    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, s->sock, nullptr);
+    s->unwatched = true;
+    ++unwatched_;
   }
-  sessions_.erase(dead, sessions_.end());
+  if (unwatched_ == 0) return;
+  std::vector<std::unique_ptr<detail::ServerSession>> gone;
+  {
+    // A helper raises `borrowers` under lend_mu_, so a session seen here with
+    // none cannot gain one before it leaves the list.
+    std::lock_guard<std::mutex> lock(lend_mu_);
+    auto leaving = std::partition(sessions_.begin(), sessions_.end(), [](auto& s) {
+      // acquire: pairs with the helper's release when it lets go.
+      return !s->unwatched || s->borrowers.load(std::memory_order_acquire) != 0;
+    });
+    std::move(leaving, sessions_.end(), std::back_inserter(gone));
+    sessions_.erase(leaving, sessions_.end());
+  }
+  unwatched_ -= gone.size();
+  // `gone` unmaps and closes here, outside the lock.
 }
 
 void Server::Impl::Dispatcher::run() {
   const auto spin = server_->opts.spin;
+  const bool helping = server_->helping;
   auto last_work = detail::Clock::now();
   auto last_events = last_work;
   // acquire: pairs with the release store in stop().
@@ -435,6 +519,10 @@ void Server::Impl::Dispatcher::run() {
       detail::cpu_relax();
       continue;
     }
+    if (helping && help_others() != 0) {
+      last_work = detail::Clock::now();
+      continue;
+    }
     // Going to sleep: advertise it, then look once more so that a request
     // pushed before the client could see the flag is not missed.
     for (auto& s : sessions_) s->cb->server_sleeping.store(1, std::memory_order_relaxed);
@@ -443,33 +531,65 @@ void Server::Impl::Dispatcher::run() {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     bool pending = false, backlog = false;
     for (auto& s : sessions_) {
+      detail::SessionLock lock(s->rx_mu, s->shared);
       if (s->rx.peek() != shm::RingResult::kEmpty) pending = true;
-      if (s->backlog) backlog = true;
     }
+    for (auto& s : sessions_) backlog = backlog || has_backlog(*s);
     // A backlog drains when the client reads its completion ring, which sends
-    // no signal: re-check on a short timer then. Look at the stop flag once
-    // more first: the busy pass above may have drained the wake-up stop()
-    // sent after this iteration last looked, and nothing would wake us again
-    // (a server whose wait() hung under ThreadSanitizer in CI).
-    if (!pending && !server_->stopping.load(std::memory_order_acquire)) poll_events(backlog ? 1 : -1);
+    // no signal: re-check on a short timer then. A helping server's
+    // dispatcher also wakes on a timer, to look for requests waiting behind
+    // another dispatcher's long handler (their clients see that one awake and
+    // send no signal). Look at the stop flag once more first: the busy pass
+    // above may have drained the wake-up stop() sent after this iteration last
+    // looked, and nothing would wake us again (a server whose wait() hung
+    // under ThreadSanitizer in CI).
+    bool woken = false;
+    if (!pending && !server_->stopping.load(std::memory_order_acquire)) {
+      woken = poll_events(backlog ? 1 : helping ? kHelpPollMs : -1);
+    }
     for (auto& s : sessions_) s->cb->server_sleeping.store(0, std::memory_order_relaxed);
     last_work = last_events = detail::Clock::now();
+    // A timer that found nothing is not work: sleep again without spinning.
+    if (!woken && !pending) last_work -= spin;
     reap();
   }
-  sessions_.clear();
+  {
+    std::lock_guard<std::mutex> lock(lend_mu_);
+    closed_ = true;
+  }
+  // Helpers finish the requests they took before their sessions go.
+  for (auto& s : sessions_) {
+    // acquire: pairs with the helper's release when it lets go.
+    while (s->borrowers.load(std::memory_order_acquire) != 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  {
+    std::lock_guard<std::mutex> lock(lend_mu_);
+    sessions_.clear();
+  }
   std::lock_guard<std::mutex> lock(mu_);
   incoming_.clear();
 }
 
-size_t Server::Impl::Dispatcher::service(detail::ServerSession& s) {
-  if (s.backlog) {
-    if (!post(s, *s.backlog)) return 0;
-    s.backlog.reset();
-  }
+size_t Server::Impl::Dispatcher::service(detail::ServerSession& s, bool helping) {
+  if (!drain_backlog(s)) return 0;
+  const auto& ops = server_->ops;
+  // What a helper may take: requests to concurrent ops, and frees (which
+  // stand in front of such requests when a pipelined client drops replies).
+  auto helper_takes = [&ops](const detail::SubDesc& d) {
+    switch (static_cast<detail::SubKind>(d.kind)) {
+      case detail::SubKind::kFreeReply: return true;
+      case detail::SubKind::kRequest: return d.op_id < ops.size() && ops[d.op_id].options.concurrent;
+      default: return false;
+    }
+  };
   size_t n = 0;
   for (; n < kBatch; ++n) {
     detail::SubDesc d;
-    shm::RingResult r = s.rx.try_pop(&d);
+    shm::RingResult r;
+    {
+      detail::SessionLock lock(s.rx_mu, s.shared);
+      r = helping ? s.rx.try_pop_if(&d, helper_takes) : s.rx.try_pop(&d);
+    }
     if (r == shm::RingResult::kEmpty) break;
     if (r == shm::RingResult::kCorrupt) {
       server_->protocol_error(s, "submission ring indices are corrupt");
@@ -477,25 +597,95 @@ size_t Server::Impl::Dispatcher::service(detail::ServerSession& s) {
     }
     switch (static_cast<detail::SubKind>(d.kind)) {
       case detail::SubKind::kRequest:
+        if (helping) server_->counters.requests_helped.fetch_add(1, std::memory_order_relaxed);
         handle_request(s, d);
         break;
-      case detail::SubKind::kFreeReply:
-        if (!s.alloc.free(d.offset).ok()) {
-          server_->protocol_error(s, nullptr);
-        } else if (auto it = s.gpu_replies.find(d.offset); it != s.gpu_replies.end()) {
-          std::function<void()> release = std::move(it->second);
-          s.gpu_replies.erase(it);
-          detail::run_release(release);
+      case detail::SubKind::kFreeReply: {
+        std::function<void()> release;
+        bool forged = false;
+        {
+          detail::SessionLock lock(s.mu, s.shared);
+          if (!s.alloc.free(d.offset).ok()) {
+            forged = true;
+          } else if (auto it = s.gpu_replies.find(d.offset); it != s.gpu_replies.end()) {
+            release = std::move(it->second);
+            s.gpu_replies.erase(it);
+          }
         }
+        if (forged) server_->protocol_error(s, nullptr);
+        detail::run_release(release);
         break;
+      }
       default:
         server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
         fail_request(s, d.job_id, invalid_argument("unknown descriptor kind " + std::to_string(d.kind)));
         break;
     }
-    if (s.dead || s.backlog) return n + 1;
+    if (s.dead || has_backlog(s)) return n + 1;
   }
   return n;
+}
+
+size_t Server::Impl::Dispatcher::help_others() {
+  size_t work = 0;
+  for (auto& other : server_->dispatchers) {
+    if (other.get() == this) continue;
+    detail::ServerSession* s = other->lend_waiting_session();
+    if (s == nullptr) continue;
+    work += service(*s, /*helping=*/true);
+    // release: our work on the session happens before its owner destroys it.
+    s->borrowers.fetch_sub(1, std::memory_order_release);
+  }
+  return work;
+}
+
+detail::ServerSession* Server::Impl::Dispatcher::lend_waiting_session() {
+  std::lock_guard<std::mutex> lock(lend_mu_);
+  if (closed_ || sessions_.empty()) return nullptr;
+  // Round-robin start, so that one chatty session does not take all the help.
+  const size_t n = sessions_.size();
+  for (size_t k = 0; k < n; ++k) {
+    detail::ServerSession& s = *sessions_[(lend_next_ + k) % n];
+    if (s.dead) continue;
+    bool waiting;
+    {
+      std::lock_guard<std::mutex> rx_lock(s.rx_mu);
+      waiting = s.rx.peek() == shm::RingResult::kOk;
+    }
+    if (!waiting) continue;
+    lend_next_ = (lend_next_ + k + 1) % n;
+    s.borrowers.fetch_add(1, std::memory_order_relaxed);  // under lend_mu_: reap() cannot miss it
+    return &s;
+  }
+  return nullptr;
+}
+
+bool Server::Impl::Dispatcher::has_backlog(detail::ServerSession& s) {
+  detail::SessionLock lock(s.mu, s.shared);
+  return !s.backlog.empty();
+}
+
+// Moves held-back completions into the ring; false while some remain.
+bool Server::Impl::Dispatcher::drain_backlog(detail::ServerSession& s) {
+  bool moved = false, drained = true;
+  {
+    detail::SessionLock lock(s.mu, s.shared);
+    while (!s.backlog.empty()) {
+      shm::RingResult r = s.tx.try_push(s.backlog.front());
+      if (r == shm::RingResult::kCorrupt) {
+        server_->protocol_error(s, "completion ring indices are corrupt");
+        return false;
+      }
+      if (r == shm::RingResult::kFull) {
+        drained = false;
+        break;
+      }
+      s.backlog.pop_front();
+      moved = true;
+    }
+  }
+  if (moved) wake_client(s);
+  return drained;
 }
 
 void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const detail::SubDesc& d) {
@@ -563,10 +753,14 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
     }
     detail::GpuRef ref;
     std::memcpy(&ref, payload.data(), sizeof(ref));  // once: the client may rewrite the pool under us
-    if (!s.gpu) s.gpu = std::make_unique<detail::GpuHandleCache>();
-    const uint64_t before = s.gpu->opened();
-    auto dev = s.gpu->resolve(ref, "GPU payload");
-    server_->counters.gpu_handles_opened.fetch_add(s.gpu->opened() - before, std::memory_order_relaxed);
+    Result<detail::GpuView> dev = [&] {
+      detail::SessionLock lock(s.mu, s.shared);
+      if (!s.gpu) s.gpu = std::make_unique<detail::GpuHandleCache>();
+      const uint64_t before = s.gpu->opened();
+      auto view = s.gpu->resolve(ref, "GPU payload");
+      server_->counters.gpu_handles_opened.fetch_add(s.gpu->opened() - before, std::memory_order_relaxed);
+      return view;
+    }();
     if (!dev.ok()) {
       fail_request(s, d.job_id, dev.status());
       return;
@@ -667,7 +861,10 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
       c.offset = resp.offset_;
       c.length = resp.length_;
       resp.committed_ = true;  // the reference's block, freed by the client's message
-      if (resp.on_release_) s.gpu_replies[resp.offset_] = std::move(resp.on_release_);
+      if (resp.on_release_) {
+        detail::SessionLock lock(s.mu, s.shared);
+        s.gpu_replies[resp.offset_] = std::move(resp.on_release_);
+      }
       server_->counters.gpu_responses_shared.fetch_add(1, std::memory_order_relaxed);
       break;
   }
@@ -694,7 +891,10 @@ void Server::Impl::Dispatcher::fail_request(detail::ServerSession& s, uint64_t j
   // The text travels in the server pool; if that is full the code goes alone.
   size_t len = std::min(st.message().size(), detail::kMaxErrorMessage);
   if (len > 0) {
-    auto off = s.alloc.allocate(len);
+    Result<uint64_t> off = [&] {
+      detail::SessionLock lock(s.mu, s.shared);
+      return s.alloc.allocate(len);
+    }();
     if (off.ok()) {
       std::memcpy(s.server_pool.data() + *off, st.message().data(), len);
       c.pool = static_cast<uint16_t>(detail::PayloadPool::kServer);
@@ -706,15 +906,24 @@ void Server::Impl::Dispatcher::fail_request(detail::ServerSession& s, uint64_t j
 }
 
 bool Server::Impl::Dispatcher::post(detail::ServerSession& s, const detail::CompDesc& c) {
-  shm::RingResult r = s.tx.try_push(c);
-  if (r == shm::RingResult::kFull) {
-    s.backlog = c;  // stop reading this session's requests until it drains
-    return false;
+  {
+    detail::SessionLock lock(s.mu, s.shared);
+    // Behind a backlog, a completion waits its turn.
+    shm::RingResult r = s.backlog.empty() ? s.tx.try_push(c) : shm::RingResult::kFull;
+    if (r == shm::RingResult::kFull) {
+      s.backlog.push_back(c);  // nobody takes this session's requests until it drains
+      return false;
+    }
+    if (r == shm::RingResult::kCorrupt) {
+      server_->protocol_error(s, "completion ring indices are corrupt");
+      return false;
+    }
   }
-  if (r == shm::RingResult::kCorrupt) {
-    server_->protocol_error(s, "completion ring indices are corrupt");
-    return false;
-  }
+  wake_client(s);
+  return true;
+}
+
+void Server::Impl::Dispatcher::wake_client(detail::ServerSession& s) {
   // seq_cst fence: pairs with the client's fence between incrementing
   // client_waiters and re-checking the ring before it sleeps.
   std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -722,7 +931,6 @@ bool Server::Impl::Dispatcher::post(detail::ServerSession& s, const detail::Comp
     s.cb->comp_futex.fetch_add(1, std::memory_order_relaxed);
     detail::futex_wake_all(&s.cb->comp_futex);
   }
-  return true;
 }
 
 // --- Impl ---------------------------------------------------------------------
@@ -914,19 +1122,19 @@ Status check_op_name(std::string_view op, const std::vector<detail::OpSpec>& ops
 }
 }  // namespace
 
-Status Server::handle(std::string_view op, Handler handler) {
+Status Server::handle(std::string_view op, Handler handler, OpOptions options) {
   if (impl_->started) return failed_precondition("handle() after start()");
   if (!handler) return invalid_argument("empty handler");
   ROCKET_RETURN_IF_ERROR(check_op_name(op, impl_->ops));
-  impl_->ops.push_back({std::string(op), std::move(handler), nullptr});
+  impl_->ops.push_back({std::string(op), std::move(handler), nullptr, options});
   return ok_status();
 }
 
-Status Server::handle_per_thread(std::string_view op, std::function<Handler()> factory) {
+Status Server::handle_per_thread(std::string_view op, std::function<Handler()> factory, OpOptions options) {
   if (impl_->started) return failed_precondition("handle_per_thread() after start()");
   if (!factory) return invalid_argument("empty handler factory");
   ROCKET_RETURN_IF_ERROR(check_op_name(op, impl_->ops));
-  impl_->ops.push_back({std::string(op), nullptr, std::move(factory)});
+  impl_->ops.push_back({std::string(op), nullptr, std::move(factory), options});
   return ok_status();
 }
 
@@ -967,6 +1175,8 @@ Status Server::start() {
   }
   m.listen_fd = *lfd;
   m.stop_fd = stop_fd;
+  m.helping = m.opts.dispatchers > 1 &&
+              std::any_of(m.ops.begin(), m.ops.end(), [](const detail::OpSpec& op) { return op.options.concurrent; });
   m.dispatchers = std::move(dispatchers);
   m.started = true;
   for (auto& d : m.dispatchers) d->start();
@@ -1018,6 +1228,7 @@ ServerStats Server::stats() const {
   s.gpu_handles_opened = m.counters.gpu_handles_opened.load(std::memory_order_relaxed);
   s.gpu_responses_shared = m.counters.gpu_responses_shared.load(std::memory_order_relaxed);
   s.gpu_responses_copied = m.counters.gpu_responses_copied.load(std::memory_order_relaxed);
+  s.requests_helped = m.counters.requests_helped.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -4,6 +4,8 @@
 //   rocket_test_peer serve SOCKET             a server with the built-in ops and "sleep"
 //   rocket_test_peer hold SOCKET BYTES        submit BYTES to "sleep" (10 s), then wait to be killed
 //   rocket_test_peer stream SOCKET BYTES      call echo_copy with BYTES in a loop until killed
+//   rocket_test_peer hold-pair SOCKET BYTES   submit two requests of BYTES to "park", then wait
+//                                             to be killed
 //   rocket_test_peer serve-gpu SOCKET         a server taking GPU payloads: "gpu_checksum"
 //                                             (checksum64 of the device bytes) and
 //                                             "gpu_handles" (handles opened so far, 8 bytes),
@@ -159,6 +161,14 @@ int main(int argc, char** argv) {
     std::memcpy(data.data(), &ms, 4);
     auto id = c->submit("sleep", std::span<const std::byte>(data));
     if (!id.ok()) return 1;
+    std::printf("ready\n");
+    std::fflush(stdout);
+    for (;;) ::pause();
+  }
+  if (mode == "hold-pair") {
+    for (int i = 0; i < 2; ++i) {
+      if (!c->submit("park", std::span<const std::byte>(data)).ok()) return 1;
+    }
     std::printf("ready\n");
     std::fflush(stdout);
     for (;;) ::pause();

@@ -68,6 +68,33 @@ TEST(SubmissionRing, WrapsAroundInOrder) {
   EXPECT_GT(next_in, 8u * 100);
 }
 
+TEST(SubmissionRing, DeclinedDescriptorStaysAtTheHead) {
+  RingFixture f(4);
+  auto tx = f.producer();
+  auto rx = f.consumer();
+  ASSERT_EQ(tx.try_push(make(1)), RingResult::kOk);
+  ASSERT_EQ(tx.try_push(make(2)), RingResult::kOk);
+  Desc d{};
+  int asked = 0;
+  auto odd_only = [&asked](const Desc& x) {
+    ++asked;
+    return x.seq % 2 == 1;
+  };
+  ASSERT_EQ(rx.try_pop_if(&d, odd_only), RingResult::kOk);
+  EXPECT_EQ(d.seq, 1u);
+  // Seq 2 is declined: reported empty, and still there for an ordinary pop.
+  EXPECT_EQ(rx.try_pop_if(&d, odd_only), RingResult::kEmpty);
+  EXPECT_EQ(rx.try_pop_if(&d, odd_only), RingResult::kEmpty);
+  EXPECT_EQ(asked, 3);
+  EXPECT_EQ(rx.peek(), RingResult::kOk);
+  ASSERT_EQ(rx.try_pop(&d), RingResult::kOk);
+  EXPECT_EQ(d.seq, 2u);
+  EXPECT_EQ(rx.try_pop_if(&d, odd_only), RingResult::kEmpty);
+  EXPECT_EQ(asked, 3);  // an empty ring asks nothing
+  // The producer saw both slots freed, not three.
+  EXPECT_EQ(f.idx.head.value.load(), 2u);
+}
+
 TEST(SubmissionRing, ConsumerDetectsTailBeyondCapacity) {
   RingFixture f(8);
   auto rx = f.consumer();

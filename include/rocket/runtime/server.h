@@ -22,6 +22,12 @@
 // own instance instead. Handlers may throw: the exception becomes an INTERNAL
 // error for that request and does not leave the server.
 //
+// A session's requests run one at a time, in order, on its own dispatcher --
+// unless their op is registered with OpOptions::concurrent: then an idle
+// dispatcher helps a busy one by taking the session's waiting requests to that
+// op, so one client's pipeline (Client::submit) can use several of the
+// server's threads.
+//
 // Thread safety: handle*() before start()/run(); stop() and stats() from any
 // thread (stop() is also async-signal-safe).
 #pragma once
@@ -140,6 +146,19 @@ class Response {
 
 using Handler = std::function<Status(const Request&, Response&)>;
 
+struct OpOptions {
+  // Requests of one session to this op may run on several dispatcher threads
+  // at once and finish in any order: while a session's own dispatcher is busy
+  // (in a long handler, say), an idle dispatcher takes the session's waiting
+  // requests to this op. For ops whose requests are independent of each other
+  // (inference, queries); an op whose requests build on each other (append,
+  // set-then-get) must leave it off. Requests to ops without it keep their
+  // order among themselves and never run two at a time per session. Only
+  // matters with more than one dispatcher; such a server's idle dispatchers
+  // wake every millisecond to look for waiting requests.
+  bool concurrent = false;
+};
+
 struct ServerOptions {
   std::string socket_path;
   unsigned dispatchers = 1;
@@ -169,6 +188,7 @@ struct ServerStats {
   uint64_t gpu_handles_opened = 0;  // CUDA IPC handles of GPU payloads opened (once per session each)
   uint64_t gpu_responses_shared = 0;  // GPU responses handed over by reference
   uint64_t gpu_responses_copied = 0;  // GPU responses copied into the pool for callers that did not accept them
+  uint64_t requests_helped = 0;  // requests run by a dispatcher other than their session's (OpOptions::concurrent)
 };
 
 class Server {
@@ -181,8 +201,8 @@ class Server {
 
   // Registers `op`. kInvalidArgument for a bad or duplicate name;
   // kFailedPrecondition after start().
-  Status handle(std::string_view op, Handler handler);
-  Status handle_per_thread(std::string_view op, std::function<Handler()> factory);
+  Status handle(std::string_view op, Handler handler, OpOptions options = {});
+  Status handle_per_thread(std::string_view op, std::function<Handler()> factory, OpOptions options = {});
 
   // Binds the socket and starts the acceptor and dispatcher threads.
   Status start();

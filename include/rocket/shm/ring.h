@@ -116,12 +116,22 @@ class RingConsumer {
   // Copies the next descriptor out of shared memory (one read, so the peer
   // cannot change it between our check and our use) and frees the slot.
   RingResult try_pop(Desc* out) noexcept {
+    return try_pop_if(out, [](const Desc&) { return true; });
+  }
+
+  // Like try_pop(), but consumes the descriptor only if `accept(*out)` is
+  // true; a declined one stays at the head and the result is kEmpty. The
+  // decision is made on the private copy, so the peer cannot change the
+  // descriptor between the check and its use.
+  template <typename Accept>
+  RingResult try_pop_if(Desc* out, Accept&& accept) noexcept {
     if (head_ == cached_tail_) {
       RingResult r = refresh();
       if (r != RingResult::kOk) return r;
       if (head_ == cached_tail_) return RingResult::kEmpty;
     }
     std::memcpy(out, &slots_[head_ & mask_], sizeof(Desc));
+    if (!accept(static_cast<const Desc&>(*out))) return RingResult::kEmpty;
     ++head_;
     // release: our read of the slot happens before the producer may reuse it
     // (pairs with the acquire load of head in try_push()).
