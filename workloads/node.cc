@@ -3,7 +3,7 @@
 // xgboost (about 0.5 s per start).
 //
 //   rocket-workloads list [--json]
-//   rocket-workloads backend --socket S --workloads a,b [--scale F]
+//   rocket-workloads backend --socket S --workloads a,b [--scale F] [--serial-ops]
 //   rocket-workloads frontend --socket S --workload W --config C [--requests N]
 //
 // backend prints one JSON line once it serves ({"ready": ..., "startup_ms":
@@ -72,6 +72,7 @@ struct BackendArgs {
   uint64_t seed = 42;
   unsigned dispatchers = 2;
   size_t max_pool_mib = 4096;
+  bool serial_ops = false;
 };
 
 int backend(const BackendArgs& a) {
@@ -112,10 +113,12 @@ int backend(const BackendArgs& a) {
     startup[name] = us_between(t0, Clock::now()) / 1000.0;
     const Model* model = m->get();
     models.push_back(std::move(*m));
+    // Each request stands alone (Model::process is const and thread-safe), so
+    // one frontend's pipelined requests may run on several dispatchers.
     Status st = server.handle(name, [model](const Request& req, Response& resp) -> Status {
       auto n = model->process(req.data(), [&resp](size_t bytes) { return resp.alloc(bytes); });
       return n.status();
-    });
+    }, {.concurrent = !a.serial_ops});
     if (!st.ok()) {
       std::cerr << "rocket-workloads backend: " << st.to_string() << "\n";
       return 1;
@@ -330,6 +333,8 @@ int main(int argc, char** argv) {
   be->add_option("--seed", b.seed);
   be->add_option("--dispatchers", b.dispatchers);
   be->add_option("--max-pool-mib", b.max_pool_mib);
+  be->add_flag("--serial-ops", b.serial_ops,
+               "one session's requests run one at a time (no OpOptions::concurrent), for comparisons");
   FrontendArgs f;
   auto* fe = app.add_subcommand("frontend", "one closed-loop frontend");
   fe->add_option("--socket", f.socket)->required();

@@ -147,7 +147,13 @@ TEST(ConcurrentOps, OtherOpsKeepTheirOrderAndRunOneAtATime) {
   for (JobId id : ids) ASSERT_TRUE(c->query(id).ok());
   std::vector<uint32_t> expected(30);
   std::iota(expected.begin(), expected.end(), 0u);
-  EXPECT_EQ(order, expected);
+  {
+    // Under the lock although every handler is done: the completions that tell
+    // us so travel through a second mapping of the ring, where ThreadSanitizer
+    // cannot see them order anything.
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(order, expected);
+  }
   EXPECT_EQ(room.most(), 1);
   EXPECT_EQ(server.stats().requests_helped, 0u);
 }
