@@ -124,9 +124,14 @@ int backend(const BackendArgs& a) {
       return 1;
     }
   }
-  return tools::serve_until_signal(server, "rocket-workloads backend", [&] {
+  int rc = tools::serve_until_signal(server, "rocket-workloads backend", [&] {
     std::cout << json{{"ready", true}, {"startup_ms", startup}}.dump() << std::endl;
   });
+  const ServerStats st = server.stats();
+  std::cerr << "rocket-workloads backend: served " << st.requests << " requests (" << st.requests_helped
+            << " by a helping dispatcher, " << st.request_errors << " failed) in " << st.sessions_total
+            << " sessions\n";
+  return rc;
 }
 
 struct FrontendArgs {

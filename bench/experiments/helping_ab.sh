@@ -6,14 +6,16 @@
 # --serial-ops (a session's requests one at a time, the behaviour before).
 # Rounds alternate between the backends so that drift hits both alike.
 #
-#   bash bench/experiments/helping_ab.sh [BUILD_DIR] [WORKLOADS] [REQUESTS] [ROUNDS]
+#   bash bench/experiments/helping_ab.sh [BUILD_DIR] [WORKLOADS] [REQUESTS] [ROUNDS] [CONFIGS]
 #
+# CONFIGS: demo configurations, comma-separated (default baseline,pipelined-cpu).
 # Prints one line per point: workload, backend, config, round, req/s.
 set -euo pipefail
 bin=${1:-build/release}
 workloads=${2:-pagerank,xgboost,vector_search,mobilenetv2}
 requests=${3:-8}
 rounds=${4:-2}
+configs=${5:-baseline,pipelined-cpu}
 exe="$bin/rocket-workloads"
 dir=$(mktemp -d /tmp/rocket-helping-ab.XXXXXX)
 pids=()
@@ -50,7 +52,7 @@ for w in ${workloads//,/ }; do
   start_backend serial "$w" --serial-ops
   for round in $(seq "$rounds"); do
     for b in concurrent serial; do
-      for c in baseline pipelined-cpu; do
+      for c in ${configs//,/ }; do
         printf "%-14s %-11s %-14s %5d %8s\n" "$w" "$b" "$c" "$round" "$(point "$dir/$b.sock" "$w" "$c")"
       done
     done

@@ -345,10 +345,12 @@ class Server::Impl::Dispatcher {
  private:
   static constexpr int kBatch = 64;  // descriptors per session per pass: fairness
   // How often an idle dispatcher of a helping server wakes to look for
-  // requests waiting behind another dispatcher's handler: every millisecond
-  // while another dispatcher is inside a handler; otherwise backing off,
-  // doubling up to kHelpPollMaxMs, so an idle server costs next to nothing
-  // (measured: ~1% of a core per dispatcher at a steady 1 ms).
+  // requests waiting behind another dispatcher's handler: 1 ms after it last
+  // found some, doubling with each look that finds none, up to 16 ms. A
+  // steady 1 ms cost ~1% of a core per dispatcher on an idle server, and its
+  // wake-ups slowed a backend whose handler keeps both cores busy (xgboost's
+  // threads) by ~8%; at 16 ms both are lost in the noise. Help worth having
+  // is for handlers far longer than 16 ms.
   static constexpr int kHelpPollMs = 1;
   static constexpr int kHelpPollMaxMs = 16;
 
@@ -415,8 +417,6 @@ class Server::Impl::Dispatcher {
   size_t lend_next_ = 0;  // guarded by lend_mu_: where the next search starts
   size_t unwatched_ = 0;  // sessions_ that are dead and wait for their borrowers
   int help_poll_ms_ = kHelpPollMs;  // this thread only
-  // Inside a handler; read by idle dispatchers to choose their poll interval.
-  alignas(64) std::atomic<bool> busy_{false};
 };
 
 void Server::Impl::Dispatcher::take_incoming() {
@@ -553,16 +553,12 @@ void Server::Impl::Dispatcher::run() {
     // under ThreadSanitizer in CI).
     int timeout_ms = -1;
     if (helping) {
-      const bool others_busy = std::any_of(server_->dispatchers.begin(), server_->dispatchers.end(), [](auto& d) {
-        return d->busy_.load(std::memory_order_relaxed);  // a hint: a stale answer costs one poll interval
-      });
-      timeout_ms = others_busy ? kHelpPollMs : help_poll_ms_;
-      help_poll_ms_ = std::min(2 * timeout_ms, kHelpPollMaxMs);
+      timeout_ms = help_poll_ms_;
+      help_poll_ms_ = std::min(2 * help_poll_ms_, kHelpPollMaxMs);
     }
     if (backlog) timeout_ms = 1;
     bool woken = false;
     if (!pending && !server_->stopping.load(std::memory_order_acquire)) woken = poll_events(timeout_ms);
-    if (woken) help_poll_ms_ = kHelpPollMs;
     for (auto& s : sessions_) s->cb->server_sleeping.store(0, std::memory_order_relaxed);
     last_work = last_events = detail::Clock::now();
     // A timer that found nothing is not work: sleep again without spinning.
@@ -797,7 +793,6 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   Response resp(&s, payload.size());
   auto t0 = detail::Clock::now();
   Status st;
-  busy_.store(true, std::memory_order_relaxed);
   try {
     st = handlers_[d.op_id](req, resp);
   } catch (const std::exception& e) {
@@ -805,7 +800,6 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   } catch (...) {
     st = internal_error("handler threw a non-standard exception");
   }
-  busy_.store(false, std::memory_order_relaxed);
   auto service_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(detail::Clock::now() - t0);
   if (!st.ok()) {
     fail_request(s, d.job_id, st);
