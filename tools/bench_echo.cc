@@ -517,12 +517,14 @@ int run_bench_echo(const EchoOptions& o) {
   if (opt.json_out) {
     std::cout << json{{"results", rows}, {"targets", checks}}.dump(1) << std::endl;
   } else {
-    std::printf("\n%-8s %-10s %-9s %-6s %8s %7s %11s %11s %9s %9s\n", "transport", "mode", "path", "wake", "size",
-                "clients", "p50_us", "p99_us", "GB/s", "cpu_us");
+    std::printf("\n%-8s %-10s %-9s %-10s %-6s %8s %7s %11s %11s %9s %9s\n", "transport", "mode", "path", "mover",
+                "wake", "size", "clients", "p50_us", "p99_us", "GB/s", "cpu_us");
     for (const auto& r : rows) {
-      std::printf("%-9s %-10s %-9s %-6s %8s %7d %11.2f %11.2f %9.2f %9.2f\n",
+      // Rocket's copy-path rows differ only by mover when --movers lists several.
+      std::printf("%-9s %-10s %-9s %-10s %-6s %8s %7d %11.2f %11.2f %9.2f %9.2f\n",
                   r["transport"].get<std::string>().c_str(), r["mode"].get<std::string>().c_str(),
-                  r["path"].get<std::string>().c_str(), r["wake"].get<std::string>().c_str(),
+                  r["path"].get<std::string>().c_str(), r["mover"].get<std::string>().c_str(),
+                  r["wake"].get<std::string>().c_str(),
                   human_size(r["size"].get<size_t>()).c_str(), r["clients"].get<int>(), r["p50_us"].get<double>(),
                   r["p99_us"].get<double>(), r["gbps"].get<double>(), r["cpu_us"].get<double>());
     }

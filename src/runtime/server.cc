@@ -662,7 +662,9 @@ detail::ServerSession* Server::Impl::Dispatcher::lend_waiting_session() {
     bool waiting;
     {
       std::lock_guard<std::mutex> rx_lock(s.rx_mu);
-      waiting = s.rx.peek() == shm::RingResult::kOk;
+      // A corrupt ring counts as waiting: the helper's pop reports it and
+      // closes the session without waiting for its owner.
+      waiting = s.rx.peek() != shm::RingResult::kEmpty;
     }
     if (!waiting) continue;
     lend_next_ = (lend_next_ + k + 1) % n;

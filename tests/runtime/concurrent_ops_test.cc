@@ -269,5 +269,133 @@ TEST(ConcurrentOps, ServerStoppedWhileAHelperRunsARequest) {
   server.reset();
 }
 
+// Hostile descriptors on a helping server: the helper validates what it takes
+// as the owner does, and a ring it finds corrupt closes that session only.
+class HostileWithHelpers : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions o = two_dispatchers("hostile");
+    server_ = std::make_unique<Server>(o);
+    ASSERT_TRUE(register_builtin_ops(*server_).ok());
+    ASSERT_TRUE(register_park(*server_, room_).ok());
+    ASSERT_TRUE(server_->handle("nap", [](const Request&, Response&) {
+      std::this_thread::sleep_for(milliseconds(1));
+      return ok_status();
+    }, {.concurrent = true}).ok());
+    ASSERT_TRUE(server_->start().ok());
+    raw_ = RawSession::open(o.socket_path);
+    ASSERT_NE(raw_, nullptr);
+    bystander_ = std::make_unique<Client>(std::move(Client::connect(o.socket_path)).value());
+  }
+  void TearDown() override {
+    room_.open();
+    server_->stop();
+    server_->wait();
+  }
+  static detail::SubDesc request(uint32_t op, uint64_t job, uint64_t off, uint64_t len) {
+    detail::SubDesc d{};
+    d.kind = static_cast<uint16_t>(detail::SubKind::kRequest);
+    d.op_id = op;
+    d.job_id = job;
+    d.offset = off;
+    d.length = len;
+    return d;
+  }
+  void expect_bystander_ok() {
+    auto data = pattern(50000, 7);
+    auto r = bystander_->call("echo_copy", std::span<const std::byte>(data));
+    ASSERT_TRUE(r.ok()) << r.status().to_string();
+    EXPECT_EQ(r->to_vector().value(), data);
+  }
+  Room room_;  // declared before the server: handlers use it until the server is gone
+  std::unique_ptr<Server> server_;
+  std::unique_ptr<RawSession> raw_;
+  std::unique_ptr<Client> bystander_;
+};
+
+TEST_F(HostileWithHelpers, HelperFailsBadRequestsAndIgnoresForgedFrees) {
+  // The raw session's own dispatcher is parked: what follows is the helper's.
+  raw_->push(request(raw_->op("park"), 1, 0, 0));
+  ASSERT_TRUE(room_.wait_for_together(1, milliseconds(5000)));
+  const uint64_t errors_before = server_->stats().protocol_errors;
+  detail::SubDesc forged{};
+  forged.kind = static_cast<uint16_t>(detail::SubKind::kFreeReply);
+  forged.offset = 12345;
+  raw_->push(forged);
+  const uint64_t pool = raw_->welcome->client_pool_bytes;
+  raw_->push(request(raw_->op("nap"), 2, pool - 10, 11));   // runs past the pool
+  raw_->push(request(raw_->op("nap"), 3, 8, UINT64_MAX));   // wraps
+  for (uint64_t job : {2, 3}) {
+    detail::CompDesc c{};
+    ASSERT_TRUE(raw_->pop(&c));
+    EXPECT_EQ(c.job_id, job);
+    EXPECT_EQ(c.status, static_cast<int32_t>(StatusCode::kInvalidArgument));
+  }
+  EXPECT_EQ(server_->stats().requests_helped, 2u);
+  EXPECT_EQ(server_->stats().protocol_errors, errors_before + 3);  // the forged free and two ranges
+  // An unknown kind is not the helper's to take: it waits for the owner.
+  detail::SubDesc odd{};
+  odd.kind = 0x7777;
+  odd.job_id = 4;
+  raw_->push(odd);
+  detail::CompDesc c{};
+  EXPECT_FALSE(raw_->pop(&c, milliseconds(100)));
+  room_.open();
+  for (uint64_t job : {1, 4}) {
+    ASSERT_TRUE(raw_->pop(&c));
+    EXPECT_EQ(c.job_id, job);
+  }
+  EXPECT_EQ(c.status, static_cast<int32_t>(StatusCode::kInvalidArgument));
+  expect_bystander_ok();
+}
+
+TEST_F(HostileWithHelpers, CorruptRingSeenByTheHelperClosesOnlyThatSession) {
+  raw_->push(request(raw_->op("park"), 1, 0, 0));
+  ASSERT_TRUE(room_.wait_for_together(1, milliseconds(5000)));
+  const uint64_t errors_before = server_->stats().protocol_errors;
+  raw_->cb->sub.tail.value.store(1'000'000, std::memory_order_release);
+  // The helper sees it while the owner is parked...
+  auto end = std::chrono::steady_clock::now() + milliseconds(5000);
+  while (server_->stats().protocol_errors == errors_before && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  EXPECT_EQ(server_->stats().protocol_errors, errors_before + 1);
+  expect_bystander_ok();
+  // ...and the session ends once the parked handler returns.
+  room_.open();
+  EXPECT_EQ(wait_sessions(*server_, 1), 1u);
+  expect_bystander_ok();
+}
+
+TEST_F(HostileWithHelpers, FullCompletionRingWithTwoPostersLosesNothing) {
+  // The raw client reads no completions until it has sent 100 requests, on a
+  // 64-entry completion ring: both dispatchers run them and hold back what
+  // does not fit. Every job must then arrive exactly once.
+  const uint32_t nap = raw_->op("nap");
+  for (uint64_t j = 0; j < 60; ++j) raw_->push(request(nap, j, 0, 0));
+  std::this_thread::sleep_for(milliseconds(100));
+  std::vector<int> seen(100, 0);
+  detail::CompDesc c{};
+  for (uint64_t j = 60; j < 100; ++j) {
+    // The submission ring has 64 slots too: make room as the server frees them.
+    while (raw_->tx.try_push(request(nap, j, 0, 0)) == shm::RingResult::kFull) {
+      ASSERT_TRUE(raw_->pop(&c));
+      ASSERT_LT(c.job_id, 100u);
+      ++seen[c.job_id];
+    }
+    uint64_t one = 1;
+    ASSERT_EQ(::write(raw_->wake_fd, &one, 8), 8);
+  }
+  for (int got = std::accumulate(seen.begin(), seen.end(), 0); got < 100; ++got) {
+    ASSERT_TRUE(raw_->pop(&c)) << got << " of 100";
+    ASSERT_LT(c.job_id, 100u);
+    ++seen[c.job_id];
+  }
+  EXPECT_EQ(seen, std::vector<int>(100, 1));
+  EXPECT_FALSE(raw_->pop(&c, milliseconds(50)));
+  EXPECT_GT(server_->stats().requests_helped, 0u);
+  expect_bystander_ok();
+}
+
 }  // namespace
 }  // namespace rocket::testing
