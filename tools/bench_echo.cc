@@ -524,9 +524,9 @@ int run_bench_echo(const EchoOptions& o) {
       std::printf("%-9s %-10s %-9s %-10s %-6s %8s %7d %11.2f %11.2f %9.2f %9.2f\n",
                   r["transport"].get<std::string>().c_str(), r["mode"].get<std::string>().c_str(),
                   r["path"].get<std::string>().c_str(), r["mover"].get<std::string>().c_str(),
-                  r["wake"].get<std::string>().c_str(),
-                  human_size(r["size"].get<size_t>()).c_str(), r["clients"].get<int>(), r["p50_us"].get<double>(),
-                  r["p99_us"].get<double>(), r["gbps"].get<double>(), r["cpu_us"].get<double>());
+                  r["wake"].get<std::string>().c_str(), human_size(r["size"].get<size_t>()).c_str(),
+                  r["clients"].get<int>(), r["p50_us"].get<double>(), r["p99_us"].get<double>(),
+                  r["gbps"].get<double>(), r["cpu_us"].get<double>());
     }
     if (!checks.empty()) {
       std::printf("\nTargets (ratios of numbers measured above):\n");

@@ -115,10 +115,11 @@ int backend(const BackendArgs& a) {
     models.push_back(std::move(*m));
     // Each request stands alone (Model::process is const and thread-safe), so
     // one frontend's pipelined requests may run on several dispatchers.
-    Status st = server.handle(name, [model](const Request& req, Response& resp) -> Status {
+    Handler handler = [model](const Request& req, Response& resp) -> Status {
       auto n = model->process(req.data(), [&resp](size_t bytes) { return resp.alloc(bytes); });
       return n.status();
-    }, {.concurrent = !a.serial_ops});
+    };
+    Status st = server.handle(name, std::move(handler), {.concurrent = !a.serial_ops});
     if (!st.ok()) {
       std::cerr << "rocket-workloads backend: " << st.to_string() << "\n";
       return 1;

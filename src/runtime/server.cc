@@ -15,21 +15,21 @@
 #include <cstring>
 #include <deque>
 #include <exception>
+#include <iterator>
 #include <mutex>
 #include <new>
-#include <iterator>
 #include <thread>
 #include <unordered_map>
 #include <utility>
 
+#include "mover/kernel_copy.h"
 #include "rocket/mover/mover.h"
 #include "rocket/shm/pool.h"
 #include "rocket/shm/segment.h"
-#include "mover/kernel_copy.h"
-#include "sys/futex.h"
 #include "runtime/gpu_payload.h"
 #include "runtime/protocol.h"
 #include "runtime/socket.h"
+#include "sys/futex.h"
 
 namespace rocket {
 namespace detail {
@@ -413,9 +413,9 @@ class Server::Impl::Dispatcher {
   // Changed by this thread only, under lend_mu_, which helpers hold to read it.
   std::vector<std::unique_ptr<detail::ServerSession>> sessions_;
   std::mutex lend_mu_;
-  bool closed_ = false;  // guarded by lend_mu_: exiting, lends nothing more
-  size_t lend_next_ = 0;  // guarded by lend_mu_: where the next search starts
-  size_t unwatched_ = 0;  // sessions_ that are dead and wait for their borrowers
+  bool closed_ = false;             // guarded by lend_mu_: exiting, lends nothing more
+  size_t lend_next_ = 0;            // guarded by lend_mu_: where the next search starts
+  size_t unwatched_ = 0;            // sessions_ that are dead and wait for their borrowers
   int help_poll_ms_ = kHelpPollMs;  // this thread only
 };
 
@@ -572,7 +572,8 @@ void Server::Impl::Dispatcher::run() {
   // Helpers finish the requests they took before their sessions go.
   for (auto& s : sessions_) {
     // acquire: pairs with the helper's release when it lets go.
-    while (s->borrowers.load(std::memory_order_acquire) != 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    while (s->borrowers.load(std::memory_order_acquire) != 0)
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
   {
     std::lock_guard<std::mutex> lock(lend_mu_);
@@ -589,9 +590,12 @@ size_t Server::Impl::Dispatcher::service(detail::ServerSession& s, bool helping)
   // stand in front of such requests when a pipelined client drops replies).
   auto helper_takes = [&ops](const detail::SubDesc& d) {
     switch (static_cast<detail::SubKind>(d.kind)) {
-      case detail::SubKind::kFreeReply: return true;
-      case detail::SubKind::kRequest: return d.op_id < ops.size() && ops[d.op_id].options.concurrent;
-      default: return false;
+      case detail::SubKind::kFreeReply:
+        return true;
+      case detail::SubKind::kRequest:
+        return d.op_id < ops.size() && ops[d.op_id].options.concurrent;
+      default:
+        return false;
     }
   };
   size_t n = 0;

@@ -69,12 +69,13 @@ ServerOptions two_dispatchers(const char* tag) {
 
 // "park": waits in the room until it opens (10 s at most).
 Status register_park(Server& server, Room& room) {
-  return server.handle("park", [&room](const Request&, Response&) {
+  Handler park = [&room](const Request&, Response&) {
     room.enter();
     room.wait_open(milliseconds(10000));
     room.leave();
     return ok_status();
-  }, {.concurrent = true});
+  };
+  return server.handle("park", std::move(park), {.concurrent = true});
 }
 
 uint64_t wait_sessions(Server& server, uint64_t n, milliseconds limit = milliseconds(5000)) {
@@ -90,12 +91,13 @@ TEST(ConcurrentOps, OneSessionsPipelineRunsOnSeveralDispatchers) {
   Server server(two_dispatchers("meet"));
   // Each request waits until two are inside at once: with one dispatcher per
   // session they never are, and each gives up after 5 s.
-  ASSERT_TRUE(server.handle("meet", [&room](const Request&, Response& resp) {
+  Handler meet = [&room](const Request&, Response& resp) {
     room.enter();
     const uint8_t met = room.wait_for_together(2, milliseconds(5000)) ? 1 : 0;
     room.leave();
     return resp.write(std::as_bytes(std::span{&met, 1}));
-  }, {.concurrent = true}).ok());
+  };
+  ASSERT_TRUE(server.handle("meet", std::move(meet), {.concurrent = true}).ok());
   ASSERT_TRUE(server.start().ok());
   auto c = Client::connect(server.options().socket_path);
   ASSERT_TRUE(c.ok()) << c.status().to_string();
@@ -122,7 +124,7 @@ TEST(ConcurrentOps, OtherOpsKeepTheirOrderAndRunOneAtATime) {
   ASSERT_TRUE(register_park(server, room).ok());
   // ...but "log" is not concurrent. Its 2 ms handlers leave the helper (which
   // looks every millisecond) time to see the queue behind them.
-  ASSERT_TRUE(server.handle("log", [&](const Request& req, Response&) {
+  Handler log = [&](const Request& req, Response&) {
     if (req.data().size() != 4) return invalid_argument("log takes a u32");
     room.enter();
     uint32_t i;
@@ -134,7 +136,8 @@ TEST(ConcurrentOps, OtherOpsKeepTheirOrderAndRunOneAtATime) {
     }
     room.leave();
     return ok_status();
-  }).ok());
+  };
+  ASSERT_TRUE(server.handle("log", std::move(log)).ok());
   ASSERT_TRUE(server.start().ok());
   auto c = Client::connect(server.options().socket_path);
   ASSERT_TRUE(c.ok()) << c.status().to_string();
@@ -162,13 +165,14 @@ TEST(ConcurrentOps, ManyRequestsFromTwoSessionsArriveIntact) {
   Server server(two_dispatchers("many"));
   // Answers the request's checksum in a pool block, after a short pause so
   // that requests queue up and the helper takes some.
-  ASSERT_TRUE(server.handle("sum", [](const Request& req, Response& resp) -> Status {
-    const uint64_t sum = checksum64(req.data());
+  Handler sum = [](const Request& req, Response& resp) -> Status {
+    const uint64_t value = checksum64(req.data());
     std::this_thread::sleep_for(std::chrono::microseconds(200));
-    ROCKET_ASSIGN_OR_RETURN(std::span<std::byte> out, resp.alloc(sizeof(sum)));
-    std::memcpy(out.data(), &sum, sizeof(sum));
+    ROCKET_ASSIGN_OR_RETURN(std::span<std::byte> out, resp.alloc(sizeof(value)));
+    std::memcpy(out.data(), &value, sizeof(value));
     return ok_status();
-  }, {.concurrent = true}).ok());
+  };
+  ASSERT_TRUE(server.handle("sum", std::move(sum), {.concurrent = true}).ok());
   ASSERT_TRUE(server.start().ok());
   auto client = [&](uint64_t seed) {
     auto c = Client::connect(server.options().socket_path);
@@ -278,10 +282,11 @@ class HostileWithHelpers : public ::testing::Test {
     server_ = std::make_unique<Server>(o);
     ASSERT_TRUE(register_builtin_ops(*server_).ok());
     ASSERT_TRUE(register_park(*server_, room_).ok());
-    ASSERT_TRUE(server_->handle("nap", [](const Request&, Response&) {
+    Handler nap = [](const Request&, Response&) {
       std::this_thread::sleep_for(milliseconds(1));
       return ok_status();
-    }, {.concurrent = true}).ok());
+    };
+    ASSERT_TRUE(server_->handle("nap", std::move(nap), {.concurrent = true}).ok());
     ASSERT_TRUE(server_->start().ok());
     raw_ = RawSession::open(o.socket_path);
     ASSERT_NE(raw_, nullptr);
@@ -291,15 +296,6 @@ class HostileWithHelpers : public ::testing::Test {
     room_.open();
     server_->stop();
     server_->wait();
-  }
-  static detail::SubDesc request(uint32_t op, uint64_t job, uint64_t off, uint64_t len) {
-    detail::SubDesc d{};
-    d.kind = static_cast<uint16_t>(detail::SubKind::kRequest);
-    d.op_id = op;
-    d.job_id = job;
-    d.offset = off;
-    d.length = len;
-    return d;
   }
   void expect_bystander_ok() {
     auto data = pattern(50000, 7);
@@ -315,7 +311,7 @@ class HostileWithHelpers : public ::testing::Test {
 
 TEST_F(HostileWithHelpers, HelperFailsBadRequestsAndIgnoresForgedFrees) {
   // The raw session's own dispatcher is parked: what follows is the helper's.
-  raw_->push(request(raw_->op("park"), 1, 0, 0));
+  raw_->push(raw_request(raw_->op("park"), 1, 0, 0));
   ASSERT_TRUE(room_.wait_for_together(1, milliseconds(5000)));
   const uint64_t errors_before = server_->stats().protocol_errors;
   detail::SubDesc forged{};
@@ -323,8 +319,8 @@ TEST_F(HostileWithHelpers, HelperFailsBadRequestsAndIgnoresForgedFrees) {
   forged.offset = 12345;
   raw_->push(forged);
   const uint64_t pool = raw_->welcome->client_pool_bytes;
-  raw_->push(request(raw_->op("nap"), 2, pool - 10, 11));   // runs past the pool
-  raw_->push(request(raw_->op("nap"), 3, 8, UINT64_MAX));   // wraps
+  raw_->push(raw_request(raw_->op("nap"), 2, pool - 10, 11));  // runs past the pool
+  raw_->push(raw_request(raw_->op("nap"), 3, 8, UINT64_MAX));  // wraps
   for (uint64_t job : {2, 3}) {
     detail::CompDesc c{};
     ASSERT_TRUE(raw_->pop(&c));
@@ -350,7 +346,7 @@ TEST_F(HostileWithHelpers, HelperFailsBadRequestsAndIgnoresForgedFrees) {
 }
 
 TEST_F(HostileWithHelpers, CorruptRingSeenByTheHelperClosesOnlyThatSession) {
-  raw_->push(request(raw_->op("park"), 1, 0, 0));
+  raw_->push(raw_request(raw_->op("park"), 1, 0, 0));
   ASSERT_TRUE(room_.wait_for_together(1, milliseconds(5000)));
   const uint64_t errors_before = server_->stats().protocol_errors;
   raw_->cb->sub.tail.value.store(1'000'000, std::memory_order_release);
@@ -372,13 +368,13 @@ TEST_F(HostileWithHelpers, FullCompletionRingWithTwoPostersLosesNothing) {
   // 64-entry completion ring: both dispatchers run them and hold back what
   // does not fit. Every job must then arrive exactly once.
   const uint32_t nap = raw_->op("nap");
-  for (uint64_t j = 0; j < 60; ++j) raw_->push(request(nap, j, 0, 0));
+  for (uint64_t j = 0; j < 60; ++j) raw_->push(raw_request(nap, j, 0, 0));
   std::this_thread::sleep_for(milliseconds(100));
   std::vector<int> seen(100, 0);
   detail::CompDesc c{};
   for (uint64_t j = 60; j < 100; ++j) {
     // The submission ring has 64 slots too: make room as the server frees them.
-    while (raw_->tx.try_push(request(nap, j, 0, 0)) == shm::RingResult::kFull) {
+    while (raw_->tx.try_push(raw_request(nap, j, 0, 0)) == shm::RingResult::kFull) {
       ASSERT_TRUE(raw_->pop(&c));
       ASSERT_LT(c.job_id, 100u);
       ++seen[c.job_id];

@@ -8,16 +8,6 @@
 namespace rocket::testing {
 namespace {
 
-detail::SubDesc request(uint32_t op, uint64_t job, uint64_t off, uint64_t len) {
-  detail::SubDesc d{};
-  d.kind = static_cast<uint16_t>(detail::SubKind::kRequest);
-  d.op_id = op;
-  d.job_id = job;
-  d.offset = off;
-  d.length = len;
-  return d;
-}
-
 class Hostile : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -46,25 +36,25 @@ class Hostile : public ::testing::Test {
 };
 
 TEST_F(Hostile, UnknownOpFailsThatRequest) {
-  expect_error(request(999, 1, 0, 10), StatusCode::kInvalidArgument);
+  expect_error(raw_request(999, 1, 0, 10), StatusCode::kInvalidArgument);
   expect_bystander_ok();
 }
 
 TEST_F(Hostile, OutOfBoundsRangesFailThatRequest) {
   const uint64_t pool = raw_->welcome->client_pool_bytes;
   uint32_t echo = raw_->op("echo");
-  expect_error(request(echo, 1, pool, 1), StatusCode::kInvalidArgument);            // starts at the end
-  expect_error(request(echo, 2, pool - 10, 11), StatusCode::kInvalidArgument);      // runs past the end
-  expect_error(request(echo, 3, 8, UINT64_MAX), StatusCode::kInvalidArgument);      // wraps
-  expect_error(request(echo, 4, UINT64_MAX - 4, 16), StatusCode::kInvalidArgument); // wraps
-  auto c = expect_error(request(echo, 5, pool + 4096, 0), StatusCode::kInvalidArgument);
+  expect_error(raw_request(echo, 1, pool, 1), StatusCode::kInvalidArgument);             // starts at the end
+  expect_error(raw_request(echo, 2, pool - 10, 11), StatusCode::kInvalidArgument);       // runs past the end
+  expect_error(raw_request(echo, 3, 8, UINT64_MAX), StatusCode::kInvalidArgument);       // wraps
+  expect_error(raw_request(echo, 4, UINT64_MAX - 4, 16), StatusCode::kInvalidArgument);  // wraps
+  auto c = expect_error(raw_request(echo, 5, pool + 4096, 0), StatusCode::kInvalidArgument);
   // The error text is readable in the server pool.
   ASSERT_EQ(c.pool, static_cast<uint16_t>(detail::PayloadPool::kServer));
   std::string msg(reinterpret_cast<const char*>(raw_->spool.data() + c.offset), c.length);
   EXPECT_NE(msg.find("outside the client pool"), std::string::npos) << msg;
   // A valid request on the same session still works.
   std::memcpy(raw_->cpool.data(), "abc", 3);
-  raw_->push(request(echo, 6, 0, 3));
+  raw_->push(raw_request(echo, 6, 0, 3));
   ASSERT_TRUE(raw_->pop(&c));
   EXPECT_EQ(c.status, 0);
   EXPECT_EQ(c.pool, static_cast<uint16_t>(detail::PayloadPool::kClient));
@@ -100,7 +90,7 @@ TEST_F(Hostile, GarbageDescriptorsFailWithoutHarm) {
 }
 
 TEST_F(Hostile, RemoteFlagsWithoutTheKernelPathAreRefused) {
-  auto d = request(raw_->op("echo"), 1, 0x1000, 16);
+  auto d = raw_request(raw_->op("echo"), 1, 0x1000, 16);
   d.flags = detail::kSubRemoteRequest;
   expect_error(d, StatusCode::kPermissionDenied);
   d.flags = 0x80;  // unknown
@@ -116,13 +106,13 @@ TEST_F(Hostile, RemoteFlagsWithoutTheKernelPathAreRefused) {
 // server checks it against the opened allocation's real size).
 TEST_F(Hostile, MalformedGpuReferencesFailThatRequest) {
   const uint32_t echo = raw_->op("echo");
-  auto d = request(echo, 1, 0, 40);  // not sizeof(GpuRef)
+  auto d = raw_request(echo, 1, 0, 40);  // not sizeof(GpuRef)
   d.flags = detail::kSubGpuRequest;
   expect_error(d, StatusCode::kInvalidArgument);
   detail::GpuRef ref{};
   ref.magic = 0x12345678;
   std::memcpy(raw_->cpool.data(), &ref, sizeof(ref));
-  d = request(echo, 2, 0, sizeof(ref));
+  d = raw_request(echo, 2, 0, sizeof(ref));
   d.flags = detail::kSubGpuRequest;
   detail::CompDesc c{};
   raw_->push(d);
@@ -152,21 +142,21 @@ TEST_F(Hostile, RemoteAddressesThatAreNotMappedFailThatRequest) {
   auto k = RawSession::open(srv_.path, detail::kProtocolVersion, nullptr, /*kernel=*/true);
   ASSERT_NE(k, nullptr);
   ASSERT_NE(k->welcome->flags & detail::kWelcomeKernelCopy, 0u);
-  auto d = request(k->op("echo"), 1, 0x10, 4096);  // page zero: never mapped
+  auto d = raw_request(k->op("echo"), 1, 0x10, 4096);  // page zero: never mapped
   d.flags = detail::kSubRemoteRequest;
   k->push(d);
   detail::CompDesc c{};
   ASSERT_TRUE(k->pop(&c));
   EXPECT_EQ(c.status, static_cast<int32_t>(StatusCode::kInvalidArgument));
   // A remote request larger than the session's pool limit.
-  d = request(k->op("echo"), 2, reinterpret_cast<uint64_t>(&c), uint64_t{1} << 40);
+  d = raw_request(k->op("echo"), 2, reinterpret_cast<uint64_t>(&c), uint64_t{1} << 40);
   d.flags = detail::kSubRemoteRequest;
   k->push(d);
   ASSERT_TRUE(k->pop(&c));
   EXPECT_EQ(c.status, static_cast<int32_t>(StatusCode::kInvalidArgument));
   // A response destination that is not mapped.
   static char src[8] = "payload";
-  d = request(k->op("echo"), 3, reinterpret_cast<uint64_t>(src), 7);
+  d = raw_request(k->op("echo"), 3, reinterpret_cast<uint64_t>(src), 7);
   d.flags = detail::kSubRemoteRequest | detail::kSubRemoteResponse;
   d.reserved[0] = 0x10;
   d.reserved[1] = 7;
@@ -192,7 +182,7 @@ TEST_F(Hostile, ForgedFreesAreIgnored) {
   }
   // A request after the frees proves they were processed.
   uint32_t echo = raw_->op("echo");
-  raw_->push(request(echo, 1, 0, 0));
+  raw_->push(raw_request(echo, 1, 0, 0));
   detail::CompDesc c{};
   ASSERT_TRUE(raw_->pop(&c));
   EXPECT_EQ(srv_.server->stats().protocol_errors, before + 4);
@@ -207,7 +197,7 @@ TEST_F(Hostile, AnotherSessionsJobIdIsJustANumberHere) {
   auto id = bystander_->submit("sleep", std::as_bytes(std::span{&ms, 1}));
   ASSERT_TRUE(id.ok());
   std::memcpy(raw_->cpool.data(), "mine", 4);
-  raw_->push(request(raw_->op("echo_copy"), *id, 0, 4));
+  raw_->push(raw_request(raw_->op("echo_copy"), *id, 0, 4));
   detail::CompDesc c{};
   ASSERT_TRUE(raw_->pop(&c));
   EXPECT_EQ(c.job_id, *id);
@@ -230,9 +220,9 @@ TEST_F(Hostile, CompletionRingLeftFullStallsOnlyThatSession) {
   // The raw client never reads completions: after 64 the server must hold
   // back (backlog) instead of overwriting or blocking its dispatcher.
   uint32_t echo = raw_->op("echo");
-  for (uint64_t j = 0; j < 64; ++j) raw_->push(request(echo, j, 0, 0));
+  for (uint64_t j = 0; j < 64; ++j) raw_->push(raw_request(echo, j, 0, 0));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  for (uint64_t j = 64; j < 70; ++j) raw_->push(request(echo, j, 0, 0));
+  for (uint64_t j = 64; j < 70; ++j) raw_->push(raw_request(echo, j, 0, 0));
   expect_bystander_ok();
   detail::CompDesc c{};
   for (uint64_t j = 0; j < 70; ++j) {

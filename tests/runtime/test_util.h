@@ -202,6 +202,17 @@ class Peer {
   int out_ = -1;
 };
 
+// A request descriptor as a RawSession sends it.
+inline detail::SubDesc raw_request(uint32_t op, uint64_t job, uint64_t off, uint64_t len) {
+  detail::SubDesc d{};
+  d.kind = static_cast<uint16_t>(detail::SubKind::kRequest);
+  d.op_id = op;
+  d.job_id = job;
+  d.offset = off;
+  d.length = len;
+  return d;
+}
+
 // Test double: a client that performs the handshake itself and exposes the
 // raw rings, so tests can send descriptors the real Client never would.
 struct RawSession {

@@ -188,7 +188,7 @@ struct ServerStats {
   uint64_t gpu_handles_opened = 0;  // CUDA IPC handles of GPU payloads opened (once per session each)
   uint64_t gpu_responses_shared = 0;  // GPU responses handed over by reference
   uint64_t gpu_responses_copied = 0;  // GPU responses copied into the pool for callers that did not accept them
-  uint64_t requests_helped = 0;  // requests run by a dispatcher other than their session's (OpOptions::concurrent)
+  uint64_t requests_helped = 0;       // requests run by a dispatcher other than their session's (OpOptions::concurrent)
 };
 
 class Server {
