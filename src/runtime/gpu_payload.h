@@ -35,8 +35,9 @@ struct GpuView {
 // The receiver's side, one per session: the handles the peer named, opened in
 // this process. An evicted or destroyed entry's allocation stays open while a
 // GpuView holds it.
-// Thread safety: none; the owner serialises use (the server's session
-// dispatcher, the client's session lock).
+// Thread safety: none; the owner serialises use (on the server the session's
+// `mu` where other dispatchers may run its requests, else its dispatcher; the
+// client's session lock).
 class GpuHandleCache {
  public:
   GpuHandleCache() = default;
