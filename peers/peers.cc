@@ -470,6 +470,9 @@ Status run_client(const Args& a) {
 int main(int argc, char** argv) {
   rocket::tools::exit_with_parent();
   ::signal(SIGPIPE, SIG_IGN);
+  // As in `rocket demo`: the workload's per-request temporaries stay mapped,
+  // for every transport alike.
+  workloads::retain_freed_memory();
   CLI::App app{"rocket bench peers: servers and clients of the compared transports"};
   app.require_subcommand(1);
   Args a;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's test command: installs dependencies, builds the ASan+UBSan and
 # TSan configurations, runs the whole suite under ASan+UBSan and the
-# concurrency-labelled tests under TSan, then builds the release tool and runs
-# a short benchmark smoke test (correctness of the bench path, not a timing),
-# `rocket demo --quick` and `rocket bench peers --quick`.
+# concurrency-labelled tests under TSan, then builds the release configuration,
+# runs the whole suite once more there (optimised code, and the few tests that
+# need glibc's own allocator), a short benchmark smoke test (correctness of the
+# bench path, not a timing), `rocket demo --quick` and `rocket bench peers --quick`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -23,9 +24,10 @@ cmake --preset tsan >/dev/null
 cmake --build --preset tsan -j "$jobs"
 ctest --preset tsan -j "$jobs" | tee -a "$log"
 
-echo "== Release: rocket tool smoke test"
+echo "== Release: all tests, then the rocket tool's smoke test"
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$jobs"
+ctest --preset release -j "$jobs" | tee -a "$log"
 ./build/release/rocket doctor
 ./build/release/rocket bench echo --sizes 64,1M --modes sync,pipelined --clients 1 --budget-ms 20 --json >/dev/null
 echo "smoke: rocket bench echo ran"
@@ -34,6 +36,6 @@ echo "== rocket demo --quick (the main job, small sizes)"
 echo "== rocket bench peers --quick"
 ./build/release/rocket bench peers --quick --workload pagerank --scale 0.05
 
-# One summary over both sanitizer runs (ctest prints "... N tests failed out of M").
+# One summary over the three runs (ctest prints "... N tests failed out of M").
 awk '/tests failed out of/ { failed += $(NF-4); total += $NF }
      END { printf "%d passed, %d failed\n", total - failed, failed }' "$log"

@@ -10,6 +10,7 @@
 // {...}}); a frontend prints "ready" once connected and warmed up, waits for
 // a line on stdin, runs its requests closed-loop and prints one JSON line of
 // measurements.
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -21,11 +22,11 @@
 #include <string>
 #include <vector>
 
-#include "exit_with_parent.h"
 #include "args.h"
 #include "demo_config.h"
-#include "serve_until_signal.h"
+#include "exit_with_parent.h"
 #include "rocket/rocket.h"
+#include "serve_until_signal.h"
 #include "workload.h"
 
 namespace {
@@ -63,6 +64,13 @@ int list(bool as_json) {
     }
   }
   return 0;
+}
+
+// This process's minor page faults so far.
+long minor_faults() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
 }
 
 struct BackendArgs {
@@ -125,13 +133,15 @@ int backend(const BackendArgs& a) {
       return 1;
     }
   }
+  const long faults0 = minor_faults();
   int rc = tools::serve_until_signal(server, "rocket-workloads backend", [&] {
     std::cout << json{{"ready", true}, {"startup_ms", startup}}.dump() << std::endl;
   });
   const ServerStats st = server.stats();
   std::cerr << "rocket-workloads backend: served " << st.requests << " requests (" << st.requests_helped
-            << " by a helping dispatcher, " << st.request_errors << " failed) in " << st.sessions_total
-            << " sessions\n";
+            << " by a helping dispatcher, " << st.request_errors << " failed) in " << st.sessions_total << " sessions; "
+            << minor_faults() - faults0
+            << " minor page faults while serving (pre-faulting the sessions' pools included)\n";
   return rc;
 }
 
@@ -351,8 +361,17 @@ int main(int argc, char** argv) {
   fe->add_option("--requests", f.requests)->check(CLI::Range(1, 1000000));
   fe->add_option("--warmup", f.warmup)->check(CLI::Range(0, 1000));
   fe->add_option("--id", f.id);
+  bool default_malloc = false;
+  for (auto* cmd : {be, fe}) {
+    cmd->add_flag("--default-malloc", default_malloc,
+                  "keep glibc's default heap (large blocks unmapped when freed, so every request faults them in "
+                  "again), for comparisons");
+  }
   CLI11_PARSE(app, argc, argv);
   if (l->parsed()) return list(as_json);
+  if (!default_malloc && !retain_freed_memory()) {
+    std::cerr << "rocket-workloads: this allocator ignores mallopt; freed memory goes back to the kernel\n";
+  }
   if (be->parsed()) return backend(b);
   Status st = run_frontend(f);
   if (!st.ok()) {

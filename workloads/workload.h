@@ -94,4 +94,15 @@ Result<uint64_t> checked_product(std::initializer_list<uint64_t> factors, std::s
 // Scales a reference count, never below `min`.
 uint64_t scaled(double reference, const Scale& s, uint64_t min);
 
+// Makes this process keep the memory it frees for its next allocations instead
+// of handing it back to the kernel. The workloads allocate large temporaries
+// per request (activations, feature rows, CSR arrays); glibc serves blocks over
+// its mmap threshold with a fresh mapping and unmaps it on free, and trims the
+// heap, so every request faulted those pages in again. Measured on the 2-core
+// VM (BENCHMARKS.md §4): MobileNetV2 on 10 images 630 ms a forward with ~40,000
+// minor faults, 115 ms with none once memory is kept; xgboost 193 ms -> 60 ms.
+// Call at the start of main, before threads start. False where the allocator
+// ignores these settings (not glibc, or a sanitizer's allocator).
+bool retain_freed_memory();
+
 }  // namespace rocket::workloads
