@@ -113,8 +113,15 @@ Result<const Workload*> find_workload(std::string_view name) {
 
 namespace rocket::workloads {
 double SplitMix::normal() noexcept {
+  if (has_spare_) {
+    has_spare_ = false;
+    return spare_;
+  }
   double u1 = uniform(), u2 = uniform();
   if (u1 < 1e-300) u1 = 1e-300;
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+  const double r = std::sqrt(-2.0 * std::log(u1)), theta = 6.283185307179586 * u2;
+  spare_ = r * std::sin(theta);
+  has_spare_ = true;
+  return r * std::cos(theta);
 }
 }  // namespace rocket::workloads

@@ -35,11 +35,13 @@ class SplitMix {
   }
   // Uniform in [0, 1).
   double uniform() noexcept { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
-  // Standard normal (Box-Muller).
+  // Standard normal (Box-Muller: each pair of uniforms gives two).
   double normal() noexcept;
 
  private:
   uint64_t s_;
+  double spare_ = 0;
+  bool has_spare_ = false;
 };
 
 }  // namespace rocket::workloads

@@ -4,8 +4,8 @@
 #include <xgboost/c_api.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
-#include <mutex>
 
 #include "workloads_internal.h"
 #include "xgboost_model.h"
@@ -40,18 +40,28 @@ void raw_rows(uint64_t seed, uint64_t rows, float* out) {
   }
 }
 
+// Column by column in effect, row by row in memory: three passes over the
+// rows (means, deviations, scaling) instead of three strided passes per column.
 void standardise(uint64_t rows, float* x) {
-  for (uint64_t j = 0; j < kXgbFeatures; ++j) {
-    double mean = 0, sq = 0;
-    for (uint64_t i = 0; i < rows; ++i) mean += x[i * kXgbFeatures + j];
-    mean /= static_cast<double>(rows);
-    for (uint64_t i = 0; i < rows; ++i) {
-      double d = x[i * kXgbFeatures + j] - mean;
-      sq += d * d;
+  double mean[kXgbFeatures] = {}, sq[kXgbFeatures] = {}, sd[kXgbFeatures];
+  for (uint64_t i = 0; i < rows; ++i) {
+    for (uint64_t j = 0; j < kXgbFeatures; ++j) mean[j] += x[i * kXgbFeatures + j];
+  }
+  for (double& m : mean) m /= static_cast<double>(rows);
+  for (uint64_t i = 0; i < rows; ++i) {
+    for (uint64_t j = 0; j < kXgbFeatures; ++j) {
+      const double d = x[i * kXgbFeatures + j] - mean[j];
+      sq[j] += d * d;
     }
-    double sd = std::sqrt(sq / static_cast<double>(rows));
-    if (sd == 0) sd = 1;
-    for (uint64_t i = 0; i < rows; ++i) x[i * kXgbFeatures + j] = static_cast<float>((x[i * kXgbFeatures + j] - mean) / sd);
+  }
+  for (uint64_t j = 0; j < kXgbFeatures; ++j) {
+    sd[j] = std::sqrt(sq[j] / static_cast<double>(rows));
+    if (sd[j] == 0) sd[j] = 1;
+  }
+  for (uint64_t i = 0; i < rows; ++i) {
+    for (uint64_t j = 0; j < kXgbFeatures; ++j) {
+      x[i * kXgbFeatures + j] = static_cast<float>((x[i * kXgbFeatures + j] - mean[j]) / sd[j]);
+    }
   }
 }
 
@@ -90,14 +100,39 @@ Result<std::unique_ptr<XgbBooster>> XgbBooster::train(const Scale& s) {
 }
 
 Status XgbBooster::predict(const float* rows, uint64_t n, float* out) const {
+  // In-place prediction on the request's own rows: no DMatrix copy of them,
+  // and xgboost keeps the result per calling thread, so requests on several
+  // dispatchers predict at once.
+  char values[192];
+  std::snprintf(values, sizeof(values), R"({"data": [%ju, true], "shape": [%ju, %ju], "typestr": "<f4", "version": 3})",
+                static_cast<uintmax_t>(reinterpret_cast<uintptr_t>(rows)), static_cast<uintmax_t>(n),
+                static_cast<uintmax_t>(kXgbFeatures));
+  static constexpr const char* kConfig =
+      R"({"type": 0, "training": false, "iteration_begin": 0, "iteration_end": 0, "strict_shape": true, "missing": NaN, "cache_id": 0})";
+  const bst_ulong* shape = nullptr;
+  bst_ulong dims = 0;
+  const float* result = nullptr;
+  ROCKET_RETURN_IF_ERROR(
+      xgb_status(XGBoosterPredictFromDense(handle_, values, kConfig, nullptr, &shape, &dims, &result), "predict"));
+  // strict_shape: rows x output groups, one group for a binary model.
+  if (dims != 2 || shape[0] != n || shape[1] != 1) {
+    return internal_error("xgboost predict returned an unexpected shape for " + std::to_string(n) + " rows");
+  }
+  std::memcpy(out, result, n * sizeof(float));
+  return ok_status();
+}
+
+Status XgbBooster::predict_via_dmatrix(const float* rows, uint64_t n, float* out) const {
   DMatrixHandle dm = nullptr;
   ROCKET_RETURN_IF_ERROR(xgb_status(XGDMatrixCreateFromMat(rows, n, kXgbFeatures, NAN, &dm), "DMatrix"));
   std::unique_ptr<void, int (*)(DMatrixHandle)> dguard(dm, XGDMatrixFree);
-  std::lock_guard<std::mutex> lock(mu_);  // the result buffer belongs to the booster
   bst_ulong len = 0;
   const float* result = nullptr;
   ROCKET_RETURN_IF_ERROR(xgb_status(XGBoosterPredict(handle_, dm, 0, 0, 0, &len, &result), "predict"));
-  if (len != n) return internal_error("xgboost predict returned " + std::to_string(len) + " values for " + std::to_string(n) + " rows");
+  if (len != n) {
+    return internal_error("xgboost predict returned " + std::to_string(len) + " values for " + std::to_string(n) +
+                          " rows");
+  }
   std::memcpy(out, result, n * sizeof(float));
   return ok_status();
 }

@@ -3,7 +3,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 
 #include "workload.h"
 
@@ -21,13 +20,16 @@ class XgbBooster {
   ~XgbBooster();
   XgbBooster(const XgbBooster&) = delete;
   XgbBooster& operator=(const XgbBooster&) = delete;
-  // Probabilities for `n` rows of kXgbFeatures floats. Thread-safe.
+  // Probabilities for `n` rows of kXgbFeatures floats, predicted in place on
+  // the rows. Thread-safe; calls from several threads run at once.
   Status predict(const float* rows, uint64_t n, float* out) const;
+  // The same through a DMatrix copy of the rows, xgboost's classic route: an
+  // independent check of predict(). Not thread-safe (the booster owns the result).
+  Status predict_via_dmatrix(const float* rows, uint64_t n, float* out) const;
 
  private:
   XgbBooster() = default;
   void* handle_ = nullptr;  // BoosterHandle
-  mutable std::mutex mu_;
 };
 
 }  // namespace rocket::workloads

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "pagerank.h"
@@ -227,12 +228,16 @@ TEST(Xgboost, ServedPredictionsEqualInProcessPredict) {
   OneRequest r;
   ASSERT_NO_FATAL_FAILURE(run_one("xgboost", s, 2, &r));
   ASSERT_TRUE(r.fe->consume(r.resp).ok());
-  // Independent: the same model trained in-process, predicting directly.
+  // Independent: the same model trained in-process, predicting through a
+  // DMatrix copy of the rows (the backend predicts in place).
   auto booster = XgbBooster::train(s);
   ASSERT_TRUE(booster.ok());
   const uint64_t rows = (r.req.size() - sizeof(WireHeader)) / (kXgbFeatures * sizeof(float));
   std::vector<float> direct(rows);
-  ASSERT_TRUE((*booster)->predict(reinterpret_cast<const float*>(r.req.data() + sizeof(WireHeader)), rows, direct.data()).ok());
+  ASSERT_TRUE(
+      (*booster)
+          ->predict_via_dmatrix(reinterpret_cast<const float*>(r.req.data() + sizeof(WireHeader)), rows, direct.data())
+          .ok());
   std::vector<float> served(rows);
   std::memcpy(served.data(), r.resp.data() + sizeof(WireHeader), rows * sizeof(float));
   EXPECT_EQ(served, direct);
@@ -240,6 +245,29 @@ TEST(Xgboost, ServedPredictionsEqualInProcessPredict) {
   auto positive = std::count_if(served.begin(), served.end(), [](float p) { return p >= 0.5f; });
   EXPECT_GT(positive, static_cast<long>(rows / 10));
   EXPECT_LT(positive, static_cast<long>(rows * 9 / 10));
+  // In-place predictions from four threads at once, each on its own rows,
+  // equal the DMatrix route's.
+  constexpr int kThreads = 4;
+  const uint64_t per = rows / kThreads;
+  std::vector<std::vector<float>> x(kThreads), together(kThreads, std::vector<float>(per));
+  for (int t = 0; t < kThreads; ++t) {
+    x[t].resize(per * kXgbFeatures);
+    xgb_features(100 + t, per, x[t].data());
+  }
+  std::vector<Status> st(kThreads);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < kThreads; ++t) {
+    pool.emplace_back([&, t] {
+      for (int k = 0; k < 20 && st[t].ok(); ++k) st[t] = (*booster)->predict(x[t].data(), per, together[t].data());
+    });
+  }
+  for (auto& th : pool) th.join();
+  for (int t = 0; t < kThreads; ++t) {
+    ASSERT_TRUE(st[t].ok()) << st[t].to_string();
+    std::vector<float> alone(per);
+    ASSERT_TRUE((*booster)->predict_via_dmatrix(x[t].data(), per, alone.data()).ok());
+    EXPECT_EQ(together[t], alone) << "thread " << t;
+  }
   // A request with the wrong feature count is refused.
   WireHeader h;
   std::memcpy(&h, r.req.data(), sizeof(h));
