@@ -33,6 +33,7 @@ struct DemoOptions {
   std::string configs;    // empty: the default set
   std::string frontends;  // empty: the default per config
   int requests = 0;       // 0: default
+  int rounds = 0;         // 0: default
   double scale = 0;       // 0: per-workload defaults
   std::string out = "rocket-demo-report";
   bool plots = true;
@@ -72,8 +73,10 @@ struct Point {
   json raw;
 };
 
-Result<Point> run_point(const std::string& exe, const std::string& sock, const std::string& workload,
-                        const std::string& config, int n, int requests, double scale) {
+// One round of one point: n frontends run `requests` requests each at once.
+// Returns their result lines, each tagged with `round`.
+Result<json> run_round(const std::string& exe, const std::string& sock, const std::string& workload,
+                       const std::string& config, int n, int requests, double scale, int round) {
   std::vector<Child> fes;
   for (int i = 0; i < n; ++i) {
     auto c = Child::spawn_program(exe, {"frontend", "--socket", sock, "--workload", workload, "--config", config,
@@ -88,48 +91,67 @@ Result<Point> run_point(const std::string& exe, const std::string& sock, const s
     if (*line != "ready") return internal_error("frontend said: " + *line);
   }
   for (auto& c : fes) ROCKET_RETURN_IF_ERROR(c.write_line("go"));
+  json results = json::array();
+  for (auto& c : fes) {
+    auto line = c.read_line(900000);
+    if (!line.ok()) return unavailable("a frontend failed (see its message above)");
+    json r = json::parse(*line, nullptr, false);
+    if (r.is_discarded() || !r.contains("call_us") || !r.contains("service_us") || !r.contains("e2e_us") ||
+        !r.contains("wall_us")) {
+      return internal_error("malformed frontend result: " + *line);
+    }
+    r["round"] = round;
+    results.push_back(std::move(r));
+  }
+  for (auto& c : fes) c.stop();
+  return results;
+}
+
+// A point from the result lines of all its rounds. Throughput: all requests
+// over the rounds' wall times (a round lasts as long as its slowest frontend).
+Point summarise_point(const std::string& workload, const std::string& config, int n, json raw) {
   Point p;
   p.workload = workload;
   p.config = config;
   p.frontends = n;
   std::vector<double> call_us, e2e;
-  double max_wall = 0, cpu = 0, moving = 0, total_e2e = 0;
+  std::map<int, double> round_wall;
+  double cpu = 0, moving = 0, total_e2e = 0;
   // In async and pipelined modes a call's time includes the frontend's own
   // overlapped work, so call - service is not time spent moving data.
   auto parsed = workloads::parse_demo_config(config);
   bool share_known = parsed.ok() && (parsed->mode == workloads::DemoMode::kSync || parsed->mode == workloads::DemoMode::kZeroCopy);
   int total = 0;
-  p.raw = json::array();
-  for (auto& c : fes) {
-    auto line = c.read_line(900000);
-    if (!line.ok()) return unavailable("a frontend failed (see its message above)");
-    json r = json::parse(*line, nullptr, false);
-    if (r.is_discarded() || !r.contains("call_us")) return internal_error("malformed frontend result: " + *line);
-    max_wall = std::max(max_wall, r["wall_us"].get<double>());
+  for (auto& r : raw) {
+    double& wall = round_wall[r["round"].get<int>()];
+    wall = std::max(wall, r["wall_us"].get<double>());
     cpu += r["call_cpu_us"].get<double>();
     total += r["requests"].get<int>();
     auto calls = r["call_us"].get<std::vector<double>>();
     auto services = r["service_us"].get<std::vector<double>>();
     auto ends = r["e2e_us"].get<std::vector<double>>();
-    for (size_t k = 0; k < calls.size(); ++k) {
+    for (size_t k = 0; k < calls.size() && k < services.size() && k < ends.size(); ++k) {
       call_us.push_back(calls[k]);
       e2e.push_back(ends[k]);
       total_e2e += ends[k];
       if (services[k] < 0) share_known = false;
       moving += std::max(0.0, calls[k] - services[k]);
     }
-    p.summary = r["summary"].get<std::string>();
-    r.erase("summary");
-    p.raw.push_back(std::move(r));
+    if (r.contains("summary")) {
+      p.summary = r["summary"].get<std::string>();
+      r.erase("summary");
+    }
   }
-  for (auto& c : fes) c.stop();
+  double wall = 0;
+  for (const auto& [round, w] : round_wall) wall += w;
   auto s = summarize(call_us);
-  p.throughput = max_wall > 0 ? total / (max_wall / 1e6) : 0;
+  p.throughput = wall > 0 ? total / (wall / 1e6) : 0;
   p.mean_us = s.mean;
   p.p99_us = s.p99;
   p.e2e_mean_us = summarize(e2e).mean;
   p.cpu_us_per_req = total > 0 ? cpu / total : 0;
   if (share_known && total_e2e > 0) p.copy_share = moving / total_e2e;
+  p.raw = std::move(raw);
   return p;
 }
 
@@ -282,6 +304,7 @@ int run_demo(const DemoOptions& o) {
     return std::vector<int>{1};
   };
   const int requests = o.requests > 0 ? o.requests : (o.quick ? 3 : 4);
+  const int rounds = o.rounds > 0 ? o.rounds : (o.quick ? 1 : 2);
 
   std::filesystem::create_directories(o.out);
   const std::string sock = "/tmp/rocket-demo-" + std::to_string(::getpid()) + ".sock";
@@ -303,32 +326,58 @@ int run_demo(const DemoOptions& o) {
     // An unrecorded point first: the first requests after a backend starts
     // are slower (lazy library set-up, first-touch page faults), which would
     // otherwise count against whichever configuration runs first.
-    if (auto warm = run_point(exe, sock, w, "baseline", 1, 1, scale); !warm.ok()) {
+    if (auto warm = run_round(exe, sock, w, "baseline", 1, 1, scale, 0); !warm.ok()) {
       std::printf("  warm-up failed: %s\n", warm.status().to_string().c_str());
     }
-    std::map<int, double> baseline;  // throughput by frontend count
+    // Every point runs once per round, the order reversed in every other
+    // round, so a machine that drifts faster or slower over the minutes of a
+    // workload slows every configuration alike rather than the later ones.
+    std::vector<std::pair<std::string, int>> order;
     for (const auto& c : configs) {
-      for (int n : counts_for(c)) {
-        auto p = run_point(exe, sock, w, c, n, requests, scale);
-        if (!p.ok()) {
-          std::printf("  %-22s %2d  failed: %s\n", c.c_str(), n, p.status().to_string().c_str());
+      for (int n : counts_for(c)) order.emplace_back(c, n);
+    }
+    std::map<std::pair<std::string, int>, json> raw;
+    std::map<std::pair<std::string, int>, Status> failed;
+    for (int round = 1; round <= rounds; ++round) {
+      if (rounds > 1) {
+        std::printf("  round %d of %d ...\n", round, rounds);
+        std::fflush(stdout);
+      }
+      for (size_t i = 0; i < order.size(); ++i) {
+        const auto& key = order[round % 2 == 1 ? i : order.size() - 1 - i];
+        if (failed.count(key) != 0) continue;
+        auto r = run_round(exe, sock, w, key.first, key.second, requests, scale, round);
+        if (!r.ok()) {
+          failed[key] = r.status();
           continue;
         }
-        if (c == "baseline") baseline[n] = p->throughput;
-        auto base = baseline.find(n);
-        p->improvement = base != baseline.end() && base->second > 0 ? p->throughput / base->second : 0;
-        print_point(*p);
-        if (c == "baseline" && n == 1) {
-          const json& r = p->raw[0];
-          characterisation.push_back({{"workload", w},
-                                      {"request_bytes", r["request_bytes"]},
-                                      {"response_bytes", r["response_bytes"]},
-                                      {"ipc_share_baseline", p->copy_share}});
-          std::printf("  request %.1f MB, response %.2f MB; %s\n", r["request_bytes"].get<double>() / 1e6,
-                      r["response_bytes"].get<double>() / 1e6, p->summary.c_str());
-        }
-        points.push_back(std::move(*p));
+        json& pooled = raw[key];
+        if (pooled.is_null()) pooled = json::array();
+        for (auto& line : *r) pooled.push_back(std::move(line));
       }
+    }
+    std::map<int, double> baseline;  // throughput by frontend count
+    for (const auto& key : order) {
+      const auto& [c, n] = key;
+      if (auto f = failed.find(key); f != failed.end()) {
+        std::printf("  %-22s %2d  failed: %s\n", c.c_str(), n, f->second.to_string().c_str());
+        continue;
+      }
+      Point p = summarise_point(w, c, n, std::move(raw[key]));
+      if (c == "baseline") baseline[n] = p.throughput;
+      auto base = baseline.find(n);
+      p.improvement = base != baseline.end() && base->second > 0 ? p.throughput / base->second : 0;
+      print_point(p);
+      if (c == "baseline" && n == 1) {
+        const json& r = p.raw[0];
+        characterisation.push_back({{"workload", w},
+                                    {"request_bytes", r["request_bytes"]},
+                                    {"response_bytes", r["response_bytes"]},
+                                    {"ipc_share_baseline", p.copy_share}});
+        std::printf("  request %.1f MB, response %.2f MB; %s\n", r["request_bytes"].get<double>() / 1e6,
+                    r["response_bytes"].get<double>() / 1e6, p.summary.c_str());
+      }
+      points.push_back(std::move(p));
     }
     backend->stop();
   }
@@ -355,7 +404,8 @@ int run_demo(const DemoOptions& o) {
   }
   json report{{"machine_cores", std::thread::hardware_concurrency()},
               {"quick", o.quick},
-              {"requests_per_frontend", requests},
+              {"requests_per_frontend", requests * rounds},
+              {"rounds", rounds},
               {"characterisation", characterisation},
               {"best", best},
               {"results", json::array()}};
@@ -379,7 +429,11 @@ void add_demo(CLI::App& app) {
   cmd->add_option("--configs", opt->configs,
                   "baseline, offload, auto, zerocopy or MODE-MOVER[-CACHE], comma-separated");
   cmd->add_option("--frontends", opt->frontends, "frontend counts, e.g. 1,2,3");
-  cmd->add_option("--requests", opt->requests, "requests per frontend per point")->check(CLI::Range(1, 100000));
+  cmd->add_option("--requests", opt->requests, "requests per frontend per point and round (default 4; --quick 3)")
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--rounds", opt->rounds,
+                  "times every point runs, in alternating order, pooled (default 2; --quick 1)")
+      ->check(CLI::Range(1, 100));
   cmd->add_option("--scale", opt->scale, "size factor for every workload (1: the reference sizes)");
   cmd->add_option("--out", opt->out, "report folder")->capture_default_str();
   cmd->add_flag("!--no-plots", opt->plots, "skip the gnuplot PNGs");
