@@ -472,7 +472,9 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   // As in `rocket demo`: the workload's per-request temporaries stay mapped,
   // for every transport alike.
-  workloads::retain_freed_memory();
+  if (!workloads::retain_freed_memory()) {
+    std::cerr << "rocket-peers: this allocator ignores mallopt; freed memory goes back to the kernel\n";
+  }
   CLI::App app{"rocket bench peers: servers and clients of the compared transports"};
   app.require_subcommand(1);
   Args a;

@@ -74,6 +74,23 @@ struct Point {
   json raw;
 };
 
+// A frontend's result line has every field the summary reads, of the right
+// type (it comes from another process).
+bool well_formed_result(const json& r) {
+  if (!r.is_object()) return false;
+  for (const char* k : {"wall_us", "call_cpu_us", "request_bytes", "response_bytes"}) {
+    if (!r.contains(k) || !r[k].is_number()) return false;
+  }
+  if (!r.contains("requests") || !r["requests"].is_number_integer()) return false;
+  for (const char* k : {"call_us", "service_us", "e2e_us"}) {
+    if (!r.contains(k) || !r[k].is_array()) return false;
+    for (const auto& v : r[k]) {
+      if (!v.is_number()) return false;
+    }
+  }
+  return !r.contains("summary") || r["summary"].is_string();
+}
+
 // One round of one point: n frontends run `requests` requests each at once.
 // Returns their result lines, each tagged with `round`.
 Result<json> run_round(const std::string& exe, const std::string& sock, const std::string& workload,
@@ -97,10 +114,7 @@ Result<json> run_round(const std::string& exe, const std::string& sock, const st
     auto line = c.read_line(900000);
     if (!line.ok()) return unavailable("a frontend failed (see its message above)");
     json r = json::parse(*line, nullptr, false);
-    if (r.is_discarded() || !r.contains("call_us") || !r.contains("service_us") || !r.contains("e2e_us") ||
-        !r.contains("wall_us")) {
-      return internal_error("malformed frontend result: " + *line);
-    }
+    if (!well_formed_result(r)) return internal_error("malformed frontend result: " + *line);
     r["round"] = round;
     results.push_back(std::move(r));
   }
@@ -259,6 +273,14 @@ int run_demo(const DemoOptions& o) {
   auto listed = lister->read_line(60000);
   if (!listed.ok()) return 1;
   json all = json::parse(*listed, nullptr, false);
+  const bool list_ok = all.is_array() && std::all_of(all.begin(), all.end(), [](const json& w) {
+                         return w.is_object() && w.contains("name") && w["name"].is_string() && w.contains("usable") &&
+                                w["usable"].is_boolean() && w.contains("reason") && w["reason"].is_string();
+                       });
+  if (!list_ok) {
+    std::fprintf(stderr, "rocket demo: %s list --json printed a malformed list: %s\n", exe.c_str(), listed->c_str());
+    return 1;
+  }
   std::vector<std::string> names;
   const std::vector<std::string> wanted = split(o.workloads);
   for (const auto& w : all) {
@@ -322,8 +344,12 @@ int run_demo(const DemoOptions& o) {
       return 1;
     }
     json startup = json::parse(*ready, nullptr, false);
-    std::printf("\n== %s (scale %.3g; backend ready in %.0f ms)\n", w.c_str(), scale,
-                startup.is_discarded() ? 0.0 : startup["startup_ms"].value(w, 0.0));
+    double startup_ms = 0;
+    if (startup.is_object() && startup.contains("startup_ms") && startup["startup_ms"].is_object() &&
+        startup["startup_ms"].contains(w) && startup["startup_ms"][w].is_number()) {
+      startup_ms = startup["startup_ms"][w].get<double>();
+    }
+    std::printf("\n== %s (scale %.3g; backend ready in %.0f ms)\n", w.c_str(), scale, startup_ms);
     // An unrecorded point first: the first requests after a backend starts
     // are slower (lazy library set-up, first-touch page faults), which would
     // otherwise count against whichever configuration runs first.
