@@ -86,7 +86,7 @@ int run_bench_peers(const PeersOptions& o) {
     auto line = c->read_line(600000);
     if (!line.ok()) return unavailable("the client failed (see its message above)");
     json r = json::parse(*line, nullptr, false);
-    if (!r.is_object() || !r.contains("samples") || !r["samples"].is_array() ||
+    if (!r.is_object() || !r.contains("samples") || !r["samples"].is_array() || r["samples"].empty() ||
         !std::all_of(r["samples"].begin(), r["samples"].end(), [](const json& v) { return v.is_number(); })) {
       return internal_error("malformed client output: " + *line);
     }
@@ -105,7 +105,7 @@ int run_bench_peers(const PeersOptions& o) {
     std::fflush(stdout);
     for (const auto& [op, size] : ops) {
       for (size_t i = 0; i < transports.size(); ++i) {
-        const std::string& t = transports[round % 2 == 1 ? i : transports.size() - 1 - i];
+        const std::string& t = transports[in_round_order(round, i, transports.size())];
         if (failed.count({t, op, size}) != 0) continue;
         if (Status st = run(t, op, size); !st.ok()) failed[{t, op, size}] = st;
       }

@@ -81,9 +81,11 @@ bool well_formed_result(const json& r) {
   for (const char* k : {"wall_us", "call_cpu_us", "request_bytes", "response_bytes"}) {
     if (!r.contains(k) || !r[k].is_number()) return false;
   }
-  if (!r.contains("requests") || !r["requests"].is_number_integer()) return false;
+  if (!r.contains("requests") || !r["requests"].is_number_unsigned()) return false;
+  // One sample of each kind per request.
+  const uint64_t requests = r["requests"].get<uint64_t>();
   for (const char* k : {"call_us", "service_us", "e2e_us"}) {
-    if (!r.contains(k) || !r[k].is_array()) return false;
+    if (!r.contains(k) || !r[k].is_array() || r[k].size() != requests) return false;
     for (const auto& v : r[k]) {
       if (!v.is_number()) return false;
     }
@@ -141,11 +143,11 @@ Point summarise_point(const std::string& workload, const std::string& config, in
     double& wall = round_wall[r["round"].get<int>()];
     wall = std::max(wall, r["wall_us"].get<double>());
     cpu += r["call_cpu_us"].get<double>();
-    total += r["requests"].get<int>();
+    total += r["requests"].get<int>();  // checked: as many as the samples
     auto calls = r["call_us"].get<std::vector<double>>();
     auto services = r["service_us"].get<std::vector<double>>();
     auto ends = r["e2e_us"].get<std::vector<double>>();
-    for (size_t k = 0; k < calls.size() && k < services.size() && k < ends.size(); ++k) {
+    for (size_t k = 0; k < calls.size(); ++k) {  // the three have one entry per request
       call_us.push_back(calls[k]);
       e2e.push_back(ends[k]);
       total_e2e += ends[k];
@@ -371,7 +373,7 @@ int run_demo(const DemoOptions& o) {
         std::fflush(stdout);
       }
       for (size_t i = 0; i < order.size(); ++i) {
-        const auto& key = order[round % 2 == 1 ? i : order.size() - 1 - i];
+        const auto& key = order[in_round_order(round, i, order.size())];
         if (failed.count(key) != 0) continue;
         auto r = run_round(exe, sock, w, key.first, key.second, requests, scale, round);
         if (!r.ok()) {

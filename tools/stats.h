@@ -1,5 +1,5 @@
 // Latency summaries for the benchmarks: median, p99 and median absolute
-// deviation over raw samples.
+// deviation over raw samples; and the order in which rounds visit points.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +12,10 @@ struct Summary {
   double p50 = 0, p99 = 0, mad = 0, mean = 0;
   size_t n = 0;
 };
+
+// The point a round visits `i`-th of `n`: forward in odd rounds, backward in
+// even ones, so that a machine drifting over a run weighs on every point alike.
+inline size_t in_round_order(int round, size_t i, size_t n) { return round % 2 == 1 ? i : n - 1 - i; }
 
 inline double percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `rocket demo` against test doubles of rocket-workloads that print malformed
 # lines (a workload list that is not a list; a backend's ready line that is
-# not an object; frontend results that are not JSON or lack fields). The demo
+# not an object; frontend results that are not JSON, lack fields, or claim
+# more requests than they have samples). The demo
 # reads those lines from other processes: it must report them and exit 1,
 # never crash.
 #
@@ -58,4 +59,10 @@ double wrong_type "$list" "$ready" \
 run_demo wrong_type
 [[ $rc == 1 ]] || fail "a string among the samples: exit $rc, expected 1"
 grep -q "malformed frontend result" "$dir/out" || fail "a string among the samples: no message"
+# Every field, but two requests claimed for one sample each.
+double short_samples "$list" "$ready" \
+  '{"call_us": [1], "service_us": [1], "e2e_us": [1], "wall_us": 5, "requests": 2, "call_cpu_us": 1, "request_bytes": 1, "response_bytes": 1}'
+run_demo short_samples
+[[ $rc == 1 ]] || fail "fewer samples than requests: exit $rc, expected 1"
+grep -q "malformed frontend result" "$dir/out" || fail "fewer samples than requests: no message"
 echo "rocket demo reported every malformed line and exited 1"

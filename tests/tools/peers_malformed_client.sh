@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `rocket bench peers` against a test double of rocket-peers whose clients
-# print malformed result lines (not JSON; samples that are not numbers). The
-# bench reads those lines from other processes: it must report the points as
-# failed and exit 1, never crash.
+# print malformed result lines (not JSON; samples that are not numbers, or
+# none at all). The bench reads those lines from other processes: it must
+# report the points as failed and exit 1, never crash.
 #
 #   bash tests/tools/peers_malformed_client.sh PATH/TO/rocket
 set -euo pipefail
@@ -11,7 +11,7 @@ dir=$(mktemp -d /tmp/rocket-peers-double.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-for line in 'garbage' '{"samples": ["x", 1]}' '{"samples": 5}'; do
+for line in 'garbage' '{"samples": ["x", 1]}' '{"samples": 5}' '{"samples": []}'; do
   cat >"$dir/double" <<DOUBLE
 #!/usr/bin/env bash
 case "\$1" in
