@@ -1,7 +1,6 @@
 // Each workload's result against an independent small reference, its
 // rejection of malformed requests and responses, and one workload served
 // end to end through a real Server and Client.
-#include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -14,6 +13,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 #include "pagerank.h"
 #include "rocket/rocket.h"
@@ -82,9 +83,6 @@ TEST(Registry, ListsTheFourWorkloadsAndRejectsUnknownNames) {
   EXPECT_EQ(bad.status().code(), StatusCode::kNotFound);
 }
 
-// 0 -> 1, 1 -> 2, 2 -> 0, 0 -> 2 with damping 0.85, solved by hand:
-//   r0 = 0.05 + 0.85 r2,  r1 = 0.05 + 0.425 r0,  r2 = 0.05 + 0.85 r1 + 0.425 r0
-//   => r0 = 0.128625 / 0.3316875 = 0.387790, r1 = 0.214811, r2 = 0.397400.
 // A large block freed by one request serves the next request's allocation
 // without its pages being faulted in again (glibc would otherwise unmap it on
 // free and map a fresh one). Sanitizers bring their own allocator, which
@@ -112,6 +110,9 @@ TEST(RetainFreedMemory, AFreedLargeBlockIsReusedWithoutPageFaults) {
   EXPECT_LT(faults() - before, 64);
 }
 
+// 0 -> 1, 1 -> 2, 2 -> 0, 0 -> 2 with damping 0.85, solved by hand:
+//   r0 = 0.05 + 0.85 r2,  r1 = 0.05 + 0.425 r0,  r2 = 0.05 + 0.85 r1 + 0.425 r0
+//   => r0 = 0.128625 / 0.3316875 = 0.387790, r1 = 0.214811, r2 = 0.397400.
 TEST(Pagerank, MatchesAHandComputedAnswer) {
   const std::vector<uint32_t> edges{0, 1, 1, 2, 2, 0, 0, 2};
   auto r = pagerank(3, edges, 200);
