@@ -37,6 +37,12 @@ constexpr size_t kInlineCopyBytes = size_t{64} << 10;
 // handing the copy to an engine thread costs more than the overlap gains.
 constexpr size_t kAsyncCopyThreshold = size_t{256} << 10;
 
+// What a request carries besides its payload.
+struct ReqTags {
+  uint16_t flags = 0;           // SubFlags
+  uint32_t lend_millicpus = 0;  // Policy::lend_millicpus
+};
+
 // A block of the client pool; returned to the allocator when the last
 // reference (Buffer, in-flight job, in-place Reply) goes away.
 struct PoolBlock {
@@ -55,6 +61,7 @@ struct ReplyBlock {
   uint64_t offset = 0;
   uint64_t length = 0;
   uint64_t service_ns = 0;
+  uint32_t lent_millicpus = 0;
   std::shared_ptr<PoolBlock> request;  // in-place replies view the request bytes
   GpuView gpu;                         // GPU responses: the server's device memory, opened here
 };
@@ -83,13 +90,13 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // on completion.
   // `flags`: SubFlags (kSubGpuRequest for a GpuRef in the block).
   Result<JobId> post(uint32_t op, std::shared_ptr<PoolBlock> block, uint64_t offset, uint64_t length,
-                     bool wait_for_space, uint16_t flags = 0);
+                     bool wait_for_space, ReqTags tags = {});
   // Copies `bytes` into a fresh pool block with the policy's mover.
   Result<std::shared_ptr<PoolBlock>> copy_in(std::span<const std::byte> bytes, const Policy& policy);
   // Starts an asynchronous copy-in and returns the job id at once; the
   // request is posted when the copy completes. Falls back to copy-in + post
   // when the chosen engine is synchronous.
-  Result<JobId> submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy, uint16_t flags);
+  Result<JobId> submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy, ReqTags tags);
   // The engine for a copy of `bytes`: the policy's choice, or for kAuto the
   // one with the lowest predicted cost (an asynchronous one when `async`).
   Result<Mover*> choose_mover(MoverKind kind, size_t bytes, Cache cache, bool async);
@@ -109,9 +116,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // Posts a request whose payload (and optionally response) stay in this
   // process's private memory for the server to reach with process_vm_*.
   Result<JobId> post_remote(uint32_t op, std::span<const std::byte> request, std::span<std::byte> response,
-                            uint16_t flags = 0);
+                            ReqTags tags = {});
   Result<std::vector<JobId>> submit_batch(uint32_t op, std::span<const std::span<const std::byte>> requests,
-                                          const Policy& policy, uint16_t flags);
+                                          const Policy& policy, ReqTags tags);
   ClientStats stats();
 
  private:
@@ -127,6 +134,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
     Status local_error;    // the copy-in failed; the request was never posted
     CompDesc comp{};
     uint16_t flags = 0;    // SubFlags the request was posted with
+    uint32_t lend_millicpus = 0;  // what it asked to lend: a reply may report no more
   };
 
   ClientCore() = default;
@@ -136,7 +144,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // Pushes a request descriptor, waiting for ring space. Unlocks `lock`
   // while it waits.
   Status push_request(std::unique_lock<std::mutex>& lock, uint32_t op, JobId id, uint64_t offset, uint64_t length,
-                      uint16_t flags = 0);
+                      ReqTags tags = {});
   Status push_locked(std::unique_lock<std::mutex>& lock, const SubDesc& d);
   // `keep`: the engine's reference to the request's block, dropped under the
   // lock together with the job's, so the block is back in the pool by the
@@ -422,14 +430,15 @@ void ClientCore::wake_server() {
 }
 
 Status ClientCore::push_request(std::unique_lock<std::mutex>& lock, uint32_t op, JobId id, uint64_t offset,
-                                uint64_t length, uint16_t flags) {
+                                uint64_t length, ReqTags tags) {
   SubDesc d{};
   d.kind = static_cast<uint16_t>(SubKind::kRequest);
-  d.flags = flags;
+  d.flags = tags.flags;
   d.op_id = op;
   d.job_id = id;
   d.offset = offset;
   d.length = length;
+  d.reserved[2] = tags.lend_millicpus;
   return push_locked(lock, d);
 }
 
@@ -455,7 +464,7 @@ Status ClientCore::push_locked(std::unique_lock<std::mutex>& lock, const SubDesc
 }
 
 Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, uint64_t offset, uint64_t length,
-                               bool wait_for_space, uint16_t flags) {
+                               bool wait_for_space, ReqTags tags) {
   std::unique_lock<std::mutex> lock(mu_);
   if (!failure_.ok()) return failure_;
   while (outstanding_ >= rx_.capacity()) {
@@ -472,9 +481,10 @@ Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, ui
     if (!failure_.ok()) return failure_;
   }
   const JobId id = next_job_++;
-  ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, offset, length, flags));
+  ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, offset, length, tags));
   ++outstanding_;
-  jobs_.emplace(id, Job{std::move(block), offset, length, false, false, false, op, 0, {}, {}, flags});
+  jobs_.emplace(
+      id, Job{std::move(block), offset, length, false, false, false, op, 0, {}, {}, tags.flags, tags.lend_millicpus});
   lock.unlock();
   requests_.fetch_add(1, std::memory_order_relaxed);
   wake_server();
@@ -482,7 +492,7 @@ Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, ui
 }
 
 Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> request, std::span<std::byte> response,
-                                     uint16_t flags) {
+                                      ReqTags tags) {
   if (!kernel_copy_) {
     return failed_precondition("the kernel mover needs a session with the kernel copy path "
                                "(ClientOptions::allow_kernel_copy, and ptrace access for the server)");
@@ -493,19 +503,22 @@ Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> re
   const JobId id = next_job_++;
   SubDesc d{};
   d.kind = static_cast<uint16_t>(SubKind::kRequest);
-  d.flags = static_cast<uint16_t>(kSubRemoteRequest | (response.data() != nullptr ? kSubRemoteResponse : 0) | flags);
+  d.flags =
+      static_cast<uint16_t>(kSubRemoteRequest | (response.data() != nullptr ? kSubRemoteResponse : 0) | tags.flags);
   d.op_id = op;
   d.job_id = id;
   d.offset = reinterpret_cast<uint64_t>(request.data());
   d.length = request.size();
   d.reserved[0] = reinterpret_cast<uint64_t>(response.data());
   d.reserved[1] = response.size();
+  d.reserved[2] = tags.lend_millicpus;
   ROCKET_RETURN_IF_ERROR(push_locked(lock, d));
   ++outstanding_;
   Job job{};
   job.op = op;
   job.remote_capacity = response.data() != nullptr ? response.size() : 0;
   job.flags = d.flags;
+  job.lend_millicpus = tags.lend_millicpus;
   jobs_.emplace(id, std::move(job));
   lock.unlock();
   requests_.fetch_add(1, std::memory_order_relaxed);
@@ -513,9 +526,8 @@ Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> re
   return id;
 }
 
-Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op,
-                                                    std::span<const std::span<const std::byte>> requests,
-                                                    const Policy& policy, uint16_t flags) {
+Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op, std::span<const std::span<const std::byte>> requests,
+                                                    const Policy& policy, ReqTags tags) {
   size_t total = 0;
   for (auto r : requests) total += r.size();
   // Blocks first: if the pool cannot hold the batch, nothing was copied.
@@ -549,9 +561,20 @@ Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op,
       uint64_t off = blocks[i] ? blocks[i]->offset : 0;
       // push_request may wait for ring space; it never fails half-way except
       // when the session fails, and then every job is dropped anyway.
-      ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, off, requests[i].size(), flags));
+      ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, off, requests[i].size(), tags));
       ++outstanding_;
-      jobs_.emplace(id, Job{std::move(blocks[i]), off, requests[i].size(), false, false, false, op, 0, {}, {}, flags});
+      jobs_.emplace(id, Job{std::move(blocks[i]),
+                            off,
+                            requests[i].size(),
+                            false,
+                            false,
+                            false,
+                            op,
+                            0,
+                            {},
+                            {},
+                            tags.flags,
+                            tags.lend_millicpus});
       ids.push_back(id);
     }
   }
@@ -561,12 +584,12 @@ Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op,
 }
 
 Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy,
-                                      uint16_t flags) {
+                                      ReqTags tags) {
   ROCKET_ASSIGN_OR_RETURN(Mover * m, choose_mover(policy.mover, bytes.size(), policy.cache, /*async=*/true));
   if (bytes.empty() || !m->capabilities().async) {
     ROCKET_ASSIGN_OR_RETURN(auto block, copy_in(bytes, Policy{m->kind(), policy.cache}));
     uint64_t off = block ? block->offset : 0;
-    return post(op, std::move(block), off, bytes.size(), /*wait_for_space=*/false, flags);
+    return post(op, std::move(block), off, bytes.size(), /*wait_for_space=*/false, tags);
   }
   ROCKET_ASSIGN_OR_RETURN(auto block, alloc_block(bytes.size()));
   JobId id;
@@ -578,7 +601,9 @@ Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> by
     }
     id = next_job_++;
     ++outstanding_;  // the credit is taken now so the post can never be refused
-    jobs_.emplace(id, Job{block, block->offset, bytes.size(), false, false, true, op, 0, {}, {}, flags});
+    jobs_.emplace(
+        id,
+        Job{block, block->offset, bytes.size(), false, false, true, op, 0, {}, {}, tags.flags, tags.lend_millicpus});
     if (std::find(async_movers_.begin(), async_movers_.end(), m) == async_movers_.end()) async_movers_.push_back(m);
   }
   CopyOp cop{client_data() + block->offset, bytes.data(), bytes.size()};
@@ -607,7 +632,7 @@ void ClientCore::copy_done(JobId id, Status st, std::shared_ptr<PoolBlock> keep)
   job.copying = false;
   if (st.ok() && job.abandoned) st = cancelled("abandoned before the copy finished");
   if (st.ok()) {
-    Status pushed = push_request(lock, job.op, id, job.req_offset, job.req_length, job.flags);
+    Status pushed = push_request(lock, job.op, id, job.req_offset, job.req_length, {job.flags, job.lend_millicpus});
     if (pushed.ok()) {
       lock.unlock();
       requests_.fetch_add(1, std::memory_order_relaxed);
@@ -649,7 +674,8 @@ void ClientCore::drain_locked() {
     // Validate everything the server sent before acting on it.
     auto it = jobs_.find(c.job_id);
     bool valid = it != jobs_.end() && !it->second.done && c.status >= 0 && c.status <= kMaxStatusCode &&
-                 (c.flags & ~(kCompWrittenRemote | kCompGpuResponse)) == 0;
+                 (c.flags & ~(kCompWrittenRemote | kCompGpuResponse)) == 0 &&
+                 c.reserved[0] <= it->second.lend_millicpus;  // lent, at most what it asked to
     // A GPU response: one reference in the server pool, and only for a
     // request that accepts one.
     if (valid && (c.flags & kCompGpuResponse) != 0) {
@@ -711,6 +737,7 @@ Result<Reply> ClientCore::take_locked(std::unordered_map<uint64_t, Job>::iterato
   rb->offset = c.offset;
   rb->length = c.length;
   rb->service_ns = c.service_ns;
+  rb->lent_millicpus = static_cast<uint32_t>(c.reserved[0]);  // checked against the request in drain_locked
   if (pool == PayloadPool::kClient) rb->request = std::move(job.request);
   if ((c.flags & kCompGpuResponse) != 0) {
     // The block holds the reference; it is freed (and the server lets go of
@@ -918,6 +945,8 @@ std::chrono::nanoseconds Reply::service_time() const noexcept {
   return std::chrono::nanoseconds(block_ ? block_->service_ns : 0);
 }
 
+uint32_t Reply::lent_millicpus() const noexcept { return block_ ? block_->lent_millicpus : 0; }
+
 Status Reply::copy_to(std::span<std::byte> dst, const CopyOptions& options) const {
   if (on_gpu()) {
     if (dst.size() < gpu_size()) {
@@ -996,71 +1025,81 @@ Result<Buffer> Client::alloc(size_t bytes) {
 }
 
 namespace {
-uint16_t reply_flags(const CallOptions& o) { return o.gpu_response ? detail::kSubAcceptGpuResponse : 0; }
+detail::ReqTags tags_of(const CallOptions& o, uint16_t flags = 0) {
+  return {static_cast<uint16_t>(flags | (o.gpu_response ? detail::kSubAcceptGpuResponse : 0)), o.policy.lend_millicpus};
+}
+
+// The op's id, once the options are valid.
+Result<uint32_t> op_for(const detail::ClientCore& core, std::string_view op, const CallOptions& o) {
+  if (o.policy.lend_millicpus > kMaxLendMillicpus) {
+    return invalid_argument("a call lends at most " + std::to_string(kMaxLendMillicpus) + " millicpus, not " +
+                            std::to_string(o.policy.lend_millicpus));
+  }
+  return core.op_id(op);
+}
 }  // namespace
 
 Result<JobId> Client::submit(std::string_view op, const Buffer& request, const CallOptions& options) {
-  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, op_for(*core_, op, options));
   if (request.block_ && request.block_->core != core_) {
     return invalid_argument("buffer belongs to another session");
   }
   uint64_t off = request.block_ ? request.block_->offset : 0;
-  return core_->post(id, request.block_, off, request.size(), /*wait_for_space=*/false, reply_flags(options));
+  return core_->post(id, request.block_, off, request.size(), /*wait_for_space=*/false, tags_of(options));
 }
 
 Result<JobId> Client::submit(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
-  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, op_for(*core_, op, options));
   // The copy-in is complete when submit() returns (it may still run on
   // several engine threads): a job id owns nothing that could wait for it.
   ROCKET_ASSIGN_OR_RETURN(auto block, core_->copy_in(request, options.policy));
   uint64_t off = block ? block->offset : 0;
-  return core_->post(id, std::move(block), off, request.size(), /*wait_for_space=*/false, reply_flags(options));
+  return core_->post(id, std::move(block), off, request.size(), /*wait_for_space=*/false, tags_of(options));
 }
 
 Result<Reply> Client::call(std::string_view op, const Buffer& request, const CallOptions& options) {
-  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, op_for(*core_, op, options));
   if (request.block_ && request.block_->core != core_) {
     return invalid_argument("buffer belongs to another session");
   }
   uint64_t off = request.block_ ? request.block_->offset : 0;
-  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, request.block_, off, request.size(), true, reply_flags(options)));
+  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, request.block_, off, request.size(), true, tags_of(options)));
   return core_->wait_job(job, options.timeout);
 }
 
 Result<Reply> Client::call(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
-  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, op_for(*core_, op, options));
   if (options.policy.mover == MoverKind::kKernel) {
     // The server reads the request from our memory; the reply comes back in
     // the server pool as usual.
-    ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post_remote(id, request, {}, reply_flags(options)));
+    ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post_remote(id, request, {}, tags_of(options)));
     return core_->wait_job(job, options.timeout);
   }
   ROCKET_ASSIGN_OR_RETURN(auto block, core_->copy_in(request, options.policy));
   uint64_t off = block ? block->offset : 0;
-  ROCKET_ASSIGN_OR_RETURN(JobId job,
-                          core_->post(id, std::move(block), off, request.size(), true, reply_flags(options)));
+  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, std::move(block), off, request.size(), true, tags_of(options)));
   return core_->wait_job(job, options.timeout);
 }
 
 Result<Reply> Client::call_gpu(std::string_view op, const void* device_ptr, size_t bytes, const CallOptions& options) {
-  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, op_for(*core_, op, options));
   ROCKET_ASSIGN_OR_RETURN(detail::GpuRef ref, detail::make_gpu_ref(device_ptr, bytes, "call_gpu"));
   ROCKET_ASSIGN_OR_RETURN(auto block, core_->alloc_block(sizeof(ref)));
   std::memcpy(core_->client_data() + block->offset, &ref, sizeof(ref));
   const uint64_t off = block->offset;
-  ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post(id, std::move(block), off, sizeof(ref), true,
-                                                 detail::kSubGpuRequest | reply_flags(options)));
+  ROCKET_ASSIGN_OR_RETURN(
+      JobId job, core_->post(id, std::move(block), off, sizeof(ref), true, tags_of(options, detail::kSubGpuRequest)));
   return core_->wait_job(job, options.timeout);
 }
 
 Result<size_t> Client::call_into(std::string_view op, std::span<const std::byte> request,
                                  std::span<std::byte> response, const CallOptions& options) {
-  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, op_for(*core_, op, options));
   if (options.policy.mover == MoverKind::kKernel) {
     // A zero-capacity span still names a destination for the server.
     static std::byte empty_response;
     std::span<std::byte> dst = response.data() != nullptr ? response : std::span<std::byte>(&empty_response, 0);
-    ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post_remote(id, request, dst));
+    ROCKET_ASSIGN_OR_RETURN(JobId job, core_->post_remote(id, request, dst, tags_of(options)));
     ROCKET_ASSIGN_OR_RETURN(Reply r, core_->wait_job(job, options.timeout));
     return detail::ClientCore::written_length(r);
   }
@@ -1076,9 +1115,9 @@ Result<size_t> Client::call_into(std::string_view op, std::span<const std::byte>
 bool Client::kernel_copy() const noexcept { return core_->kernel_copy(); }
 
 Future Client::call_async(std::string_view op, std::span<const std::byte> request, const CallOptions& options) {
-  auto id = core_->op_id(op);
+  auto id = op_for(*core_, op, options);
   if (!id.ok()) return Future(nullptr, 0, id.status());
-  auto job = core_->submit_copy(*id, request, options.policy, reply_flags(options));
+  auto job = core_->submit_copy(*id, request, options.policy, tags_of(options));
   if (!job.ok()) return Future(nullptr, 0, job.status());
   return Future(core_, *job, ok_status());
 }
@@ -1086,8 +1125,8 @@ Future Client::call_async(std::string_view op, std::span<const std::byte> reques
 Result<std::vector<JobId>> Client::submit_batch(std::string_view op,
                                                 std::span<const std::span<const std::byte>> requests,
                                                 const CallOptions& options) {
-  ROCKET_ASSIGN_OR_RETURN(uint32_t id, core_->op_id(op));
-  return core_->submit_batch(id, requests, options.policy, reply_flags(options));
+  ROCKET_ASSIGN_OR_RETURN(uint32_t id, op_for(*core_, op, options));
+  return core_->submit_batch(id, requests, options.policy, tags_of(options));
 }
 
 Result<Reply> Client::query(JobId id, std::chrono::milliseconds timeout) { return core_->wait_job(id, timeout); }

@@ -23,6 +23,7 @@
 #include <utility>
 
 #include "mover/kernel_copy.h"
+#include "pocket/amplifier.h"
 #include "rocket/mover/mover.h"
 #include "rocket/shm/pool.h"
 #include "rocket/shm/segment.h"
@@ -49,6 +50,7 @@ struct ServerCounters {
   std::atomic<uint64_t> requests{0}, request_errors{0}, protocol_errors{0}, bytes_mapped{0};
   std::atomic<uint64_t> gpu_handles_opened{0}, gpu_responses_shared{0}, gpu_responses_copied{0};
   std::atomic<uint64_t> requests_helped{0};
+  std::atomic<uint64_t> lends{0}, lends_refused{0};
 };
 
 // Tags let one epoll set tell a session's socket from its eventfd.
@@ -91,7 +93,11 @@ struct ServerSession {
   bool unwatched = false;  // owner only: dead and out of the epoll set
   // Kernel single-copy path: allowed after the handshake probe succeeded.
   bool kernel_copy = false;
-  int pidfd = -1;  // to notice pid reuse before touching the client's memory
+  int pidfd = -1;  // to notice pid reuse before touching the client's memory, and its exit while it lends
+  // Lending (ServerOptions::lending): the client's cgroup and factor, read at
+  // the handshake; `lend_refusal_logged` keeps the reason to one line a session.
+  Amplifier::Lender lender;
+  std::atomic<bool> lend_refusal_logged{false};
   std::unique_ptr<GpuHandleCache> gpu;  // GPU payloads' IPC handles; made on first use
   // GPU backends: the cuda engine, once this session's pools are registered
   // with it (Request::copy_to_device, Response::write_from_device).
@@ -127,6 +133,9 @@ struct Server::Impl {
   bool helping = false;
 
   detail::ServerCounters counters;
+  // Lending's cgroup writes (set by start() when opts.lending.enabled); it
+  // outlives the dispatchers, which give their grants back before they exit.
+  std::unique_ptr<detail::Amplifier> amplifier;
 
   void accept_loop();
   void handshake(int fd);
@@ -377,6 +386,9 @@ class Server::Impl::Dispatcher {
   // client's end). Large copies run on the kernel engine's workers and this
   // thread at once; small ones, or all where the engine is absent, here.
   static Status remote_copy(pid_t pid, RemoteSide side, std::byte* dst, const std::byte* src, size_t n);
+  // Moves `millicpus` of the caller's CPU quota to the backend until the
+  // grant is given back (ServerOptions::lending); nothing where it cannot.
+  detail::Amplifier::Grant lend(detail::ServerSession& s, uint32_t millicpus);
 
   Impl* server_;
   std::vector<Handler> handlers_;  // this thread's instances, by op id
@@ -722,6 +734,14 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
     fail_request(s, d.job_id, invalid_argument("unknown request flags " + std::to_string(d.flags)));
     return;
   }
+  const uint64_t lend_hint = d.reserved[2];  // millicpus the caller lends for this request
+  if (lend_hint > kMaxLendMillicpus) {
+    server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+    fail_request(s, d.job_id,
+                 invalid_argument("a request lends at most " + std::to_string(kMaxLendMillicpus) + " millicpus, not " +
+                                  std::to_string(lend_hint)));
+    return;
+  }
   if ((remote_req || remote_resp) && !s.kernel_copy) {
     fail_request(s, d.job_id, permission_denied("this session has no kernel copy path (the handshake probe failed)"));
     return;
@@ -796,6 +816,10 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   req.gpu_data_ = gpu.data;
   req.gpu_size_ = gpu.size;
   req.session_ = &s;
+  // The loan lasts exactly as long as the handler (or until the caller dies).
+  const detail::Amplifier::Grant grant =
+      lend_hint != 0 ? lend(s, static_cast<uint32_t>(lend_hint)) : detail::Amplifier::Grant{};
+  req.lent_millicpus_ = grant.millicpus;
   Response resp(&s, payload.size());
   auto t0 = detail::Clock::now();
   Status st;
@@ -807,6 +831,7 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
     st = internal_error("handler threw a non-standard exception");
   }
   auto service_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(detail::Clock::now() - t0);
+  if (grant.id != 0) server_->amplifier->give_back(grant.id);
   if (!st.ok()) {
     fail_request(s, d.job_id, st);
     return;
@@ -824,6 +849,7 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   c.job_id = d.job_id;
   c.status = 0;
   c.service_ns = static_cast<uint64_t>(service_ns.count());
+  c.reserved[0] = grant.millicpus;
   if (remote_resp) {
     // Push the response straight into the caller's buffer; the pool block,
     // if any, is freed with `resp`.
@@ -887,6 +913,23 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
       break;
   }
   post(s, c);
+}
+
+detail::Amplifier::Grant Server::Impl::Dispatcher::lend(detail::ServerSession& s, uint32_t millicpus) {
+  detail::Amplifier::Grant grant;
+  std::string why = "this server does not take loans (ServerOptions::lending is off)";
+  if (server_->amplifier) grant = server_->amplifier->lend(s.lender, millicpus, s.pidfd, &why);
+  if (grant.id != 0) {
+    server_->counters.lends.fetch_add(1, std::memory_order_relaxed);
+    return grant;
+  }
+  server_->counters.lends_refused.fetch_add(1, std::memory_order_relaxed);
+  // An operator who turned lending on wants to know why it does not happen.
+  if (server_->amplifier && !s.lend_refusal_logged.exchange(true, std::memory_order_relaxed)) {
+    std::fprintf(stderr, "rocket: session %llu (tenant '%s', pid %d) lends no CPU: %s\n",
+                 static_cast<unsigned long long>(s.id), s.tenant.c_str(), static_cast<int>(s.cred.pid), why.c_str());
+  }
+  return grant;
 }
 
 Status Server::Impl::Dispatcher::remote_copy(pid_t pid, RemoteSide side, std::byte* dst, const std::byte* src,
@@ -1025,8 +1068,10 @@ void Server::Impl::handshake(int fd) {
       if (fd >= 0) ::close(fd);
     }
   } pidfd;
-  if (hello.probe_addr != 0) {
+  if (hello.probe_addr != 0 || amplifier) {
     pidfd.fd = detail::open_pidfd(cred.pid);
+  }
+  if (hello.probe_addr != 0) {
     uint64_t token = 0;
     kernel_copy = pidfd.fd >= 0 &&
                   detail::kernel_read(cred.pid, &token, reinterpret_cast<const void*>(hello.probe_addr), 8).ok() &&
@@ -1052,6 +1097,7 @@ void Server::Impl::handshake(int fd) {
   s->tenant = std::string(tenant);
   s->cred = cred;
   s->kernel_copy = kernel_copy;
+  if (amplifier) s->lender = amplifier->lender_of(cred.pid, pidfd.fd);
   s->pidfd = std::exchange(pidfd.fd, -1);
   s->control = std::move(*control);
   s->client_pool = std::move(*cpool);
@@ -1184,6 +1230,10 @@ Status Server::start() {
     ROCKET_RETURN_IF_ERROR(d->init());
     dispatchers.push_back(std::move(d));
   }
+  std::unique_ptr<detail::Amplifier> amplifier;
+  if (m.opts.lending.enabled) {
+    ROCKET_ASSIGN_OR_RETURN(amplifier, detail::Amplifier::create(m.opts.lending));
+  }
   int stop_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (stop_fd < 0) return errno_status("eventfd", errno);
   auto lfd = detail::listen_unix(m.opts.socket_path, 128);
@@ -1196,6 +1246,7 @@ Status Server::start() {
   m.helping = m.opts.dispatchers > 1 &&
               std::any_of(m.ops.begin(), m.ops.end(), [](const detail::OpSpec& op) { return op.options.concurrent; });
   m.dispatchers = std::move(dispatchers);
+  m.amplifier = std::move(amplifier);
   m.started = true;
   for (auto& d : m.dispatchers) d->start();
   m.acceptor = std::thread([&m] { m.accept_loop(); });
@@ -1247,6 +1298,9 @@ ServerStats Server::stats() const {
   s.gpu_responses_shared = m.counters.gpu_responses_shared.load(std::memory_order_relaxed);
   s.gpu_responses_copied = m.counters.gpu_responses_copied.load(std::memory_order_relaxed);
   s.requests_helped = m.counters.requests_helped.load(std::memory_order_relaxed);
+  s.lends = m.counters.lends.load(std::memory_order_relaxed);
+  s.lends_refused = m.counters.lends_refused.load(std::memory_order_relaxed);
+  s.lends_returned_on_exit = m.amplifier ? m.amplifier->returned_on_exit() : 0;
   return s;
 }
 

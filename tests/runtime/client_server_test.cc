@@ -66,6 +66,26 @@ TEST(ClientServer, HandlerErrorsTravelAsStatuses) {
   EXPECT_TRUE(c.call("echo", bytes_of("still here")).ok());
 }
 
+TEST(ClientServer, ALoanIsAHintAServerWithoutLendingIgnores) {
+  TestServer srv;
+  Client c = srv.connect();
+  const CallOptions lend{.policy = {.lend_millicpus = 500}};
+  auto r = c.call("echo_copy", bytes_of("work"), lend);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(r->lent_millicpus(), 0u);
+  auto f = c.call_async("echo_copy", bytes_of("more"), lend).get();
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_EQ(f->lent_millicpus(), 0u);
+  EXPECT_EQ(srv.server->stats().lends, 0u);
+  EXPECT_EQ(srv.server->stats().lends_refused, 2u);
+  // More than the protocol carries is the caller's mistake, caught before sending.
+  auto bad = c.call("echo", bytes_of("x"), {.policy = {.lend_millicpus = kMaxLendMillicpus + 1}});
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      c.call_async("echo", bytes_of("x"), {.policy = {.lend_millicpus = kMaxLendMillicpus + 1}}).get().status().code(),
+      StatusCode::kInvalidArgument);
+}
+
 TEST(ClientServer, ClientPoolExhaustionIsResourceExhausted) {
   TestServer srv;
   Client c = srv.connect({.client_pool_bytes = 1 << 20});

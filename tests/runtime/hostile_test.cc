@@ -62,6 +62,27 @@ TEST_F(Hostile, OutOfBoundsRangesFailThatRequest) {
   expect_bystander_ok();
 }
 
+TEST_F(Hostile, LoansBeyondTheLimitFailThatRequest) {
+  uint32_t echo = raw_->op("echo");
+  std::memcpy(raw_->cpool.data(), "abc", 3);
+  for (uint64_t lend : {uint64_t{kMaxLendMillicpus} + 1, uint64_t{UINT32_MAX} + 1, UINT64_MAX}) {
+    auto d = raw_request(echo, lend & 0xffff, 0, 3);
+    d.reserved[2] = lend;
+    auto c = expect_error(d, StatusCode::kInvalidArgument);
+    std::string msg(reinterpret_cast<const char*>(raw_->spool.data() + c.offset), c.length);
+    EXPECT_NE(msg.find("lends at most"), std::string::npos) << msg;
+  }
+  // Within the limit, a server that does not lend runs the request and says it lent nothing.
+  auto d = raw_request(echo, 7, 0, 3);
+  d.reserved[2] = kMaxLendMillicpus;
+  raw_->push(d);
+  detail::CompDesc c{};
+  ASSERT_TRUE(raw_->pop(&c));
+  EXPECT_EQ(c.status, 0);
+  EXPECT_EQ(c.reserved[0], 0u);
+  expect_bystander_ok();
+}
+
 TEST_F(Hostile, GarbageDescriptorsFailWithoutHarm) {
   std::mt19937_64 rng(7);
   for (int i = 0; i < 500; ++i) {

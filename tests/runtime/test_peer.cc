@@ -16,12 +16,21 @@
 //                                             responses copied)
 //   rocket_test_peer gpu-alloc BYTES          device memory held open: prints its IPC
 //                                             handle (hex) and waits
+//   rocket_test_peer serve-lend SOCKET CGROUP JOURNAL
+//                                             a server with "sleep" that takes CPU loans
+//                                             into cgroup directory CGROUP, with a journal
+//   rocket_test_peer lend SOCKET CGROUP MILLICPUS OP MS
+//                                             joins cgroup directory CGROUP, connects,
+//                                             prints "ready", calls OP with the u32 MS
+//                                             lending MILLICPUS, then prints "lent N"
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
-#include <mutex>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -142,9 +151,61 @@ static int gpu_alloc(size_t bytes) {
   for (;;) ::pause();
 }
 
+// A backend whose callers lend it CPU, killed by the test mid-call.
+static int serve_lend(const char* path, const char* cgroup, const char* journal) {
+  ServerOptions o{.socket_path = path};
+  o.lending = {.enabled = true, .backend_cgroup = cgroup, .journal_path = journal};
+  Server server(o);
+  Status s = server.handle("sleep", [](const Request& req, Response&) {
+    uint32_t ms = 0;
+    if (req.data().size() >= 4) std::memcpy(&ms, req.data().data(), 4);
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    return ok_status();
+  });
+  if (!s.ok()) return 2;
+  if (s = server.start(); !s.ok()) {
+    std::fprintf(stderr, "peer: %s\n", s.to_string().c_str());
+    return 2;
+  }
+  std::printf("ready\n");
+  std::fflush(stdout);
+  for (;;) ::pause();
+}
+
+// A frontend in its own cgroup that lends the backend CPU for one call.
+static int lend(const char* path, const std::string& cgroup, uint32_t millicpus, const char* op, uint32_t ms) {
+  int fd = ::open((cgroup + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
+  std::string pid = std::to_string(::getpid());
+  if (fd < 0 || ::write(fd, pid.data(), pid.size()) != static_cast<ssize_t>(pid.size())) {
+    std::fprintf(stderr, "peer: cannot join %s: %s\n", cgroup.c_str(), std::strerror(errno));
+    return 2;
+  }
+  ::close(fd);
+  auto c = Client::connect(path, {.tenant = "lender", .client_pool_bytes = 1 << 20, .server_pool_bytes = 1 << 20});
+  if (!c.ok()) {
+    std::fprintf(stderr, "peer: %s\n", c.status().to_string().c_str());
+    return 1;
+  }
+  std::printf("ready\n");
+  std::fflush(stdout);
+  auto r = c->call(op, std::as_bytes(std::span<const uint32_t>(&ms, 1)), {.policy = {.lend_millicpus = millicpus}});
+  if (r.ok()) {
+    std::printf("lent %u\n", r->lent_millicpus());
+  } else {
+    std::printf("error %s\n", r.status().to_string().c_str());
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) return 2;
   std::string mode = argv[1];
+  if (mode == "serve-lend" && argc == 5) return serve_lend(argv[2], argv[3], argv[4]);
+  if (mode == "lend" && argc == 7) {
+    return lend(argv[2], argv[3], static_cast<uint32_t>(std::stoul(argv[4])), argv[5],
+                static_cast<uint32_t>(std::stoul(argv[6])));
+  }
   if (mode == "gpu-alloc") return gpu_alloc(std::stoull(argv[2]));
   if (mode == "serve") return serve(argv[2]);
   if (mode == "serve-gpu") return serve_gpu(argv[2]);

@@ -114,6 +114,9 @@ class Reply {
   size_t gpu_size() const noexcept;
   // Handler time on the server.
   std::chrono::nanoseconds service_time() const noexcept;
+  // CPU this call lent the backend while it worked (Policy::lend_millicpus),
+  // in thousandths of a CPU: 0 where the server does not lend or could not.
+  uint32_t lent_millicpus() const noexcept;
   // Copies the payload into `dst` (which must hold size() bytes) with a mover;
   // a GPU response on the GPU's copy engines.
   Status copy_to(std::span<std::byte> dst, const CopyOptions& options = {}) const;

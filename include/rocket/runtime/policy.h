@@ -5,12 +5,19 @@
 #include <cstdint>
 
 #include "rocket/mover/mover.h"
+#include "rocket/pocket/lending.h"
 
 namespace rocket {
 
 struct Policy {
   MoverKind mover = MoverKind::kAuto;
   Cache cache = Cache::kAuto;
+  // Pocket's resource hint: CPU this call lends the backend while it works on
+  // the request, in thousandths of a CPU (1000: one CPU), taken from this
+  // process's cgroup quota (rocket/pocket/lending.h). A server that does not
+  // lend, or cannot, runs the request all the same; Reply::lent_millicpus()
+  // says what was lent. At most kMaxLendMillicpus.
+  uint32_t lend_millicpus = 0;
 };
 
 struct CallOptions {

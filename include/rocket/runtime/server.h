@@ -44,6 +44,7 @@
 #include <string_view>
 #include <vector>
 
+#include "rocket/pocket/lending.h"
 #include "rocket/status.h"
 
 namespace rocket {
@@ -63,6 +64,9 @@ class Request {
   uid_t uid() const noexcept { return uid_; }
   pid_t pid() const noexcept { return pid_; }
   uint64_t job_id() const noexcept { return job_id_; }
+  // CPU the caller lent the backend for this request (ServerOptions::lending),
+  // in thousandths of a CPU; 0 if it lent none.
+  uint32_t lent_millicpus() const noexcept { return lent_millicpus_; }
   // A GPU payload (Client::call_gpu): the client's device memory, opened in
   // this process through CUDA IPC (once per session, then cached); data() is
   // empty then. The pointer is valid during the handler only; the handler
@@ -87,6 +91,7 @@ class Request {
   uid_t uid_ = 0;
   pid_t pid_ = 0;
   uint64_t job_id_ = 0;
+  uint32_t lent_millicpus_ = 0;
 };
 
 // The response under construction. Exactly one of: alloc() (write the output
@@ -175,6 +180,9 @@ struct ServerOptions {
   unsigned max_sessions = 256;
   bool prefault = true;
   std::chrono::milliseconds handshake_timeout{2000};
+  // Pocket's resource amplification: callers lend the backend CPU for the
+  // duration of their requests (rocket/pocket/lending.h). Off by default.
+  LendingOptions lending;
 };
 
 struct ServerStats {
@@ -189,6 +197,9 @@ struct ServerStats {
   uint64_t gpu_responses_shared = 0;  // GPU responses handed over by reference
   uint64_t gpu_responses_copied = 0;  // GPU responses copied into the pool for callers that did not accept them
   uint64_t requests_helped = 0;       // requests run by a dispatcher other than their session's (OpOptions::concurrent)
+  uint64_t lends = 0;                 // requests that lent the backend CPU (ServerOptions::lending)
+  uint64_t lends_refused = 0;         // requests that asked to lend and lent nothing (why: on stderr, once a session)
+  uint64_t lends_returned_on_exit = 0;  // loans put back because the caller died before its request ended
 };
 
 class Server {

@@ -1,0 +1,353 @@
+#include "pocket/amplifier.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "mover/kernel_copy.h"
+
+namespace rocket::detail {
+
+// --- the journal ----------------------------------------------------------------
+
+// A file of fixed slots, mapped shared: a slot is filled before a cgroup's
+// limit is first changed and cleared after its base is written back, so what
+// is in the file when a server starts is what a crashed predecessor left
+// lent. Stores to the mapping reach the page cache at once, so they survive
+// the process (not the machine; a reboot resets cgroups anyway).
+class Amplifier::Journal {
+ public:
+  static Result<std::unique_ptr<Journal>> open(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return errno_status("open lending journal " + path, errno);
+    auto j = std::unique_ptr<Journal>(new Journal());
+    j->fd_ = fd;
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      return failed_precondition("lending journal " + path + " is in use by another server");
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return errno_status("stat " + path, errno);
+    const bool fresh = st.st_size == 0;
+    if (!fresh && st.st_size != static_cast<off_t>(kBytes)) {
+      return invalid_argument(path + " is not a Rocket lending journal (size " + std::to_string(st.st_size) + ")");
+    }
+    if (fresh && ::ftruncate(fd, kBytes) != 0) return errno_status("size lending journal " + path, errno);
+    void* p = ::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) return errno_status("map lending journal " + path, errno);
+    j->slots_ = static_cast<Slot*>(p);
+    Slot& header = j->slots_[0];
+    if (fresh) {
+      header.v2 = kVersion;
+      std::atomic_ref<uint32_t>(header.state).store(kHeaderMagic, std::memory_order_release);
+    } else if (std::atomic_ref<uint32_t>(header.state).load(std::memory_order_acquire) != kHeaderMagic ||
+               header.v2 != kVersion) {
+      return invalid_argument(path + " is not a Rocket lending journal (bad header)");
+    }
+    return j;
+  }
+
+  ~Journal() {
+    if (slots_ != nullptr) ::munmap(slots_, kBytes);
+    if (fd_ >= 0) ::close(fd_);  // drops the lock
+  }
+
+  // Writes back the base limits a previous server recorded; returns how many.
+  int restore_all() {
+    int restored = 0;
+    for (size_t i = 1; i < kSlots; ++i) {
+      Slot& s = slots_[i];
+      if (std::atomic_ref<uint32_t>(s.state).load(std::memory_order_acquire) != kInUse) continue;
+      s.dir[sizeof(s.dir) - 1] = '\0';
+      auto cg = cpu_cgroup_at(s.dir);
+      if (cg.ok() && cg->v2 == (s.v2 != 0)) {
+        Status st = write_cpu_quota(*cg, s.quota_us, s.period_us);
+        if (st.ok()) {
+          ++restored;
+          std::fprintf(stderr,
+                       "rocket: put back the CPU limit of %s (%lld µs per %lld µs) that a previous server "
+                       "had lent\n",
+                       s.dir, static_cast<long long>(s.quota_us), static_cast<long long>(s.period_us));
+        } else {
+          std::fprintf(stderr, "rocket: could not put back the CPU limit of %s: %s\n", s.dir, st.to_string().c_str());
+        }
+      }
+      clear(static_cast<int>(i));
+    }
+    return restored;
+  }
+
+  // The slot recording `cg`'s base, or -1 when the journal is full or the
+  // directory too long for a slot.
+  int record(const CpuCgroup& cg, const CpuLimit& base) {
+    if (cg.dir.size() >= sizeof(Slot::dir)) return -1;
+    for (size_t i = 1; i < kSlots; ++i) {
+      Slot& s = slots_[i];
+      if (std::atomic_ref<uint32_t>(s.state).load(std::memory_order_relaxed) != kFree) continue;
+      std::memset(s.dir, 0, sizeof(s.dir));
+      std::memcpy(s.dir, cg.dir.data(), cg.dir.size());
+      s.v2 = cg.v2 ? 1 : 0;
+      s.quota_us = base.quota_us;
+      s.period_us = base.period_us;
+      // release: the fields above are complete before the slot reads as in use.
+      std::atomic_ref<uint32_t>(s.state).store(kInUse, std::memory_order_release);
+      return static_cast<int>(i);
+    }
+    return -1;
+  }
+
+  void clear(int slot) {
+    if (slot <= 0 || static_cast<size_t>(slot) >= kSlots) return;
+    std::atomic_ref<uint32_t>(slots_[slot].state).store(kFree, std::memory_order_release);
+  }
+
+ private:
+  struct Slot {
+    // Slot 0, the header, holds kHeaderMagic in `state` and kVersion in `v2`.
+    alignas(8) uint32_t state;
+    uint32_t v2;
+    int64_t quota_us;
+    int64_t period_us;
+    char dir[488];
+  };
+  static_assert(sizeof(Slot) == 512);
+  static constexpr size_t kSlots = 64;  // slot 0 is the header
+  static constexpr size_t kBytes = kSlots * sizeof(Slot);
+  static constexpr uint32_t kHeaderMagic = 0x4a4c4b52;  // "RKLJ"
+  static constexpr uint32_t kVersion = 1;
+  static constexpr uint32_t kFree = 0, kInUse = 1;
+
+  Journal() = default;
+  int fd_ = -1;
+  Slot* slots_ = nullptr;
+};
+
+// --- the amplifier -----------------------------------------------------------------
+
+Amplifier::Amplifier(const LendingOptions& options) : opts_(options) {}
+
+Result<std::unique_ptr<Amplifier>> Amplifier::create(const LendingOptions& options) {
+  if (!(options.default_factor >= 0) || !std::isfinite(options.default_factor)) {
+    return invalid_argument("lending: default_factor must be a finite number >= 0");
+  }
+  for (const auto& [path, f] : options.factors) {
+    if (!(f >= 0) || !std::isfinite(f)) return invalid_argument("lending: the factor of " + path + " must be >= 0");
+  }
+  auto amp = std::unique_ptr<Amplifier>(new Amplifier(options));
+  if (!options.journal_path.empty()) {
+    ROCKET_ASSIGN_OR_RETURN(amp->journal_, Journal::open(options.journal_path));
+    amp->journal_->restore_all();
+  }
+  auto backend = options.backend_cgroup.empty() ? cpu_cgroup_of(0) : cpu_cgroup_at(options.backend_cgroup);
+  if (!backend.ok()) return failed_precondition("lending: the backend's cgroup: " + backend.status().message());
+  amp->backend_ = std::move(*backend);
+  ROCKET_ASSIGN_OR_RETURN(CpuLimit lim, read_cpu_limit(amp->backend_));
+  if (lim.quota_us < 0) {
+    return failed_precondition("lending: the backend's cgroup " + amp->backend_.dir +
+                               " has no CPU limit, so lending could give it nothing");
+  }
+  // Writing the limit it has proves we may write it, before any caller lends.
+  if (Status st = write_cpu_quota(amp->backend_, lim.quota_us, lim.period_us); !st.ok()) {
+    return failed_precondition("lending: the backend's cgroup is not writable here: " + st.message());
+  }
+  amp->epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+  if (amp->epoll_fd_ < 0) return errno_status("epoll_create1", errno);
+  amp->stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (amp->stop_fd_ < 0) return errno_status("eventfd", errno);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = 0;  // grant ids start at 1
+  if (::epoll_ctl(amp->epoll_fd_, EPOLL_CTL_ADD, amp->stop_fd_, &ev) != 0) return errno_status("epoll_ctl", errno);
+  amp->watcher_ = std::thread([a = amp.get()] { a->watch(); });
+  return amp;
+}
+
+Amplifier::~Amplifier() {
+  if (watcher_.joinable()) {
+    uint64_t one = 1;
+    ssize_t r = ::write(stop_fd_, &one, sizeof(one));
+    (void)r;
+    watcher_.join();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<uint64_t> ids;
+    for (const auto& [id, o] : out_) ids.push_back(id);
+    for (uint64_t id : ids) give_back_locked(id);
+  }
+  if (stop_fd_ >= 0) ::close(stop_fd_);
+  if (epoll_fd_ >= 0) ::close(epoll_fd_);
+}
+
+Amplifier::Lender Amplifier::lender_of(pid_t pid, int pidfd) const {
+  Lender l;
+  auto cg = cpu_cgroup_of(pid);
+  // Read first, then check that the pid still names the caller.
+  if (pidfd < 0 || pidfd_exited(pidfd)) {
+    l.why_not = "the caller's process cannot be watched (no pidfd), or has exited";
+    return l;
+  }
+  if (!cg.ok()) {
+    l.why_not = "the caller's cgroup: " + cg.status().message();
+    return l;
+  }
+  l.cgroup = std::move(*cg);
+  if (l.cgroup.dir == backend_.dir) {
+    l.why_not = "the caller is in the backend's own cgroup " + l.cgroup.path;
+    return l;
+  }
+  auto it = opts_.factors.find(l.cgroup.path);
+  l.factor = it != opts_.factors.end() ? it->second : opts_.default_factor;
+  if (l.factor <= 0) l.why_not = "lending is off for cgroup " + l.cgroup.path + " (factor 0)";
+  return l;
+}
+
+Result<Amplifier::Held*> Amplifier::hold(const CpuCgroup& cg) {
+  auto it = held_.find(cg.dir);
+  if (it != held_.end()) return &it->second;
+  ROCKET_ASSIGN_OR_RETURN(CpuLimit base, read_cpu_limit(cg));
+  Held h{cg, base};
+  if (journal_) {
+    h.journal_slot = journal_->record(cg, base);
+    if (h.journal_slot < 0) return resource_exhausted("the lending journal has no room for " + cg.dir);
+  }
+  return &held_.emplace(cg.dir, std::move(h)).first->second;
+}
+
+void Amplifier::release_hold(const std::string& dir) {
+  auto it = held_.find(dir);
+  if (it == held_.end() || it->second.grants != 0) return;
+  if (journal_) journal_->clear(it->second.journal_slot);
+  held_.erase(it);
+}
+
+Amplifier::Grant Amplifier::lend(const Lender& lender, uint32_t millicpus, int pidfd, std::string* why) {
+  auto refuse = [why](std::string w) {
+    if (why != nullptr) *why = std::move(w);
+    return Grant{};
+  };
+  if (!lender.why_not.empty()) return refuse(lender.why_not);
+  millicpus = std::min(millicpus, opts_.max_lend_millicpus);
+  if (millicpus == 0) return refuse("nothing to lend");
+  const int watch_fd = pidfd >= 0 ? ::fcntl(pidfd, F_DUPFD_CLOEXEC, 0) : -1;
+  if (watch_fd < 0) return refuse("cannot watch the caller: " + std::string(std::strerror(errno)));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto fail = [&](std::string w) {
+    ::close(watch_fd);
+    release_hold(lender.cgroup.dir);
+    release_hold(backend_.dir);
+    return refuse(std::move(w));
+  };
+  auto lh = hold(lender.cgroup);
+  if (!lh.ok()) return fail(lh.status().message());
+  auto bh = hold(backend_);
+  if (!bh.ok()) return fail(bh.status().message());
+  Held& l = **lh;
+  Held& b = **bh;
+  if (l.base.quota_us < 0) return fail("the caller's cgroup " + lender.cgroup.path + " has no CPU limit to lend from");
+  const int64_t l_now = l.base.quota_us + l.delta_us;
+  const int64_t b_now = b.base.quota_us + b.delta_us;
+  const int64_t spare = std::max<int64_t>(0, (l_now - kMinCpuQuotaUs) * 1000 / l.base.period_us);
+  const auto lent = static_cast<uint32_t>(std::min<int64_t>(millicpus, spare));
+  if (lent == 0) {
+    return fail("the caller's cgroup " + lender.cgroup.path + " has no quota to spare (" + std::to_string(l_now) +
+                " µs per " + std::to_string(l.base.period_us) + " µs)");
+  }
+  const int64_t take = static_cast<int64_t>(lent) * l.base.period_us / 1000;
+  const auto add =
+      static_cast<int64_t>(std::llround(lent * lender.factor * static_cast<double>(b.base.period_us) / 1000));
+  // The caller shrinks first, so the two never hold more than the factor allows.
+  if (Status st = write_cpu_quota(l.cgroup, l_now - take, l.base.period_us); !st.ok()) return fail(st.message());
+  if (add > 0) {
+    if (Status st = write_cpu_quota(b.cgroup, b_now + add, b.base.period_us); !st.ok()) {
+      Status undo = write_cpu_quota(l.cgroup, l_now, l.base.period_us);
+      (void)undo;  // best effort; the base goes back when the last grant ends
+      return fail(st.message());
+    }
+  }
+  l.delta_us -= take;
+  b.delta_us += add;
+  ++l.grants;
+  ++b.grants;
+  const uint64_t id = next_id_++;
+  out_.emplace(id, Out{lender.cgroup.dir, take, add, watch_fd});
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = id;
+  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, watch_fd, &ev) != 0) {
+    const int err = errno;
+    give_back_locked(id);  // unwatched, a dying caller would keep it
+    return refuse("cannot watch the caller: " + std::string(std::strerror(err)));
+  }
+  return Grant{id, lent};
+}
+
+void Amplifier::give_back(uint64_t id) noexcept {
+  if (id == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  give_back_locked(id);
+}
+
+void Amplifier::give_back_locked(uint64_t id) noexcept {
+  auto it = out_.find(id);
+  if (it == out_.end()) return;
+  Out o = std::move(it->second);
+  out_.erase(it);
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, o.pidfd, nullptr);
+  ::close(o.pidfd);
+  // The backend shrinks first, the reverse of lend().
+  auto put = [](Held& h, int64_t change) {
+    h.delta_us += change;
+    --h.grants;
+    const int64_t quota = h.grants == 0 ? h.base.quota_us : h.base.quota_us + h.delta_us;
+    Status st = write_cpu_quota(h.cgroup, quota, h.base.period_us);
+    // A caller's cgroup may be gone with the caller; nothing to put back then.
+    if (!st.ok() && ::access(h.cgroup.dir.c_str(), F_OK) == 0) {
+      std::fprintf(stderr, "rocket: lending: could not put back the CPU limit of %s: %s\n", h.cgroup.dir.c_str(),
+                   st.to_string().c_str());
+    }
+  };
+  auto b = held_.find(backend_.dir);
+  if (b != held_.end()) put(b->second, -o.added_us);
+  auto l = held_.find(o.lender_dir);
+  if (l != held_.end()) put(l->second, o.taken_us);
+  release_hold(backend_.dir);
+  release_hold(o.lender_dir);
+}
+
+uint64_t Amplifier::grants_out() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return out_.size();
+}
+
+void Amplifier::watch() {
+  epoll_event ev[16];
+  for (;;) {
+    int n = ::epoll_wait(epoll_fd_, ev, 16, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      std::fprintf(stderr, "rocket: lending watcher: epoll_wait: %s\n", std::strerror(errno));
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      if (ev[i].data.u64 == 0) return;  // stop_fd_
+      std::lock_guard<std::mutex> lock(mu_);
+      if (out_.count(ev[i].data.u64) != 0) {
+        give_back_locked(ev[i].data.u64);
+        returned_on_exit_.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  }
+}
+
+}  // namespace rocket::detail

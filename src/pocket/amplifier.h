@@ -1,0 +1,107 @@
+// The server's side of CPU lending (rocket/pocket/lending.h): moves quota
+// between a caller's cgroup and the backend's for the duration of a request,
+// keeps the books when requests overlap, and puts everything back -- when the
+// handler returns, when the caller dies first (a watcher thread waits on the
+// callers' pidfds), when the server stops, and, through the journal, when a
+// server restarts after a crash.
+//
+// Thread safety: every method may be called from any thread; one mutex
+// serialises the cgroup writes, so overlapping requests see consistent sums.
+//
+// Bookkeeping: the first grant touching a cgroup records its limit as the
+// base (in the journal first, then in memory); each grant adds or takes a
+// delta; the last one out writes the base back exactly and forgets it, so an
+// operator's changes between requests are respected. A change made while
+// grants are out is overwritten when they end.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+#include "pocket/cgroup.h"
+#include "rocket/pocket/lending.h"
+#include "rocket/status.h"
+
+namespace rocket::detail {
+
+class Amplifier {
+ public:
+  // Resolves the backend's cgroup (it must have a CPU limit and be
+  // writable), restores what the journal records, and starts the watcher.
+  [[nodiscard]] static Result<std::unique_ptr<Amplifier>> create(const LendingOptions& options);
+  // Gives back every grant still out, then stops the watcher.
+  ~Amplifier();
+  Amplifier(const Amplifier&) = delete;
+  Amplifier& operator=(const Amplifier&) = delete;
+
+  // Who may lend: a caller's cgroup and factor, or why it cannot lend.
+  struct Lender {
+    CpuCgroup cgroup;
+    double factor = 0;
+    std::string why_not;  // non-empty: this caller's requests lend nothing
+  };
+  // For process `pid`, which `pidfd` (if >= 0) must still name once its
+  // cgroup has been read (pids are reused).
+  Lender lender_of(pid_t pid, int pidfd) const;
+
+  struct Grant {
+    uint64_t id = 0;         // 0: nothing lent
+    uint32_t millicpus = 0;  // what the caller lent (the backend gained factor times this)
+  };
+  // Lends up to `millicpus` (at most the configured maximum, and never the
+  // caller's last millisecond per period) until give_back(id), or until the
+  // process behind `pidfd` exits. A refusal (no limit to lend from, a write
+  // that fails) lends nothing; `why` says why.
+  Grant lend(const Lender& lender, uint32_t millicpus, int pidfd, std::string* why);
+  // Puts grant `id` back; nothing if it was already (its caller died).
+  void give_back(uint64_t id) noexcept;
+
+  const CpuCgroup& backend() const noexcept { return backend_; }
+  uint64_t grants_out() const;
+  uint64_t returned_on_exit() const noexcept { return returned_on_exit_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Held {
+    CpuCgroup cgroup;
+    CpuLimit base;
+    int64_t delta_us = 0;  // current quota = base + delta
+    int grants = 0;
+    int journal_slot = -1;
+  };
+  struct Out {
+    std::string lender_dir;
+    int64_t taken_us = 0;  // from the lender
+    int64_t added_us = 0;  // to the backend
+    int pidfd = -1;        // a dup, watched by the watcher
+  };
+  class Journal;
+
+  explicit Amplifier(const LendingOptions& options);
+  // Caller holds mu_. The cgroup's bookkeeping, made (and journaled) on first use.
+  Result<Held*> hold(const CpuCgroup& cg);
+  void release_hold(const std::string& dir);
+  void give_back_locked(uint64_t id) noexcept;
+  void watch();
+
+  const LendingOptions opts_;
+  CpuCgroup backend_;
+  int epoll_fd_ = -1;
+  int stop_fd_ = -1;
+  std::unique_ptr<Journal> journal_;
+  std::thread watcher_;
+  mutable std::mutex mu_;
+  std::map<std::string, Held> held_;       // GUARDED_BY(mu_), by directory
+  std::unordered_map<uint64_t, Out> out_;  // GUARDED_BY(mu_), by grant id
+  uint64_t next_id_ = 1;                   // GUARDED_BY(mu_)
+  std::atomic<uint64_t> returned_on_exit_{0};
+};
+
+}  // namespace rocket::detail

@@ -1,0 +1,215 @@
+#include "pocket/cgroup.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <string>
+#include <vector>
+
+namespace rocket::detail {
+namespace {
+
+std::vector<std::string_view> split(std::string_view s, char sep) {
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  for (;;) {
+    size_t end = s.find(sep, start);
+    out.push_back(s.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start));
+    if (end == std::string_view::npos) return out;
+    start = end + 1;
+  }
+}
+
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape_octal(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && s.size() - i >= 4) {
+      int v = 0;
+      bool octal = true;
+      for (size_t k = 1; k <= 3; ++k) {
+        char c = s[i + k];
+        if (c < '0' || c > '7') octal = false;
+        v = v * 8 + (c - '0');
+      }
+      if (octal) {
+        out.push_back(static_cast<char>(v));
+        i += 3;
+        continue;
+      }
+    }
+    out.push_back(s[i]);
+  }
+  return out;
+}
+
+bool parse_i64(std::string_view s, int64_t* v) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.remove_suffix(1);
+  if (s.empty()) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *v);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+Result<std::string> read_small_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno_status("open " + path, errno);
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      ::close(fd);
+      return errno_status("read " + path, e);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+    if (out.size() > (size_t{1} << 20)) break;  // mountinfo of a busy host is large, not this large
+  }
+  ::close(fd);
+  return out;
+}
+
+Status write_small_file(const std::string& path, const std::string& text) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return errno_status("open " + path, errno);
+  ssize_t n;
+  do {
+    n = ::write(fd, text.data(), text.size());
+  } while (n < 0 && errno == EINTR);
+  int e = errno;
+  ::close(fd);
+  if (n < 0) return errno_status("write '" + text + "' to " + path, e);
+  if (static_cast<size_t>(n) != text.size()) return internal_error("short write to " + path);
+  return ok_status();
+}
+
+bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+}  // namespace
+
+Result<std::pair<std::string, bool>> parse_cpu_cgroup_path(std::string_view proc_cgroup) {
+  std::string v2_path;
+  bool have_v2 = false;
+  for (std::string_view line : split(proc_cgroup, '\n')) {
+    if (line.empty()) continue;
+    // hierarchy-id:controller-list:path (the path may itself contain ':')
+    size_t a = line.find(':');
+    size_t b = a == std::string_view::npos ? a : line.find(':', a + 1);
+    if (b == std::string_view::npos) return invalid_argument("malformed cgroup line '" + std::string(line) + "'");
+    std::string_view id = line.substr(0, a), controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    if (path.empty() || path.front() != '/') {
+      return invalid_argument("malformed cgroup path in '" + std::string(line) + "'");
+    }
+    if (id == "0" && controllers.empty()) {
+      v2_path = std::string(path);
+      have_v2 = true;
+      continue;
+    }
+    for (std::string_view c : split(controllers, ',')) {
+      if (c == "cpu") return std::pair<std::string, bool>{std::string(path), false};
+    }
+  }
+  if (have_v2) return std::pair<std::string, bool>{v2_path, true};
+  return not_found("the process is in no cgroup with a cpu controller");
+}
+
+Result<std::string> cgroup_dir_in(std::string_view mountinfo, std::string_view path, bool v2) {
+  for (std::string_view line : split(mountinfo, '\n')) {
+    if (line.empty()) continue;
+    size_t dash = line.find(" - ");
+    if (dash == std::string_view::npos) continue;
+    std::vector<std::string_view> pre = split(line.substr(0, dash), ' ');
+    std::vector<std::string_view> post = split(line.substr(dash + 3), ' ');
+    if (pre.size() < 5 || post.size() < 3) continue;
+    std::string_view fstype = post[0];
+    if (v2 ? fstype != "cgroup2" : fstype != "cgroup") continue;
+    if (!v2) {
+      bool cpu = false;
+      for (std::string_view o : split(post[2], ',')) cpu = cpu || o == "cpu";
+      if (!cpu) continue;
+    }
+    std::string root = unescape_octal(pre[3]);
+    std::string mount = unescape_octal(pre[4]);
+    std::string rest;
+    if (root == "/") {
+      rest = std::string(path);
+    } else if (path == root) {
+      rest = "";
+    } else if (path.size() > root.size() && path.substr(0, root.size()) == root && path[root.size()] == '/') {
+      rest = std::string(path.substr(root.size()));
+    } else {
+      continue;  // this mount shows another part of the tree
+    }
+    if (rest == "/") rest.clear();
+    return mount + rest;
+  }
+  return not_found(std::string("no mounted ") + (v2 ? "cgroup2 hierarchy" : "cgroup v1 `cpu` hierarchy") +
+                   " shows cgroup " + std::string(path));
+}
+
+Result<CpuLimit> parse_cpu_max(std::string_view text) {
+  while (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+  auto parts = split(text, ' ');
+  CpuLimit lim;
+  if (parts.size() != 2 || !parse_i64(parts[1], &lim.period_us) || lim.period_us <= 0) {
+    return invalid_argument("malformed cpu.max '" + std::string(text) + "'");
+  }
+  if (parts[0] == "max") {
+    lim.quota_us = -1;
+  } else if (!parse_i64(parts[0], &lim.quota_us) || lim.quota_us <= 0) {
+    return invalid_argument("malformed cpu.max '" + std::string(text) + "'");
+  }
+  return lim;
+}
+
+Result<CpuCgroup> cpu_cgroup_of(pid_t pid) {
+  const std::string proc = pid == 0 ? std::string("/proc/self") : "/proc/" + std::to_string(pid);
+  ROCKET_ASSIGN_OR_RETURN(std::string text, read_small_file(proc + "/cgroup"));
+  ROCKET_ASSIGN_OR_RETURN(auto path_v2, parse_cpu_cgroup_path(text));
+  ROCKET_ASSIGN_OR_RETURN(std::string mountinfo, read_small_file("/proc/self/mountinfo"));
+  ROCKET_ASSIGN_OR_RETURN(std::string dir, cgroup_dir_in(mountinfo, path_v2.first, path_v2.second));
+  CpuCgroup cg{std::move(dir), path_v2.first, path_v2.second};
+  if (cg.v2 && !exists(cg.dir + "/cpu.max")) {
+    return failed_precondition("cgroup " + cg.path + " (v2) has no cpu controller enabled (no cpu.max in " + cg.dir +
+                               ")");
+  }
+  return cg;
+}
+
+Result<CpuCgroup> cpu_cgroup_at(const std::string& dir) {
+  if (exists(dir + "/cpu.cfs_quota_us")) return CpuCgroup{dir, dir, false};
+  if (exists(dir + "/cpu.max")) return CpuCgroup{dir, dir, true};
+  return not_found(dir + " is not a cgroup with a cpu controller (no cpu.cfs_quota_us or cpu.max)");
+}
+
+Result<CpuLimit> read_cpu_limit(const CpuCgroup& cg) {
+  if (cg.v2) {
+    ROCKET_ASSIGN_OR_RETURN(std::string text, read_small_file(cg.dir + "/cpu.max"));
+    return parse_cpu_max(text);
+  }
+  ROCKET_ASSIGN_OR_RETURN(std::string quota, read_small_file(cg.dir + "/cpu.cfs_quota_us"));
+  ROCKET_ASSIGN_OR_RETURN(std::string period, read_small_file(cg.dir + "/cpu.cfs_period_us"));
+  CpuLimit lim;
+  if (!parse_i64(quota, &lim.quota_us) || !parse_i64(period, &lim.period_us) || lim.period_us <= 0 ||
+      (lim.quota_us <= 0 && lim.quota_us != -1)) {
+    return invalid_argument("malformed cpu.cfs_quota_us/cpu.cfs_period_us in " + cg.dir);
+  }
+  return lim;
+}
+
+Status write_cpu_quota(const CpuCgroup& cg, int64_t quota_us, int64_t period_us) {
+  if (quota_us != -1 && quota_us < kMinCpuQuotaUs) {
+    return invalid_argument("a CPU quota of " + std::to_string(quota_us) + " µs is below the kernel's minimum");
+  }
+  if (cg.v2) {
+    std::string q = quota_us < 0 ? std::string("max") : std::to_string(quota_us);
+    return write_small_file(cg.dir + "/cpu.max", q + " " + std::to_string(period_us));
+  }
+  return write_small_file(cg.dir + "/cpu.cfs_quota_us", std::to_string(quota_us));
+}
+
+}  // namespace rocket::detail

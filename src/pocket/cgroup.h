@@ -1,0 +1,65 @@
+// Where a process's CPU limit lives, and reading and writing it: the cgroup
+// files behind Pocket's resource amplification (amplifier.h).
+//
+//   auto cg = detail::cpu_cgroup_of(pid);          // its cgroup's directory
+//   auto lim = detail::read_cpu_limit(*cg);        // quota and period, in µs
+//   detail::write_cpu_quota(*cg, lim->quota_us + 50000, lim->period_us);
+//
+// Both hierarchies: cgroup v1's `cpu` controller (cpu.cfs_quota_us,
+// cpu.cfs_period_us) and cgroup v2 (cpu.max), found through
+// /proc/PID/cgroup and /proc/self/mountinfo, never assumed to be at
+// /sys/fs/cgroup. Where a process is in both, v1's `cpu` controller is the one
+// that limits it. Not thread-safe against concurrent writers of the same
+// cgroup; the amplifier serialises its own writes.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "rocket/status.h"
+
+namespace rocket::detail {
+
+struct CpuCgroup {
+  std::string dir;   // the cgroup's directory in the mounted hierarchy
+  std::string path;  // its path inside the hierarchy, as /proc/PID/cgroup names it
+  bool v2 = false;
+
+  bool operator==(const CpuCgroup&) const = default;
+};
+
+struct CpuLimit {
+  int64_t quota_us = -1;  // CPU time per period; -1: no limit
+  int64_t period_us = 100000;
+};
+
+// The kernel refuses a quota below 1 ms per period.
+inline constexpr int64_t kMinCpuQuotaUs = 1000;
+
+// --- parsing, separate from the files so tests can feed it text ---------------
+
+// From the text of /proc/PID/cgroup: the process's path in the v1 hierarchy
+// that carries the `cpu` controller, or else in the v2 hierarchy (`0::`).
+[[nodiscard]] Result<std::pair<std::string, bool>> parse_cpu_cgroup_path(std::string_view proc_cgroup);
+// From the text of /proc/self/mountinfo: the directory of `path` in the mount
+// of the v1 `cpu` hierarchy (v2 = false) or of cgroup2 (v2 = true). A mount of
+// a sub-tree (its root field is not "/") serves only paths under that root.
+[[nodiscard]] Result<std::string> cgroup_dir_in(std::string_view mountinfo, std::string_view path, bool v2);
+// "50000 100000" or "max 100000" (cgroup v2's cpu.max).
+[[nodiscard]] Result<CpuLimit> parse_cpu_max(std::string_view text);
+
+// --- the files ----------------------------------------------------------------
+
+// The cpu cgroup of process `pid` (0: this process).
+[[nodiscard]] Result<CpuCgroup> cpu_cgroup_of(pid_t pid);
+// The cgroup at directory `dir` (an operator's configuration names it so).
+[[nodiscard]] Result<CpuCgroup> cpu_cgroup_at(const std::string& dir);
+[[nodiscard]] Result<CpuLimit> read_cpu_limit(const CpuCgroup& cg);
+// Sets the quota (-1: no limit) with `period_us`, which must be the
+// cgroup's current period (only v2 writes it, and unchanged).
+[[nodiscard]] Status write_cpu_quota(const CpuCgroup& cg, int64_t quota_us, int64_t period_us);
+
+}  // namespace rocket::detail

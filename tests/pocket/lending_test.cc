@@ -1,0 +1,351 @@
+// CPU lending against real cgroups: callers in cgroups of their own lend the
+// backend quota for the length of a request, and every path puts it back --
+// the handler returning, the caller dying mid-call, and a server restarted
+// after it crashed mid-call (the journal). Needs write access to a cpu
+// cgroup hierarchy (root, cgroup v1's `cpu` controller or v2 with `cpu`
+// delegated); elsewhere each test skips and says why.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "pocket/cgroup.h"
+#include "test_util.h"
+
+namespace rocket::testing {
+namespace {
+
+using std::chrono::milliseconds;
+
+// A scratch cgroup tree for one test, under this process's own cpu cgroup:
+// rocket-test-PID-N/{backend,fe,fe2}, removed again at the end.
+class CgroupSandbox {
+ public:
+  CgroupSandbox() {
+    if (::geteuid() != 0) {
+      why_not = "needs root to make cgroups";
+      return;
+    }
+    auto self = detail::cpu_cgroup_of(0);
+    if (!self.ok()) {
+      why_not = "no cpu cgroup here: " + self.status().message();
+      return;
+    }
+    v2_ = self->v2;
+    static std::atomic<int> n{0};
+    const std::string name = "rocket-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
+    root_dir_ = self->dir + "/" + name;
+    root_path_ = (self->path == "/" ? "" : self->path) + "/" + name;
+    if (v2_ && !contains_word(read(self->dir + "/cgroup.subtree_control"), "cpu")) {
+      why_not = "cgroup v2 without the cpu controller delegated to " + self->path;
+      return;
+    }
+    if (::mkdir(root_dir_.c_str(), 0755) != 0) {
+      why_not = "cannot make a cgroup under " + self->dir + ": " + std::strerror(errno);
+      return;
+    }
+    made_root_ = true;
+    if (v2_ && !write(root_dir_ + "/cgroup.subtree_control", "+cpu")) {
+      why_not = "cannot enable the cpu controller in " + root_dir_;
+      return;
+    }
+    for (const char* child : {"backend", "fe", "fe2"}) {
+      if (::mkdir(dir(child).c_str(), 0755) != 0) {
+        why_not = "cannot make " + dir(child) + ": " + std::strerror(errno);
+        return;
+      }
+      children_.push_back(child);
+    }
+  }
+  ~CgroupSandbox() {
+    // Killed peers leave their cgroups a moment after they are reaped.
+    for (auto it = children_.rbegin(); it != children_.rend(); ++it) remove(dir(*it));
+    if (made_root_) remove(root_dir_);
+  }
+  std::string dir(const std::string& child) const { return root_dir_ + "/" + child; }
+  // As /proc/PID/cgroup names it: the key of LendingOptions::factors.
+  std::string path(const std::string& child) const { return root_path_ + "/" + child; }
+  detail::CpuCgroup cgroup(const std::string& child) const { return {dir(child), path(child), v2_}; }
+  bool set(const std::string& child, int64_t quota_us) {
+    return detail::write_cpu_quota(cgroup(child), quota_us, 100000).ok();
+  }
+  int64_t quota(const std::string& child) const {
+    auto lim = detail::read_cpu_limit(cgroup(child));
+    return lim.ok() ? lim->quota_us : -2;
+  }
+
+  std::string why_not;
+
+ private:
+  static std::string read(const std::string& p) {
+    std::ifstream f(p);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+  static bool write(const std::string& p, const std::string& text) {
+    std::ofstream f(p);
+    f << text;
+    f.flush();
+    return static_cast<bool>(f);
+  }
+  static bool contains_word(const std::string& text, const std::string& word) {
+    size_t at = 0;
+    while ((at = text.find(word, at)) != std::string::npos) {
+      bool start = at == 0 || text[at - 1] == ' ';
+      bool end = at + word.size() == text.size() || text[at + word.size()] == ' ' || text[at + word.size()] == '\n';
+      if (start && end) return true;
+      at += word.size();
+    }
+    return false;
+  }
+  static void remove(const std::string& d) {
+    for (int i = 0; i < 200 && ::rmdir(d.c_str()) != 0 && errno == EBUSY; ++i) {
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+  }
+
+  bool v2_ = false;
+  bool made_root_ = false;
+  std::string root_dir_, root_path_;
+  std::vector<std::string> children_;
+};
+
+#define SKIP_WITHOUT_CGROUPS(box) \
+  if (!(box).why_not.empty()) GTEST_SKIP() << (box).why_not
+
+// Polls `cond` for up to `limit`.
+template <typename F>
+bool eventually(F cond, milliseconds limit = milliseconds(5000)) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(milliseconds(2));
+  }
+  return cond();
+}
+
+// A handler that stays inside until released: by the caller's pid, or all.
+struct Parking {
+  std::atomic<int> inside{0};
+  std::atomic<pid_t> release_pid{0};
+  std::atomic<bool> release_all{false};
+  Handler handler() {
+    return [this](const Request& req, Response&) {
+      inside.fetch_add(1);
+      auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      while (!release_all.load() && release_pid.load() != req.pid() && std::chrono::steady_clock::now() < end) {
+        std::this_thread::sleep_for(milliseconds(1));
+      }
+      inside.fetch_sub(1);
+      return ok_status();
+    };
+  }
+};
+
+ServerOptions lending_server(const CgroupSandbox& box, std::map<std::string, double> factors = {}) {
+  ServerOptions o{.socket_path = unique_socket_path("lend"), .dispatchers = 2};
+  o.lending = {.enabled = true, .backend_cgroup = box.dir("backend"), .factors = std::move(factors)};
+  return o;
+}
+
+TEST(Lending, ACallMovesQuotaForItsDurationOnly) {
+  CgroupSandbox box;
+  SKIP_WITHOUT_CGROUPS(box);
+  ASSERT_TRUE(box.set("backend", 50000));
+  ASSERT_TRUE(box.set("fe", 100000));
+  Server server(lending_server(box, {{box.path("fe"), 1.5}}));
+  std::atomic<int64_t> seen_backend{0}, seen_fe{0};
+  std::atomic<uint32_t> seen_lent{0};
+  ASSERT_TRUE(server
+                  .handle("observe",
+                          [&](const Request& req, Response&) {
+                            seen_backend = box.quota("backend");
+                            seen_fe = box.quota("fe");
+                            seen_lent = req.lent_millicpus();
+                            return ok_status();
+                          })
+                  .ok());
+  Status st = server.start();
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  Peer peer({"lend", server.options().socket_path, box.dir("fe"), "400", "observe", "0"});
+  ASSERT_EQ(peer.read_line(), "ready");
+  EXPECT_EQ(peer.read_line(), "lent 400");
+  // During the call: the caller gave 0.4 CPU, the backend got 1.5 times that.
+  EXPECT_EQ(seen_fe.load(), 60000);
+  EXPECT_EQ(seen_backend.load(), 50000 + 60000);
+  EXPECT_EQ(seen_lent.load(), 400u);
+  // After it: both as they were.
+  EXPECT_EQ(box.quota("fe"), 100000);
+  EXPECT_EQ(box.quota("backend"), 50000);
+  EXPECT_EQ(server.stats().lends, 1u);
+  EXPECT_EQ(server.stats().lends_refused, 0u);
+}
+
+TEST(Lending, ACallerThatDiesMidCallGetsItsQuotaBackAtOnce) {
+  CgroupSandbox box;
+  SKIP_WITHOUT_CGROUPS(box);
+  ASSERT_TRUE(box.set("backend", 50000));
+  ASSERT_TRUE(box.set("fe", 100000));
+  Server server(lending_server(box));
+  Parking park;
+  ASSERT_TRUE(server.handle("park", park.handler()).ok());
+  ASSERT_TRUE(server.start().ok());
+  {
+    Peer peer({"lend", server.options().socket_path, box.dir("fe"), "500", "park", "0"});
+    ASSERT_EQ(peer.read_line(), "ready");
+    ASSERT_TRUE(eventually([&] { return park.inside.load() == 1; }));
+    EXPECT_EQ(box.quota("fe"), 50000);
+    EXPECT_EQ(box.quota("backend"), 100000);
+    peer.kill(SIGKILL);
+  }
+  // Put back while the handler is still working on the dead caller's request.
+  EXPECT_TRUE(eventually([&] { return box.quota("fe") == 100000 && box.quota("backend") == 50000; }));
+  EXPECT_EQ(park.inside.load(), 1);
+  EXPECT_EQ(server.stats().lends_returned_on_exit, 1u);
+  park.release_all = true;
+  ASSERT_TRUE(eventually([&] { return park.inside.load() == 0; }));
+  // The handler's own give-back finds nothing left to give.
+  EXPECT_EQ(box.quota("fe"), 100000);
+  EXPECT_EQ(box.quota("backend"), 50000);
+}
+
+TEST(Lending, OverlappingLoansAddUpAndUnwindInAnyOrder) {
+  CgroupSandbox box;
+  SKIP_WITHOUT_CGROUPS(box);
+  ASSERT_TRUE(box.set("backend", 50000));
+  ASSERT_TRUE(box.set("fe", 100000));
+  ASSERT_TRUE(box.set("fe2", 100000));
+  Server server(lending_server(box));
+  Parking park;
+  ASSERT_TRUE(server.handle("park", park.handler()).ok());
+  ASSERT_TRUE(server.start().ok());
+  Peer a({"lend", server.options().socket_path, box.dir("fe"), "300", "park", "0"});
+  ASSERT_EQ(a.read_line(), "ready");
+  Peer b({"lend", server.options().socket_path, box.dir("fe2"), "200", "park", "0"});
+  ASSERT_EQ(b.read_line(), "ready");
+  ASSERT_TRUE(eventually([&] { return park.inside.load() == 2; }));
+  EXPECT_EQ(box.quota("backend"), 50000 + 30000 + 20000);
+  EXPECT_EQ(box.quota("fe"), 70000);
+  EXPECT_EQ(box.quota("fe2"), 80000);
+  // The first to come in ends first: the second's loan stays.
+  park.release_pid = a.pid();
+  EXPECT_EQ(a.read_line(), "lent 300");
+  EXPECT_EQ(box.quota("backend"), 50000 + 20000);
+  EXPECT_EQ(box.quota("fe"), 100000);
+  EXPECT_EQ(box.quota("fe2"), 80000);
+  park.release_pid = b.pid();
+  EXPECT_EQ(b.read_line(), "lent 200");
+  EXPECT_EQ(box.quota("backend"), 50000);
+  EXPECT_EQ(box.quota("fe2"), 100000);
+  EXPECT_EQ(server.stats().lends, 2u);
+}
+
+TEST(Lending, WhatCannotBeLentIsNotAndTheCallStillRuns) {
+  CgroupSandbox box;
+  SKIP_WITHOUT_CGROUPS(box);
+  ASSERT_TRUE(box.set("backend", 50000));
+  ASSERT_TRUE(box.set("fe", -1));  // no limit: nothing bounded to lend
+  ASSERT_TRUE(box.set("fe2", 100000));
+  Server server(lending_server(box, {{box.path("fe2"), 0.0}}));  // fe2 may not lend
+  std::atomic<int64_t> seen_backend{0};
+  ASSERT_TRUE(server
+                  .handle("observe",
+                          [&](const Request&, Response&) {
+                            seen_backend = box.quota("backend");
+                            return ok_status();
+                          })
+                  .ok());
+  ASSERT_TRUE(server.start().ok());
+  const std::string sock = server.options().socket_path;
+  {
+    Peer p({"lend", sock, box.dir("fe"), "500", "observe", "0"});
+    ASSERT_EQ(p.read_line(), "ready");
+    EXPECT_EQ(p.read_line(), "lent 0");
+    EXPECT_EQ(seen_backend.load(), 50000);
+  }
+  {
+    Peer p({"lend", sock, box.dir("fe2"), "500", "observe", "0"});
+    ASSERT_EQ(p.read_line(), "ready");
+    EXPECT_EQ(p.read_line(), "lent 0");
+    EXPECT_EQ(box.quota("fe2"), 100000);
+  }
+  // A caller lends what it can spare, never its last millisecond per period.
+  ASSERT_TRUE(box.set("fe", 21000));
+  {
+    Peer p({"lend", sock, box.dir("fe"), "500", "observe", "0"});
+    ASSERT_EQ(p.read_line(), "ready");
+    EXPECT_EQ(p.read_line(), "lent 200");
+    EXPECT_EQ(seen_backend.load(), 50000 + 20000);
+    EXPECT_EQ(box.quota("fe"), 21000);
+  }
+  EXPECT_EQ(server.stats().lends, 1u);
+  EXPECT_EQ(server.stats().lends_refused, 2u);
+  EXPECT_EQ(box.quota("backend"), 50000);
+}
+
+TEST(Lending, AServerRestartedAfterACrashPutsBackWhatWasLent) {
+  CgroupSandbox box;
+  SKIP_WITHOUT_CGROUPS(box);
+  ASSERT_TRUE(box.set("backend", 50000));
+  ASSERT_TRUE(box.set("fe", 100000));
+  const std::string journal = unique_socket_path("journal");
+  const std::string sock = unique_socket_path("lendsrv");
+  {
+    Peer srv({"serve-lend", sock, box.dir("backend"), journal});
+    ASSERT_EQ(srv.read_line(), "ready");
+    Peer caller({"lend", sock, box.dir("fe"), "500", "sleep", "20000"});
+    ASSERT_EQ(caller.read_line(), "ready");
+    ASSERT_TRUE(eventually([&] { return box.quota("fe") == 50000; }));
+    srv.kill(SIGKILL);  // mid-call: nobody is left to put the loan back
+    caller.kill(SIGKILL);
+    EXPECT_EQ(box.quota("fe"), 50000);
+    EXPECT_EQ(box.quota("backend"), 100000);
+  }
+  ::unlink(sock.c_str());
+  ServerOptions o{.socket_path = sock};
+  o.lending = {.enabled = true, .backend_cgroup = box.dir("backend"), .journal_path = journal};
+  {
+    Server again(o);
+    Status st = again.start();
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    EXPECT_EQ(box.quota("fe"), 100000);
+    EXPECT_EQ(box.quota("backend"), 50000);
+    // One server per journal.
+    ServerOptions other = o;
+    other.socket_path = unique_socket_path("lend2");
+    Server second(other);
+    EXPECT_EQ(second.start().code(), StatusCode::kFailedPrecondition);
+  }
+  ::unlink(journal.c_str());
+}
+
+TEST(Lending, AServerRefusesToStartWhereLendingCannotWork) {
+  CgroupSandbox box;
+  SKIP_WITHOUT_CGROUPS(box);
+  ASSERT_TRUE(box.set("backend", -1));
+  {
+    Server s(lending_server(box));
+    Status st = s.start();
+    EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition);
+    EXPECT_NE(st.message().find("no CPU limit"), std::string::npos) << st.to_string();
+  }
+  ServerOptions o = lending_server(box);
+  o.lending.backend_cgroup = box.dir("backend") + "/no-such-cgroup";
+  {
+    Server s(o);
+    EXPECT_EQ(s.start().code(), StatusCode::kFailedPrecondition);
+  }
+  o = lending_server(box);
+  ASSERT_TRUE(box.set("backend", 50000));
+  o.lending.default_factor = -1;
+  {
+    Server s(o);
+    EXPECT_EQ(s.start().code(), StatusCode::kInvalidArgument);
+  }
+}
+
+}  // namespace
+}  // namespace rocket::testing
