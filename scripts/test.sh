@@ -4,7 +4,8 @@
 # concurrency-labelled tests under TSan, then builds the release configuration,
 # runs the whole suite once more there (optimised code, and the few tests that
 # need glibc's own allocator), a short benchmark smoke test (correctness of the
-# bench path, not a timing), `rocket demo --quick` and `rocket bench peers --quick`.
+# bench path, not a timing), `rocket bench lend --quick`, `rocket demo --quick` and
+# `rocket bench peers --quick`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -31,6 +32,8 @@ ctest --preset release -j "$jobs" | tee -a "$log"
 ./build/release/rocket doctor
 ./build/release/rocket bench echo --sizes 64,1M --modes sync,pipelined --clients 1 --budget-ms 20 --json >/dev/null
 echo "smoke: rocket bench echo ran"
+echo "== rocket bench lend --quick (Pocket's CPU lending; skips where it cannot make cgroups)"
+./build/release/rocket bench lend --quick
 echo "== rocket demo --quick (the main job, small sizes)"
 ./build/release/rocket demo --quick --out build/release/demo-report
 echo "== rocket bench peers --quick"

@@ -9,6 +9,9 @@
 //   rocket bench movers [--json]            every data mover, memcpy baseline
 //   rocket bench peers [--quick] [--json]   vs uds, zmq, grpc, a naive shm file per call
 //   rocket bench overlap                    caller work hidden behind call_async
+//   rocket bench lend [--quick] [--json]    a capped backend with and without CPU loans
+#include "rocket/rocket.h"
+
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -21,14 +24,15 @@
 #include <vector>
 
 #include "args.h"
-#include "exit_with_parent.h"
 #include "bench_echo.h"
+#include "bench_lend.h"
 #include "bench_movers.h"
 #include "bench_peers.h"
 #include "demo.h"
-#include "serve_until_signal.h"
+#include "exit_with_parent.h"
 #include "mover/cuda_mover.h"
-#include "rocket/rocket.h"
+#include "pocket/cgroup.h"
+#include "serve_until_signal.h"
 
 namespace {
 
@@ -47,6 +51,10 @@ struct ServeArgs {
   std::vector<gid_t> gids;
   size_t client_pool_mib = 192, server_pool_mib = 192, max_pool_mib = 2048;
   unsigned max_sessions = 256;
+  bool lend = false;
+  std::string lend_cgroup, lend_journal;
+  std::vector<std::string> lend_factors;  // CGROUP=FACTOR
+  double lend_default_factor = 1.0;
 };
 
 int serve(const ServeArgs& a) {
@@ -60,6 +68,20 @@ int serve(const ServeArgs& a) {
   o.default_server_pool_bytes = a.server_pool_mib << 20;
   o.max_pool_bytes = a.max_pool_mib << 20;
   o.max_sessions = a.max_sessions;
+  o.lending.enabled = a.lend;
+  o.lending.backend_cgroup = a.lend_cgroup;
+  o.lending.journal_path = a.lend_journal;
+  o.lending.default_factor = a.lend_default_factor;
+  for (const auto& f : a.lend_factors) {
+    const size_t eq = f.rfind('=');
+    char* end = nullptr;
+    const double v = eq == std::string::npos ? -1 : std::strtod(f.c_str() + eq + 1, &end);
+    if (eq == std::string::npos || eq == 0 || end == f.c_str() + eq + 1 || *end != '\0') {
+      std::cerr << "rocket serve: --lend-factor takes CGROUP=FACTOR (\"/frontends/a=2\"), not '" << f << "'\n";
+      return 2;
+    }
+    o.lending.factors[f.substr(0, eq)] = v;
+  }
   rocket::Server server(o);
   if (auto s = rocket::register_builtin_ops(server); !s.ok()) {
     std::cerr << "rocket serve: " << s.to_string() << "\n";
@@ -68,7 +90,8 @@ int serve(const ServeArgs& a) {
   const int rc = rocket::tools::serve_until_signal(server, "rocket serve", [&] {
     // The first line on stdout says the server accepts (scripts wait for it).
     std::cout << "rocket: serving on " << a.socket << " (ops: echo, echo_copy, checksum, gpu_echo; " << a.dispatchers
-              << " dispatcher" << (a.dispatchers == 1 ? "" : "s") << ")" << std::endl;
+              << " dispatcher" << (a.dispatchers == 1 ? "" : "s") << (a.lend ? "; takes CPU loans" : "") << ")"
+              << std::endl;
   });
   if (rc != 0) return rc;
   auto st = server.stats();
@@ -85,6 +108,7 @@ struct CallArgs {
   std::string out;
   bool json_out = false;
   std::string tenant = "cli";
+  uint32_t lend = 0;
 };
 
 int call(const CallArgs& a) {
@@ -117,7 +141,7 @@ int call(const CallArgs& a) {
     return 1;
   }
   auto t0 = std::chrono::steady_clock::now();
-  auto reply = client->call(a.op, std::span<const std::byte>(payload));
+  auto reply = client->call(a.op, std::span<const std::byte>(payload), {.policy = {.lend_millicpus = a.lend}});
   double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   if (!reply.ok()) {
     std::cerr << "rocket call: " << reply.status().to_string() << "\n";
@@ -128,9 +152,13 @@ int call(const CallArgs& a) {
     std::ofstream f(a.out, std::ios::binary);
     f.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
   }
-  json j{{"op", a.op}, {"request_bytes", payload.size()}, {"reply_bytes", data.size()},
-         {"reply_checksum", rocket::checksum64(data)}, {"round_trip_us", us},
-         {"service_us", static_cast<double>(reply->service_time().count()) / 1000.0}};
+  json j{{"op", a.op},
+         {"request_bytes", payload.size()},
+         {"reply_bytes", data.size()},
+         {"reply_checksum", rocket::checksum64(data)},
+         {"round_trip_us", us},
+         {"service_us", static_cast<double>(reply->service_time().count()) / 1000.0},
+         {"lent_millicpus", reply->lent_millicpus()}};
   if (a.json_out) {
     std::cout << j.dump() << std::endl;
     return 0;
@@ -138,10 +166,30 @@ int call(const CallArgs& a) {
   std::printf("%s: %zu bytes in, %zu bytes out in %.1f us (handler %.1f us), checksum %016llx\n", a.op.c_str(),
               payload.size(), data.size(), us, j["service_us"].get<double>(),
               static_cast<unsigned long long>(rocket::checksum64(data)));
+  if (a.lend != 0) std::printf("lent the backend %u of %u millicpus asked\n", reply->lent_millicpus(), a.lend);
   bool printable = data.size() <= 256;
   for (auto b : data) printable = printable && std::isprint(static_cast<int>(b));
   if (printable && !data.empty()) std::printf("%.*s\n", static_cast<int>(data.size()), reinterpret_cast<const char*>(data.data()));
   return 0;
+}
+
+// Whether a backend started here could take CPU loans (ServerOptions::lending).
+std::string lending_here() {
+  auto cg = rocket::detail::cpu_cgroup_of(0);
+  if (!cg.ok()) return "no: " + cg.status().message();
+  const std::string where = cg->path + " (cgroup " + (cg->v2 ? "v2" : "v1 cpu") + " at " + cg->dir + ")";
+  auto lim = rocket::detail::read_cpu_limit(*cg);
+  if (!lim.ok()) return "no: " + lim.status().message();
+  if (lim->quota_us < 0) {
+    return "not from here: this process's cgroup " + where +
+           " has no CPU limit to grow; run a lending backend in a cgroup with one (rocket serve --lend-cgroup)";
+  }
+  const std::string file = cg->dir + (cg->v2 ? "/cpu.max" : "/cpu.cfs_quota_us");
+  char limit[64];
+  std::snprintf(limit, sizeof(limit), "%.2f CPU",
+                static_cast<double>(lim->quota_us) / static_cast<double>(lim->period_us));
+  if (::access(file.c_str(), W_OK) != 0) return std::string("no: cannot write ") + file + " (limit " + limit + ")";
+  return "yes: " + where + ", limit " + limit;
 }
 
 int doctor(bool json_out) {
@@ -170,7 +218,12 @@ int doctor(bool json_out) {
     }
     json methods = json::array();
     for (const auto& [size, how] : h2h) methods.push_back({{"size", size}, {"method", how}});
-    std::cout << json{{"movers", arr}, {"cost_profile", profile}, {"cuda_host_to_host", methods}}.dump(1) << std::endl;
+    std::cout << json{{"movers", arr},
+                      {"cost_profile", profile},
+                      {"cuda_host_to_host", methods},
+                      {"cpu_lending", lending_here()}}
+                     .dump(1)
+              << std::endl;
     return 0;
   }
   std::printf("%-11s %-7s %s\n", "mover", "usable", "why");
@@ -179,6 +232,7 @@ int doctor(bool json_out) {
                 i.reason.c_str());
   }
   std::printf("\ncost profile: %s\n", profile.c_str());
+  std::printf("cpu lending (Pocket): %s\n", lending_here().c_str());
   if (!h2h.empty()) {
     std::printf("cuda host-to-host under auto:");
     for (const auto& [size, how] : h2h) std::printf(" %s %s;", size.c_str(), how.c_str());
@@ -205,6 +259,12 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--server-pool-mib", sa.server_pool_mib, "default server pool")->capture_default_str();
   serve_cmd->add_option("--max-pool-mib", sa.max_pool_mib, "largest pool a client may ask for")->capture_default_str();
   serve_cmd->add_option("--max-sessions", sa.max_sessions, "session limit")->capture_default_str();
+  serve_cmd->add_flag("--lend", sa.lend, "take CPU loans from callers into this backend's cgroup (Pocket)");
+  serve_cmd->add_option("--lend-cgroup", sa.lend_cgroup, "the backend's cpu cgroup directory (default: its own)");
+  serve_cmd->add_option("--lend-journal", sa.lend_journal, "file recording loans, put back after a crash");
+  serve_cmd->add_option("--lend-factor", sa.lend_factors, "CGROUP=FACTOR: backend gain per CPU lent (repeatable)");
+  serve_cmd->add_option("--lend-default-factor", sa.lend_default_factor, "for cgroups not named")
+      ->capture_default_str();
   serve_cmd->callback([&] { std::exit(serve(sa)); });
 
   CallArgs ca;
@@ -216,6 +276,7 @@ int main(int argc, char** argv) {
   call_cmd->add_option("--size", ca.size, "a generated request of this many bytes")->excludes(data_opt);
   call_cmd->add_option("--out", ca.out, "write the reply to this file");
   call_cmd->add_option("--tenant", ca.tenant, "tenant name")->capture_default_str();
+  call_cmd->add_option("--lend", ca.lend, "millicpus of this process's CPU quota to lend the backend for the call");
   call_cmd->add_flag("--json", ca.json_out, "print JSON");
   call_cmd->callback([&] { std::exit(call(ca)); });
 
@@ -231,8 +292,10 @@ int main(int argc, char** argv) {
   rocket::tools::add_bench_echo(*bench);
   rocket::tools::add_bench_movers(*bench);
   rocket::tools::add_bench_peers(*bench);
+  rocket::tools::add_bench_lend(*bench);
   rocket::tools::add_calibrate(app);
   rocket::tools::add_bench_children(app);
+  rocket::tools::add_bench_lend_children(app);
 
   CLI11_PARSE(app, argc, argv);
   return 0;

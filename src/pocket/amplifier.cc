@@ -214,21 +214,39 @@ Amplifier::Lender Amplifier::lender_of(pid_t pid, int pidfd) const {
 
 Result<Amplifier::Held*> Amplifier::hold(const CpuCgroup& cg) {
   auto it = held_.find(cg.dir);
-  if (it != held_.end()) return &it->second;
-  ROCKET_ASSIGN_OR_RETURN(CpuLimit base, read_cpu_limit(cg));
-  Held h{cg, base};
+  if (it != held_.end() && it->second.grants > 0) return &it->second;
+  if (it == held_.end()) {
+    ROCKET_ASSIGN_OR_RETURN(CpuLimitFiles files, CpuLimitFiles::open(cg));
+    it = held_.emplace(cg.dir, Held{cg, std::move(files), {}}).first;
+  }
+  Held& h = it->second;
+  auto base = h.files.read();
+  if (!base.ok()) {
+    // Removed since, and perhaps made anew under the same name.
+    auto files = CpuLimitFiles::open(cg);
+    if (files.ok()) {
+      h.files = std::move(*files);
+      base = h.files.read();
+    }
+    if (!base.ok()) {
+      held_.erase(it);
+      return base.status();
+    }
+  }
+  h.base = *base;
+  h.delta_us = 0;
   if (journal_) {
-    h.journal_slot = journal_->record(cg, base);
+    h.journal_slot = journal_->record(cg, h.base);
     if (h.journal_slot < 0) return resource_exhausted("the lending journal has no room for " + cg.dir);
   }
-  return &held_.emplace(cg.dir, std::move(h)).first->second;
+  return &h;
 }
 
 void Amplifier::release_hold(const std::string& dir) {
   auto it = held_.find(dir);
   if (it == held_.end() || it->second.grants != 0) return;
   if (journal_) journal_->clear(it->second.journal_slot);
-  held_.erase(it);
+  it->second.journal_slot = -1;
 }
 
 Amplifier::Grant Amplifier::lend(const Lender& lender, uint32_t millicpus, int pidfd, std::string* why) {
@@ -242,6 +260,9 @@ Amplifier::Grant Amplifier::lend(const Lender& lender, uint32_t millicpus, int p
   const int watch_fd = pidfd >= 0 ? ::fcntl(pidfd, F_DUPFD_CLOEXEC, 0) : -1;
   if (watch_fd < 0) return refuse("cannot watch the caller: " + std::string(std::strerror(errno)));
   std::lock_guard<std::mutex> lock(mu_);
+  if (held_.size() >= kMaxCachedCgroups) {  // callers' cgroups come and go; keep the open files bounded
+    std::erase_if(held_, [](const auto& e) { return e.second.grants == 0; });
+  }
   auto fail = [&](std::string w) {
     ::close(watch_fd);
     release_hold(lender.cgroup.dir);
@@ -267,10 +288,10 @@ Amplifier::Grant Amplifier::lend(const Lender& lender, uint32_t millicpus, int p
   const auto add =
       static_cast<int64_t>(std::llround(lent * lender.factor * static_cast<double>(b.base.period_us) / 1000));
   // The caller shrinks first, so the two never hold more than the factor allows.
-  if (Status st = write_cpu_quota(l.cgroup, l_now - take, l.base.period_us); !st.ok()) return fail(st.message());
+  if (Status st = l.files.write_quota(l_now - take, l.base.period_us); !st.ok()) return fail(st.message());
   if (add > 0) {
-    if (Status st = write_cpu_quota(b.cgroup, b_now + add, b.base.period_us); !st.ok()) {
-      Status undo = write_cpu_quota(l.cgroup, l_now, l.base.period_us);
+    if (Status st = b.files.write_quota(b_now + add, b.base.period_us); !st.ok()) {
+      Status undo = l.files.write_quota(l_now, l.base.period_us);
       (void)undo;  // best effort; the base goes back when the last grant ends
       return fail(st.message());
     }
@@ -310,7 +331,7 @@ void Amplifier::give_back_locked(uint64_t id) noexcept {
     h.delta_us += change;
     --h.grants;
     const int64_t quota = h.grants == 0 ? h.base.quota_us : h.base.quota_us + h.delta_us;
-    Status st = write_cpu_quota(h.cgroup, quota, h.base.period_us);
+    Status st = h.files.write_quota(quota, h.base.period_us);
     // A caller's cgroup may be gone with the caller; nothing to put back then.
     if (!st.ok() && ::access(h.cgroup.dir.c_str(), F_OK) == 0) {
       std::fprintf(stderr, "rocket: lending: could not put back the CPU limit of %s: %s\n", h.cgroup.dir.c_str(),

@@ -8,11 +8,13 @@
 // Thread safety: every method may be called from any thread; one mutex
 // serialises the cgroup writes, so overlapping requests see consistent sums.
 //
-// Bookkeeping: the first grant touching a cgroup records its limit as the
-// base (in the journal first, then in memory); each grant adds or takes a
-// delta; the last one out writes the base back exactly and forgets it, so an
+// Bookkeeping: the first grant touching a cgroup reads its limit as the
+// base (and records it in the journal before changing anything); each grant
+// adds or takes a delta; the last one out writes the base back exactly, so an
 // operator's changes between requests are respected. A change made while
-// grants are out is overwritten when they end.
+// grants are out is overwritten when they end. The cgroups' limit files stay
+// open between requests (up to kMaxCachedCgroups of them), which makes a
+// loan about a dozen system calls.
 #pragma once
 
 #include <sys/types.h>
@@ -69,8 +71,10 @@ class Amplifier {
   uint64_t returned_on_exit() const noexcept { return returned_on_exit_.load(std::memory_order_relaxed); }
 
  private:
+  static constexpr size_t kMaxCachedCgroups = 256;
   struct Held {
     CpuCgroup cgroup;
+    CpuLimitFiles files;
     CpuLimit base;
     int64_t delta_us = 0;  // current quota = base + delta
     int grants = 0;
@@ -85,8 +89,10 @@ class Amplifier {
   class Journal;
 
   explicit Amplifier(const LendingOptions& options);
-  // Caller holds mu_. The cgroup's bookkeeping, made (and journaled) on first use.
+  // Caller holds mu_. The cgroup's bookkeeping; on its first grant, with the
+  // base read now (and journaled).
   Result<Held*> hold(const CpuCgroup& cg);
+  // Caller holds mu_. After a cgroup's last grant: no longer journaled.
   void release_hold(const std::string& dir);
   void give_back_locked(uint64_t id) noexcept;
   void watch();

@@ -1,11 +1,15 @@
 #include "pocket/cgroup.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace rocket::detail {
@@ -186,30 +190,135 @@ Result<CpuCgroup> cpu_cgroup_at(const std::string& dir) {
   return not_found(dir + " is not a cgroup with a cpu controller (no cpu.cfs_quota_us or cpu.max)");
 }
 
-Result<CpuLimit> read_cpu_limit(const CpuCgroup& cg) {
-  if (cg.v2) {
-    ROCKET_ASSIGN_OR_RETURN(std::string text, read_small_file(cg.dir + "/cpu.max"));
+Result<CpuLimitFiles> CpuLimitFiles::open(const CpuCgroup& cg) {
+  CpuLimitFiles f;
+  f.dir_ = cg.dir;
+  f.v2_ = cg.v2;
+  const std::string quota = cg.dir + (cg.v2 ? "/cpu.max" : "/cpu.cfs_quota_us");
+  f.quota_fd_ = ::open(quota.c_str(), O_RDWR | O_CLOEXEC);
+  if (f.quota_fd_ < 0) return errno_status("open " + quota, errno);
+  if (!cg.v2) {
+    const std::string period = cg.dir + "/cpu.cfs_period_us";
+    f.period_fd_ = ::open(period.c_str(), O_RDONLY | O_CLOEXEC);
+    if (f.period_fd_ < 0) return errno_status("open " + period, errno);
+  }
+  return f;
+}
+
+CpuLimitFiles::CpuLimitFiles(CpuLimitFiles&& o) noexcept
+    : dir_(std::move(o.dir_)),
+      v2_(o.v2_),
+      quota_fd_(std::exchange(o.quota_fd_, -1)),
+      period_fd_(std::exchange(o.period_fd_, -1)) {}
+
+CpuLimitFiles& CpuLimitFiles::operator=(CpuLimitFiles&& o) noexcept {
+  if (this != &o) {
+    close();
+    dir_ = std::move(o.dir_);
+    v2_ = o.v2_;
+    quota_fd_ = std::exchange(o.quota_fd_, -1);
+    period_fd_ = std::exchange(o.period_fd_, -1);
+  }
+  return *this;
+}
+
+CpuLimitFiles::~CpuLimitFiles() { close(); }
+
+void CpuLimitFiles::close() noexcept {
+  if (quota_fd_ >= 0) ::close(quota_fd_);
+  if (period_fd_ >= 0) ::close(period_fd_);
+  quota_fd_ = period_fd_ = -1;
+}
+
+namespace {
+Result<std::string> pread_all(int fd, const std::string& what) {
+  char buf[128];
+  ssize_t n;
+  do {
+    n = ::pread(fd, buf, sizeof(buf), 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return errno_status("read " + what, errno);
+  return std::string(buf, static_cast<size_t>(n));
+}
+}  // namespace
+
+Result<CpuLimit> CpuLimitFiles::read() const {
+  if (quota_fd_ < 0) return failed_precondition("cpu limit files not open");
+  if (v2_) {
+    ROCKET_ASSIGN_OR_RETURN(std::string text, pread_all(quota_fd_, dir_ + "/cpu.max"));
     return parse_cpu_max(text);
   }
-  ROCKET_ASSIGN_OR_RETURN(std::string quota, read_small_file(cg.dir + "/cpu.cfs_quota_us"));
-  ROCKET_ASSIGN_OR_RETURN(std::string period, read_small_file(cg.dir + "/cpu.cfs_period_us"));
+  ROCKET_ASSIGN_OR_RETURN(std::string quota, pread_all(quota_fd_, dir_ + "/cpu.cfs_quota_us"));
+  ROCKET_ASSIGN_OR_RETURN(std::string period, pread_all(period_fd_, dir_ + "/cpu.cfs_period_us"));
   CpuLimit lim;
   if (!parse_i64(quota, &lim.quota_us) || !parse_i64(period, &lim.period_us) || lim.period_us <= 0 ||
       (lim.quota_us <= 0 && lim.quota_us != -1)) {
-    return invalid_argument("malformed cpu.cfs_quota_us/cpu.cfs_period_us in " + cg.dir);
+    return invalid_argument("malformed cpu.cfs_quota_us/cpu.cfs_period_us in " + dir_);
   }
   return lim;
 }
 
-Status write_cpu_quota(const CpuCgroup& cg, int64_t quota_us, int64_t period_us) {
+Status CpuLimitFiles::write_quota(int64_t quota_us, int64_t period_us) const {
+  if (quota_fd_ < 0) return failed_precondition("cpu limit files not open");
   if (quota_us != -1 && quota_us < kMinCpuQuotaUs) {
     return invalid_argument("a CPU quota of " + std::to_string(quota_us) + " µs is below the kernel's minimum");
   }
-  if (cg.v2) {
-    std::string q = quota_us < 0 ? std::string("max") : std::to_string(quota_us);
-    return write_small_file(cg.dir + "/cpu.max", q + " " + std::to_string(period_us));
+  const std::string text =
+      v2_ ? (quota_us < 0 ? std::string("max") : std::to_string(quota_us)) + " " + std::to_string(period_us)
+          : std::to_string(quota_us);
+  ssize_t n;
+  do {
+    n = ::pwrite(quota_fd_, text.data(), text.size(), 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return errno_status("set the CPU quota of " + dir_ + " to '" + text + "'", errno);
+  if (static_cast<size_t>(n) != text.size()) return internal_error("short write to the CPU quota of " + dir_);
+  return ok_status();
+}
+
+Result<CpuLimit> read_cpu_limit(const CpuCgroup& cg) {
+  ROCKET_ASSIGN_OR_RETURN(CpuLimitFiles f, CpuLimitFiles::open(cg));
+  return f.read();
+}
+
+Status write_cpu_quota(const CpuCgroup& cg, int64_t quota_us, int64_t period_us) {
+  ROCKET_ASSIGN_OR_RETURN(CpuLimitFiles f, CpuLimitFiles::open(cg));
+  return f.write_quota(quota_us, period_us);
+}
+
+Result<CpuCgroup> make_cpu_cgroup(const CpuCgroup& parent, const std::string& name) {
+  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
+    return invalid_argument("bad cgroup name '" + name + "'");
   }
-  return write_small_file(cg.dir + "/cpu.cfs_quota_us", std::to_string(quota_us));
+  if (parent.v2) {
+    auto sub = read_small_file(parent.dir + "/cgroup.subtree_control");
+    bool cpu = false;
+    if (sub.ok()) {
+      for (std::string_view w : split(*sub, ' ')) cpu = cpu || w == "cpu" || w == "cpu\n";
+    }
+    if (!cpu) return failed_precondition("the cpu controller is not delegated to " + parent.path + " (cgroup v2)");
+  }
+  CpuCgroup cg{parent.dir + "/" + name, (parent.path == "/" ? "" : parent.path) + "/" + name, parent.v2};
+  if (::mkdir(cg.dir.c_str(), 0755) != 0) return errno_status("make cgroup " + cg.dir, errno);
+  if (cg.v2) {
+    // For its own children; a cgroup with members cannot take this, so try and move on.
+    Status st = write_small_file(cg.dir + "/cgroup.subtree_control", "+cpu");
+    (void)st;
+  }
+  return cg;
+}
+
+Status remove_cgroup(const CpuCgroup& cg, int wait_ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  for (;;) {
+    if (::rmdir(cg.dir.c_str()) == 0) return ok_status();
+    if (errno != EBUSY || std::chrono::steady_clock::now() >= end)
+      return errno_status("remove cgroup " + cg.dir, errno);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+Status join_cgroup(const CpuCgroup& cg, pid_t pid) {
+  return write_small_file(cg.dir + "/cgroup.procs", std::to_string(pid == 0 ? ::getpid() : pid));
 }
 
 }  // namespace rocket::detail

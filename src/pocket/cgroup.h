@@ -53,13 +53,48 @@ inline constexpr int64_t kMinCpuQuotaUs = 1000;
 
 // --- the files ----------------------------------------------------------------
 
+// A cgroup's CPU limit files, held open: a read or a write is one system
+// call (the request path of lending makes several per request). Once the
+// cgroup is removed, both fail with kUnavailable ("No such device"), also
+// when a new cgroup has taken its name: open again then. Move-only.
+class CpuLimitFiles {
+ public:
+  [[nodiscard]] static Result<CpuLimitFiles> open(const CpuCgroup& cg);
+  CpuLimitFiles() = default;
+  CpuLimitFiles(CpuLimitFiles&& o) noexcept;
+  CpuLimitFiles& operator=(CpuLimitFiles&& o) noexcept;
+  ~CpuLimitFiles();
+
+  [[nodiscard]] Result<CpuLimit> read() const;
+  // Sets the quota (-1: no limit) with `period_us`, which must be the
+  // cgroup's current period (only v2 writes it, and unchanged).
+  [[nodiscard]] Status write_quota(int64_t quota_us, int64_t period_us) const;
+
+ private:
+  void close() noexcept;
+  std::string dir_;
+  bool v2_ = false;
+  int quota_fd_ = -1;   // cpu.cfs_quota_us, or v2's cpu.max
+  int period_fd_ = -1;  // cpu.cfs_period_us (v1 only)
+};
+
 // The cpu cgroup of process `pid` (0: this process).
 [[nodiscard]] Result<CpuCgroup> cpu_cgroup_of(pid_t pid);
 // The cgroup at directory `dir` (an operator's configuration names it so).
 [[nodiscard]] Result<CpuCgroup> cpu_cgroup_at(const std::string& dir);
+// One-off reads and writes (CpuLimitFiles opened and closed).
 [[nodiscard]] Result<CpuLimit> read_cpu_limit(const CpuCgroup& cg);
-// Sets the quota (-1: no limit) with `period_us`, which must be the
-// cgroup's current period (only v2 writes it, and unchanged).
 [[nodiscard]] Status write_cpu_quota(const CpuCgroup& cg, int64_t quota_us, int64_t period_us);
+
+// A new cgroup `name` under `parent`, with the cpu controller (on v2 the
+// parent must have it delegated: "cpu" in its cgroup.subtree_control; this
+// enables it for the new cgroup's own children too). For tools and tests
+// that build a scratch tree; an existing directory is an error.
+[[nodiscard]] Result<CpuCgroup> make_cpu_cgroup(const CpuCgroup& parent, const std::string& name);
+// Removes an empty cgroup, waiting up to `wait_ms` for exited members to
+// leave it (the kernel lets go of a reaped process a moment later).
+[[nodiscard]] Status remove_cgroup(const CpuCgroup& cg, int wait_ms = 2000);
+// Moves process `pid` (0: the caller) into `cg`.
+[[nodiscard]] Status join_cgroup(const CpuCgroup& cg, pid_t pid = 0);
 
 }  // namespace rocket::detail

@@ -4,13 +4,10 @@
 // after it crashed mid-call (the journal). Needs write access to a cpu
 // cgroup hierarchy (root, cgroup v1's `cpu` controller or v2 with `cpu`
 // delegated); elsewhere each test skips and says why.
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
-#include <cstring>
-#include <fstream>
+#include <map>
 #include <thread>
 
 #include "pocket/cgroup.h"
@@ -35,82 +32,51 @@ class CgroupSandbox {
       why_not = "no cpu cgroup here: " + self.status().message();
       return;
     }
-    v2_ = self->v2;
     static std::atomic<int> n{0};
-    const std::string name = "rocket-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
-    root_dir_ = self->dir + "/" + name;
-    root_path_ = (self->path == "/" ? "" : self->path) + "/" + name;
-    if (v2_ && !contains_word(read(self->dir + "/cgroup.subtree_control"), "cpu")) {
-      why_not = "cgroup v2 without the cpu controller delegated to " + self->path;
+    auto root = detail::make_cpu_cgroup(*self, "rocket-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+    if (!root.ok()) {
+      why_not = "cannot make a cgroup here: " + root.status().message();
       return;
     }
-    if (::mkdir(root_dir_.c_str(), 0755) != 0) {
-      why_not = "cannot make a cgroup under " + self->dir + ": " + std::strerror(errno);
-      return;
-    }
-    made_root_ = true;
-    if (v2_ && !write(root_dir_ + "/cgroup.subtree_control", "+cpu")) {
-      why_not = "cannot enable the cpu controller in " + root_dir_;
-      return;
-    }
+    made_.push_back(*root);
     for (const char* child : {"backend", "fe", "fe2"}) {
-      if (::mkdir(dir(child).c_str(), 0755) != 0) {
-        why_not = "cannot make " + dir(child) + ": " + std::strerror(errno);
+      auto cg = detail::make_cpu_cgroup(*root, child);
+      if (!cg.ok()) {
+        why_not = "cannot make a cgroup here: " + cg.status().message();
         return;
       }
-      children_.push_back(child);
+      made_.push_back(*cg);
+      children_[child] = *cg;
     }
   }
   ~CgroupSandbox() {
-    // Killed peers leave their cgroups a moment after they are reaped.
-    for (auto it = children_.rbegin(); it != children_.rend(); ++it) remove(dir(*it));
-    if (made_root_) remove(root_dir_);
+    for (auto it = made_.rbegin(); it != made_.rend(); ++it) {
+      Status st = detail::remove_cgroup(*it);
+      EXPECT_TRUE(st.ok()) << st.to_string();
+    }
   }
-  std::string dir(const std::string& child) const { return root_dir_ + "/" + child; }
+  std::string dir(const std::string& child) const { return children_.at(child).dir; }
   // As /proc/PID/cgroup names it: the key of LendingOptions::factors.
-  std::string path(const std::string& child) const { return root_path_ + "/" + child; }
-  detail::CpuCgroup cgroup(const std::string& child) const { return {dir(child), path(child), v2_}; }
+  std::string path(const std::string& child) const { return children_.at(child).path; }
   bool set(const std::string& child, int64_t quota_us) {
-    return detail::write_cpu_quota(cgroup(child), quota_us, 100000).ok();
+    return detail::write_cpu_quota(children_.at(child), quota_us, 100000).ok();
+  }
+  // Removes a child and makes it anew under the same name.
+  bool remake(const std::string& child) {
+    if (!detail::remove_cgroup(children_.at(child)).ok()) return false;
+    auto cg = detail::make_cpu_cgroup(made_.front(), child);
+    return cg.ok() && *cg == children_.at(child);
   }
   int64_t quota(const std::string& child) const {
-    auto lim = detail::read_cpu_limit(cgroup(child));
+    auto lim = detail::read_cpu_limit(children_.at(child));
     return lim.ok() ? lim->quota_us : -2;
   }
 
   std::string why_not;
 
  private:
-  static std::string read(const std::string& p) {
-    std::ifstream f(p);
-    return std::string(std::istreambuf_iterator<char>(f), {});
-  }
-  static bool write(const std::string& p, const std::string& text) {
-    std::ofstream f(p);
-    f << text;
-    f.flush();
-    return static_cast<bool>(f);
-  }
-  static bool contains_word(const std::string& text, const std::string& word) {
-    size_t at = 0;
-    while ((at = text.find(word, at)) != std::string::npos) {
-      bool start = at == 0 || text[at - 1] == ' ';
-      bool end = at + word.size() == text.size() || text[at + word.size()] == ' ' || text[at + word.size()] == '\n';
-      if (start && end) return true;
-      at += word.size();
-    }
-    return false;
-  }
-  static void remove(const std::string& d) {
-    for (int i = 0; i < 200 && ::rmdir(d.c_str()) != 0 && errno == EBUSY; ++i) {
-      std::this_thread::sleep_for(milliseconds(10));
-    }
-  }
-
-  bool v2_ = false;
-  bool made_root_ = false;
-  std::string root_dir_, root_path_;
-  std::vector<std::string> children_;
+  std::vector<detail::CpuCgroup> made_;
+  std::map<std::string, detail::CpuCgroup> children_;
 };
 
 #define SKIP_WITHOUT_CGROUPS(box) \
@@ -283,6 +249,37 @@ TEST(Lending, WhatCannotBeLentIsNotAndTheCallStillRuns) {
   }
   EXPECT_EQ(server.stats().lends, 1u);
   EXPECT_EQ(server.stats().lends_refused, 2u);
+  EXPECT_EQ(box.quota("backend"), 50000);
+}
+
+TEST(Lending, ACgroupMadeAnewUnderTheSameNameIsFollowed) {
+  CgroupSandbox box;
+  SKIP_WITHOUT_CGROUPS(box);
+  ASSERT_TRUE(box.set("backend", 50000));
+  ASSERT_TRUE(box.set("fe", 100000));
+  Server server(lending_server(box));
+  std::atomic<int64_t> seen_fe{0};
+  ASSERT_TRUE(server
+                  .handle("observe",
+                          [&](const Request&, Response&) {
+                            seen_fe = box.quota("fe");
+                            return ok_status();
+                          })
+                  .ok());
+  ASSERT_TRUE(server.start().ok());
+  for (int round = 0; round < 2; ++round) {
+    // The server keeps the limit files of the first round's cgroup open; the
+    // second round's is another cgroup of the same name.
+    if (round == 1) {
+      ASSERT_TRUE(box.remake("fe"));
+      ASSERT_TRUE(box.set("fe", 80000));
+    }
+    Peer p({"lend", server.options().socket_path, box.dir("fe"), "300", "observe", "0"});
+    ASSERT_EQ(p.read_line(), "ready");
+    EXPECT_EQ(p.read_line(), "lent 300");
+    EXPECT_EQ(seen_fe.load(), (round == 0 ? 100000 : 80000) - 30000);
+    EXPECT_EQ(box.quota("fe"), round == 0 ? 100000 : 80000);
+  }
   EXPECT_EQ(box.quota("backend"), 50000);
 }
 

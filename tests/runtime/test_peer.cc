@@ -23,10 +23,8 @@
 //                                             joins cgroup directory CGROUP, connects,
 //                                             prints "ready", calls OP with the u32 MS
 //                                             lending MILLICPUS, then prints "lent N"
-#include <fcntl.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -36,6 +34,7 @@
 #include <vector>
 
 #include "mover/cuda_mover.h"
+#include "pocket/cgroup.h"
 #include "rocket/rocket.h"
 
 using namespace rocket;
@@ -174,13 +173,12 @@ static int serve_lend(const char* path, const char* cgroup, const char* journal)
 
 // A frontend in its own cgroup that lends the backend CPU for one call.
 static int lend(const char* path, const std::string& cgroup, uint32_t millicpus, const char* op, uint32_t ms) {
-  int fd = ::open((cgroup + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
-  std::string pid = std::to_string(::getpid());
-  if (fd < 0 || ::write(fd, pid.data(), pid.size()) != static_cast<ssize_t>(pid.size())) {
-    std::fprintf(stderr, "peer: cannot join %s: %s\n", cgroup.c_str(), std::strerror(errno));
+  auto cg = detail::cpu_cgroup_at(cgroup);
+  Status joined = cg.ok() ? detail::join_cgroup(*cg) : cg.status();
+  if (!joined.ok()) {
+    std::fprintf(stderr, "peer: cannot join %s: %s\n", cgroup.c_str(), joined.to_string().c_str());
     return 2;
   }
-  ::close(fd);
   auto c = Client::connect(path, {.tenant = "lender", .client_pool_bytes = 1 << 20, .server_pool_bytes = 1 << 20});
   if (!c.ok()) {
     std::fprintf(stderr, "peer: %s\n", c.status().to_string().c_str());
