@@ -214,6 +214,7 @@ TEST(HostileServer, ForgedCompletionsFailTheSessionCleanly) {
          c.flags = detail::kCompWrittenRemote;
          c.length = 100;
        }},
+      {"CPU lent that the call did not offer", [](detail::CompDesc& c) { c.reserved[0] = 1; }},
   };
   for (const auto& f : forgeries) {
     ScriptedServer srv;
