@@ -127,7 +127,9 @@ int backend(const BackendArgs& a) {
       auto n = model->process(req.data(), [&resp](size_t bytes) { return resp.alloc(bytes); });
       return n.status();
     };
-    Status st = server.handle(name, std::move(handler), {.concurrent = !a.serial_ops});
+    OpOptions options;
+    options.concurrent = !a.serial_ops;
+    Status st = server.handle(name, std::move(handler), options);
     if (!st.ok()) {
       std::cerr << "rocket-workloads backend: " << st.to_string() << "\n";
       return 1;

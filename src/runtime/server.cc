@@ -5,10 +5,12 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <bitset>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -98,6 +100,9 @@ struct ServerSession {
   // the handshake; `lend_refusal_logged` keeps the reason to one line a session.
   Amplifier::Lender lender;
   std::atomic<bool> lend_refusal_logged{false};
+  // Ops whose access lists leave this client out (OpOptions::allowed_*), by
+  // op id: settled at the handshake from the credentials, checked per request.
+  std::bitset<kMaxOps> denied_ops;
   std::unique_ptr<GpuHandleCache> gpu;  // GPU payloads' IPC handles; made on first use
   // GPU backends: the cuda engine, once this session's pools are registered
   // with it (Request::copy_to_device, Response::write_from_device).
@@ -729,6 +734,12 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   const bool remote_req = (d.flags & detail::kSubRemoteRequest) != 0;
   const bool remote_resp = (d.flags & detail::kSubRemoteResponse) != 0;
   const bool gpu_req = (d.flags & detail::kSubGpuRequest) != 0;
+  if (s.denied_ops.test(d.op_id)) {
+    fail_request(s, d.job_id,
+                 permission_denied("uid " + std::to_string(s.cred.uid) + " may not call op '" +
+                                   server_->ops[d.op_id].name + "' (its access list)"));
+    return;
+  }
   if ((d.flags & ~detail::kSubKnownFlags) != 0 || (gpu_req && remote_req)) {
     server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
     fail_request(s, d.job_id, invalid_argument("unknown request flags " + std::to_string(d.flags)));
@@ -1098,6 +1109,13 @@ void Server::Impl::handshake(int fd) {
   s->cred = cred;
   s->kernel_copy = kernel_copy;
   if (amplifier) s->lender = amplifier->lender_of(cred.pid, pidfd.fd);
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const OpOptions& oo = ops[i].options;
+    if (oo.allowed_uids.empty() && oo.allowed_gids.empty()) continue;
+    const bool listed = std::find(oo.allowed_uids.begin(), oo.allowed_uids.end(), cred.uid) != oo.allowed_uids.end() ||
+                        std::find(oo.allowed_gids.begin(), oo.allowed_gids.end(), cred.gid) != oo.allowed_gids.end();
+    s->denied_ops.set(i, !listed);
+  }
   s->pidfd = std::exchange(pidfd.fd, -1);
   s->control = std::move(*control);
   s->client_pool = std::move(*cpool);
@@ -1240,6 +1258,16 @@ Status Server::start() {
   if (!lfd.ok()) {
     ::close(stop_fd);
     return lfd.status();
+  }
+  // The access list decides who gets in (SO_PEERCRED at the handshake); the
+  // socket file's mode must not keep out the accounts it names.
+  if ((!m.opts.allowed_uids.empty() || !m.opts.allowed_gids.empty()) &&
+      ::chmod(m.opts.socket_path.c_str(), 0666) != 0) {
+    const int err = errno;
+    ::close(*lfd);
+    ::close(stop_fd);
+    ::unlink(m.opts.socket_path.c_str());
+    return errno_status("chmod " + m.opts.socket_path, err);
   }
   m.listen_fd = *lfd;
   m.stop_fd = stop_fd;

@@ -56,6 +56,33 @@ TEST(Handshake, UidNotInAccessListIsRefused) {
   EXPECT_NE(c.status().message().find("access list"), std::string::npos);
 }
 
+TEST(Handshake, PerOpAccessListsKeepOpsToTheirAccounts) {
+  // The server runs as root and admits uid 65534 ("nobody", group 65534);
+  // "admin" is root's alone, "staff" group 65534's, "echo" anyone's.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a client under another uid";
+  ServerOptions o{.socket_path = unique_socket_path("opacl")};
+  o.allowed_uids = {65534};
+  Server server(o);
+  ASSERT_TRUE(register_builtin_ops(server).ok());
+  auto answer = [](const Request&, Response& resp) { return resp.write(bytes_of("done")); };
+  ASSERT_TRUE(server.handle("admin", answer, {.allowed_uids = {0}}).ok());
+  ASSERT_TRUE(server.handle("staff", answer, {.allowed_gids = {65534}}).ok());
+  ASSERT_TRUE(server.start().ok());
+  {
+    Peer nobody({"call-as", "65534", "65534", o.socket_path, "admin", "staff", "echo", "admin"});
+    EXPECT_EQ(nobody.read_line(), "admin PERMISSION_DENIED");
+    EXPECT_EQ(nobody.read_line(), "staff ok");
+    EXPECT_EQ(nobody.read_line(), "echo ok");
+    EXPECT_EQ(nobody.read_line(), "admin PERMISSION_DENIED");  // the session outlives a refusal
+  }
+  auto root = Client::connect(o.socket_path, {.client_pool_bytes = 1 << 20, .server_pool_bytes = 1 << 20});
+  ASSERT_TRUE(root.ok()) << root.status().to_string();
+  EXPECT_TRUE(root->call("admin", bytes_of("x")).ok());
+  auto staff = root->call("staff", bytes_of("x"));
+  EXPECT_EQ(staff.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(staff.status().message().find("may not call op 'staff'"), std::string::npos) << staff.status().to_string();
+}
+
 TEST(Handshake, ListedUidIsAccepted) {
   TestServer srv({.allowed_uids = {::geteuid(), 4242}});
   EXPECT_TRUE(srv.connect().call("echo", bytes_of("x")).ok());

@@ -19,10 +19,14 @@
 //   rocket_test_peer serve-lend SOCKET CGROUP JOURNAL
 //                                             a server with "sleep" that takes CPU loans
 //                                             into cgroup directory CGROUP, with a journal
+//   rocket_test_peer call-as UID GID SOCKET OP...
+//                                             becomes UID:GID, connects, calls each OP
+//                                             with "hi", printing "OP ok" or "OP CODE"
 //   rocket_test_peer lend SOCKET CGROUP MILLICPUS OP MS
 //                                             joins cgroup directory CGROUP, connects,
 //                                             prints "ready", calls OP with the u32 MS
 //                                             lending MILLICPUS, then prints "lent N"
+#include <grp.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -196,9 +200,32 @@ static int lend(const char* path, const std::string& cgroup, uint32_t millicpus,
   return 0;
 }
 
+// A client under another account: prints "ok" or the status of each call.
+static int call_as(uid_t uid, gid_t gid, const char* path, int nops, char** ops) {
+  if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) {
+    std::fprintf(stderr, "peer: cannot become %u:%u\n", uid, gid);
+    return 2;
+  }
+  auto c = Client::connect(path, {.tenant = "other", .client_pool_bytes = 1 << 20, .server_pool_bytes = 1 << 20});
+  if (!c.ok()) {
+    std::printf("connect %s\n", c.status().to_string().c_str());
+    return 1;
+  }
+  for (int i = 0; i < nops; ++i) {
+    auto r = c->call(ops[i], std::as_bytes(std::span<const char>("hi", 2)));
+    std::printf("%s %s\n", ops[i], r.ok() ? "ok" : std::string(status_code_name(r.status().code())).c_str());
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) return 2;
   std::string mode = argv[1];
+  if (mode == "call-as" && argc >= 6) {
+    return call_as(static_cast<uid_t>(std::stoul(argv[2])), static_cast<gid_t>(std::stoul(argv[3])), argv[4], argc - 5,
+                   argv + 5);
+  }
   if (mode == "serve-lend" && argc == 5) return serve_lend(argv[2], argv[3], argv[4]);
   if (mode == "lend" && argc == 7) {
     return lend(argv[2], argv[3], static_cast<uint32_t>(std::stoul(argv[4])), argv[5],

@@ -162,6 +162,15 @@ struct OpOptions {
   // matters with more than one dispatcher; such a server's idle dispatchers
   // wake every millisecond to look for waiting requests.
   bool concurrent = false;
+  // Who may call this op (Pocket's per-op access list): clients whose uid is
+  // in `allowed_uids` or whose primary gid is in `allowed_gids`, as the kernel
+  // reported them when they connected (SO_PEERCRED). Both empty: every client
+  // the server admitted. A caller not on the list gets PERMISSION_DENIED for
+  // that request; its session and its other ops are unaffected. The lists are
+  // exact: the server's own uid is not implied, so an admin op can be kept to
+  // one account.
+  std::vector<uid_t> allowed_uids;
+  std::vector<gid_t> allowed_gids;
 };
 
 struct ServerOptions {
@@ -169,7 +178,10 @@ struct ServerOptions {
   unsigned dispatchers = 1;
   // How long an idle dispatcher polls before it sleeps in epoll.
   std::chrono::microseconds spin{50};
-  // Who may connect: the server's own uid always; also these uids and gids.
+  // Who may connect: the server's own uid always; also these uids and gids
+  // (checked against the peer's SO_PEERCRED). With either list non-empty the
+  // socket file is made connectable by all (0666) so that the listed accounts
+  // can reach the check; the directory must let them in too.
   std::vector<uid_t> allowed_uids;
   std::vector<gid_t> allowed_gids;
   // Pool sizes for clients that do not ask, and the most a client may ask.
