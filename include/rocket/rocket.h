@@ -2,6 +2,7 @@
 #pragma once
 
 #include "rocket/mover/mover.h"
+#include "rocket/pocket/capabilities.h"
 #include "rocket/pocket/lending.h"
 #include "rocket/runtime/builtin_ops.h"
 #include "rocket/runtime/client.h"

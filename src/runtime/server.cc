@@ -103,6 +103,8 @@ struct ServerSession {
   // Ops whose access lists leave this client out (OpOptions::allowed_*), by
   // op id: settled at the handshake from the credentials, checked per request.
   std::bitset<kMaxOps> denied_ops;
+  // Server::on_session_end's hooks, run when this session is destroyed.
+  const std::vector<std::function<void(uint64_t)>>* end_hooks = nullptr;
   std::unique_ptr<GpuHandleCache> gpu;  // GPU payloads' IPC handles; made on first use
   // GPU backends: the cuda engine, once this session's pools are registered
   // with it (Request::copy_to_device, Response::write_from_device).
@@ -124,6 +126,7 @@ struct Server::Impl {
 
   ServerOptions opts;
   std::vector<detail::OpSpec> ops;
+  std::vector<std::function<void(uint64_t)>> session_end_hooks;
   bool started = false;
   bool joined = false;
   int listen_fd = -1;
@@ -178,6 +181,16 @@ class SessionLock {
 }  // namespace detail
 
 detail::ServerSession::~ServerSession() {
+  // No request of this session runs any more: the owner destroys it only
+  // once every helper has let go of it.
+  if (end_hooks != nullptr) {
+    for (const auto& hook : *end_hooks) {
+      try {
+        hook(id);
+      } catch (...) {
+      }
+    }
+  }
   // The client is gone or done: its GPU responses' memory goes back to the
   // handlers that shared it.
   for (auto& [offset, release] : gpu_replies) run_release(release);
@@ -824,6 +837,7 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   req.uid_ = s.cred.uid;
   req.pid_ = s.cred.pid;
   req.job_id_ = d.job_id;
+  req.session_id_ = s.id;
   req.gpu_data_ = gpu.data;
   req.gpu_size_ = gpu.size;
   req.session_ = &s;
@@ -1117,6 +1131,7 @@ void Server::Impl::handshake(int fd) {
     s->denied_ops.set(i, !listed);
   }
   s->pidfd = std::exchange(pidfd.fd, -1);
+  s->end_hooks = &session_end_hooks;
   s->control = std::move(*control);
   s->client_pool = std::move(*cpool);
   s->server_pool = std::move(*spool);
@@ -1217,6 +1232,13 @@ Status Server::handle_per_thread(std::string_view op, std::function<Handler()> f
   if (!factory) return invalid_argument("empty handler factory");
   ROCKET_RETURN_IF_ERROR(check_op_name(op, impl_->ops));
   impl_->ops.push_back({std::string(op), nullptr, std::move(factory), options});
+  return ok_status();
+}
+
+Status Server::on_session_end(std::function<void(uint64_t)> hook) {
+  if (impl_->started) return failed_precondition("on_session_end() after start()");
+  if (!hook) return invalid_argument("empty session-end hook");
+  impl_->session_end_hooks.push_back(std::move(hook));
   return ok_status();
 }
 

@@ -64,6 +64,9 @@ class Request {
   uid_t uid() const noexcept { return uid_; }
   pid_t pid() const noexcept { return pid_; }
   uint64_t job_id() const noexcept { return job_id_; }
+  // The caller's session: unique within this server's lifetime (see
+  // Server::on_session_end, CapabilityTable).
+  uint64_t session_id() const noexcept { return session_id_; }
   // CPU the caller lent the backend for this request (ServerOptions::lending),
   // in thousandths of a CPU; 0 if it lent none.
   uint32_t lent_millicpus() const noexcept { return lent_millicpus_; }
@@ -91,6 +94,7 @@ class Request {
   uid_t uid_ = 0;
   pid_t pid_ = 0;
   uint64_t job_id_ = 0;
+  uint64_t session_id_ = 0;
   uint32_t lent_millicpus_ = 0;
 };
 
@@ -226,6 +230,12 @@ class Server {
   // kFailedPrecondition after start().
   Status handle(std::string_view op, Handler handler, OpOptions options = {});
   Status handle_per_thread(std::string_view op, std::function<Handler()> factory, OpOptions options = {});
+  // Runs `hook` with a session's id when the session ends (its client closed
+  // or died, or the server stopped), after its last request has finished:
+  // the place to let go of what handlers keep per session. Hooks run on a
+  // server thread, may run concurrently for different sessions, and their
+  // exceptions are swallowed. kFailedPrecondition after start().
+  Status on_session_end(std::function<void(uint64_t session_id)> hook);
 
   // Binds the socket and starts the acceptor and dispatcher threads.
   Status start();
