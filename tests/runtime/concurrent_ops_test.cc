@@ -67,15 +67,18 @@ ServerOptions two_dispatchers(const char* tag) {
   return o;
 }
 
-// "park": waits in the room until it opens (10 s at most).
-Status register_park(Server& server, Room& room) {
+// "park": waits in the room until it opens (10 s at most). Registered
+// concurrent unless `concurrent` is false, as `name`.
+Status register_park(Server& server, Room& room, const char* name = "park", bool concurrent = true) {
   Handler park = [&room](const Request&, Response&) {
     room.enter();
     room.wait_open(milliseconds(10000));
     room.leave();
     return ok_status();
   };
-  return server.handle("park", std::move(park), {.concurrent = true});
+  OpOptions options;
+  options.concurrent = concurrent;
+  return server.handle(name, std::move(park), options);
 }
 
 uint64_t wait_sessions(Server& server, uint64_t n, milliseconds limit = milliseconds(5000)) {
@@ -282,6 +285,10 @@ class HostileWithHelpers : public ::testing::Test {
     server_ = std::make_unique<Server>(o);
     ASSERT_TRUE(register_builtin_ops(*server_).ok());
     ASSERT_TRUE(register_park(*server_, room_).ok());
+    // Not concurrent: no helper takes it, so it parks the session's own
+    // dispatcher. ("park" could land on an idle helper when the owner is
+    // slow to wake, as on a loaded machine, and turn the tests inside out.)
+    ASSERT_TRUE(register_park(*server_, room_, "hold", /*concurrent=*/false).ok());
     Handler nap = [](const Request&, Response&) {
       std::this_thread::sleep_for(milliseconds(1));
       return ok_status();
@@ -311,7 +318,7 @@ class HostileWithHelpers : public ::testing::Test {
 
 TEST_F(HostileWithHelpers, HelperFailsBadRequestsAndIgnoresForgedFrees) {
   // The raw session's own dispatcher is parked: what follows is the helper's.
-  raw_->push(raw_request(raw_->op("park"), 1, 0, 0));
+  raw_->push(raw_request(raw_->op("hold"), 1, 0, 0));
   ASSERT_TRUE(room_.wait_for_together(1, milliseconds(5000)));
   const uint64_t errors_before = server_->stats().protocol_errors;
   detail::SubDesc forged{};
@@ -346,7 +353,7 @@ TEST_F(HostileWithHelpers, HelperFailsBadRequestsAndIgnoresForgedFrees) {
 }
 
 TEST_F(HostileWithHelpers, CorruptRingSeenByTheHelperClosesOnlyThatSession) {
-  raw_->push(raw_request(raw_->op("park"), 1, 0, 0));
+  raw_->push(raw_request(raw_->op("hold"), 1, 0, 0));
   ASSERT_TRUE(room_.wait_for_together(1, milliseconds(5000)));
   const uint64_t errors_before = server_->stats().protocol_errors;
   raw_->cb->sub.tail.value.store(1'000'000, std::memory_order_release);
