@@ -10,6 +10,7 @@
 //   rocket bench peers [--quick] [--json]   vs uds, zmq, grpc, a naive shm file per call
 //   rocket bench overlap                    caller work hidden behind call_async
 //   rocket bench lend [--quick] [--json]    a capped backend with and without CPU loans
+//   rocket run [--socket P] -- CMD ...      a frontend in namespaces that show only the socket
 #include "rocket/rocket.h"
 
 #include <unistd.h>
@@ -32,6 +33,7 @@
 #include "exit_with_parent.h"
 #include "mover/cuda_mover.h"
 #include "pocket/cgroup.h"
+#include "run.h"
 #include "serve_until_signal.h"
 
 namespace {
@@ -286,6 +288,7 @@ int main(int argc, char** argv) {
   doctor_cmd->callback([&] { std::exit(doctor(doctor_json)); });
 
   rocket::tools::add_demo(app);
+  rocket::tools::add_run(app);
 
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);
