@@ -194,6 +194,20 @@ std::string lending_here() {
   return "yes: " + where + ", limit " + limit;
 }
 
+// Whether `rocket run` can isolate a frontend here: the namespaces it needs.
+std::string isolation_here() {
+  if (::geteuid() == 0) return "yes: as root (mount, IPC and network namespaces; --user to drop privileges)";
+  std::ifstream f("/proc/sys/user/max_user_namespaces");
+  long n = 0;
+  f >> n;
+  if (n <= 0) return "no: user namespaces are off (/proc/sys/user/max_user_namespaces is 0); run it as root";
+  std::ifstream clone("/proc/sys/kernel/unprivileged_userns_clone");  // Debian's switch, where present
+  int allowed = 1;
+  if (clone) clone >> allowed;
+  if (allowed == 0) return "no: kernel.unprivileged_userns_clone is 0; run it as root";
+  return "yes: through a user namespace of its own";
+}
+
 int doctor(bool json_out) {
   auto infos = rocket::probe_movers();
   // The cost profile the runtime would load, and so what `auto` chooses from.
@@ -223,7 +237,8 @@ int doctor(bool json_out) {
     std::cout << json{{"movers", arr},
                       {"cost_profile", profile},
                       {"cuda_host_to_host", methods},
-                      {"cpu_lending", lending_here()}}
+                      {"cpu_lending", lending_here()},
+                      {"frontend_isolation", isolation_here()}}
                      .dump(1)
               << std::endl;
     return 0;
@@ -235,6 +250,7 @@ int doctor(bool json_out) {
   }
   std::printf("\ncost profile: %s\n", profile.c_str());
   std::printf("cpu lending (Pocket): %s\n", lending_here().c_str());
+  std::printf("frontend isolation (rocket run): %s\n", isolation_here().c_str());
   if (!h2h.empty()) {
     std::printf("cuda host-to-host under auto:");
     for (const auto& [size, how] : h2h) std::printf(" %s %s;", size.c_str(), how.c_str());

@@ -87,11 +87,12 @@ bool parse_account(const std::string& s, Account* out) {
 }
 
 // In the child: the namespaces, the mounts, the account; then exec.
-[[noreturn]] void isolate_and_exec(const RunArgs& a, const Account* account, int report) {
+[[noreturn]] void isolate_and_exec(const RunArgs& a, const Account* account, pid_t launcher, int report) {
   const bool root = ::geteuid() == 0;
   const uid_t uid = ::getuid();
   const gid_t gid = ::getgid();
-  // The launcher's death takes the frontend with it.
+  // The launcher's death takes the frontend with it (set again after a change
+  // of account, which clears it; a launcher already gone is caught below).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   int flags = CLONE_NEWNS | CLONE_NEWIPC | (a.no_net ? CLONE_NEWNET : 0);
   if (!root) flags |= CLONE_NEWUSER;  // mount rights inside a namespace of our own
@@ -140,7 +141,9 @@ bool parse_account(const std::string& s, Account* out) {
     if (::setgroups(0, nullptr) != 0 || ::setgid(account->gid) != 0 || ::setuid(account->uid) != 0) {
       fail(report, "become uid " + std::to_string(account->uid), errno);
     }
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   }
+  if (::getppid() != launcher) fail(report, "the launcher exited", 0);
   std::vector<char*> argv;
   for (const auto& s : a.cmd) argv.push_back(const_cast<char*>(s.c_str()));
   argv.push_back(nullptr);
@@ -187,6 +190,7 @@ int run(RunArgs a) {
     return 1;
   }
   std::fflush(stdout);
+  const pid_t launcher = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
     std::perror("rocket run: fork");
@@ -194,7 +198,7 @@ int run(RunArgs a) {
   }
   if (pid == 0) {
     ::close(pipefd[0]);
-    isolate_and_exec(a, switch_user ? &account : nullptr, pipefd[1]);
+    isolate_and_exec(a, switch_user ? &account : nullptr, launcher, pipefd[1]);
   }
   ::close(pipefd[1]);
   g_child = pid;

@@ -78,6 +78,21 @@ else
   grep -qx "isolated" <<<"$out" || fail "as uid 65534: the call did not work: $out"
 fi
 
+# A frontend dies with its launcher, also after dropping to another account.
+for user_opt in "" "--user 65534"; do
+  # shellcheck disable=SC2086
+  "$rocket" run --socket "$sock" $user_opt -- sleep 60 &
+  launcher=$!
+  child=
+  for _ in $(seq 200); do child=$(pgrep -P "$launcher" || true); [[ -n $child ]] && break; sleep 0.05; done
+  [[ -n $child ]] || fail "no frontend under the launcher ($user_opt)"
+  for _ in $(seq 200); do [[ $(readlink "/proc/$child/exe" 2>/dev/null) == */sleep ]] && break; sleep 0.05; done
+  kill -9 "$launcher"
+  wait "$launcher" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$child" 2>/dev/null || break; sleep 0.05; done
+  ! kill -0 "$child" 2>/dev/null || fail "the frontend outlived its launcher ($user_opt)"
+done
+
 # The frontend's exit status is the launcher's.
 set +e
 "$rocket" run --socket "$sock" -- sh -c 'exit 7'
