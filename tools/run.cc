@@ -126,7 +126,7 @@ bool parse_account(const std::string& s, Account* out) {
   if (!parent.empty()) make_dirs(parent);
   struct stat st {};
   if (::stat(a.socket.c_str(), &st) != 0) {
-    // Covered: a placeholder for the bind mount.
+    // Covered: an empty file to bind the socket over.
     const int f = ::open(a.socket.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
     if (f < 0) fail(report, "place " + a.socket, errno);
     ::close(f);
