@@ -3,8 +3,8 @@
 // xgboost (about 0.5 s per start).
 //
 //   rocket-workloads list [--json]
-//   rocket-workloads backend --socket S --workloads a,b [--scale F] [--serial-ops]
-//   rocket-workloads frontend --socket S --workload W --config C [--requests N]
+//   rocket-workloads backend --socket S --workloads a,b [--scale F] [--serial-ops] [--lend]
+//   rocket-workloads frontend --socket S --workload W --config C [--requests N] [--lend MILLICPUS]
 //
 // backend prints one JSON line once it serves ({"ready": ..., "startup_ms":
 // {...}}); a frontend prints "ready" once connected and warmed up, waits for
@@ -81,6 +81,7 @@ struct BackendArgs {
   unsigned dispatchers = 2;
   size_t max_pool_mib = 4096;
   bool serial_ops = false;
+  bool lend = false;  // take CPU loans from callers into this process's cgroup
 };
 
 int backend(const BackendArgs& a) {
@@ -88,6 +89,7 @@ int backend(const BackendArgs& a) {
   o.socket_path = a.socket;
   o.dispatchers = a.dispatchers;
   o.max_pool_bytes = a.max_pool_mib << 20;
+  o.lending.enabled = a.lend;
   Server server(o);
   json startup = json::object();
   std::vector<std::unique_ptr<Model>> models;
@@ -156,6 +158,7 @@ struct FrontendArgs {
   int requests = 4;
   int warmup = 1;
   int id = 0;
+  uint32_t lend = 0;  // millicpus each call lends the backend
 };
 
 // One frontend's measurements.
@@ -182,7 +185,8 @@ Status run_frontend(const FrontendArgs& a) {
   if (cfg.mover == MoverKind::kKernel && !c.kernel_copy()) {
     return failed_precondition("the server refused the kernel copy path (ptrace not permitted here)");
   }
-  const CallOptions call{.policy = {.mover = cfg.mover, .cache = cfg.cache}, .timeout = std::chrono::milliseconds(0)};
+  const CallOptions call{.policy = {.mover = cfg.mover, .cache = cfg.cache, .lend_millicpus = a.lend},
+                         .timeout = std::chrono::milliseconds(0)};
   const CopyOptions copy{.mover = cfg.mover, .cache = cfg.cache};
   const std::string op = a.workload;
 
@@ -353,6 +357,7 @@ int main(int argc, char** argv) {
   be->add_option("--max-pool-mib", b.max_pool_mib);
   be->add_flag("--serial-ops", b.serial_ops,
                "one session's requests run one at a time (no OpOptions::concurrent), for comparisons");
+  be->add_flag("--lend", b.lend, "take CPU loans from callers into this process's cgroup (Pocket)");
   FrontendArgs f;
   auto* fe = app.add_subcommand("frontend", "one closed-loop frontend");
   fe->add_option("--socket", f.socket)->required();
@@ -363,6 +368,7 @@ int main(int argc, char** argv) {
   fe->add_option("--requests", f.requests)->check(CLI::Range(1, 1000000));
   fe->add_option("--warmup", f.warmup)->check(CLI::Range(0, 1000));
   fe->add_option("--id", f.id);
+  fe->add_option("--lend", f.lend, "millicpus each call lends the backend (its --lend takes them)");
   bool default_malloc = false;
   for (auto* cmd : {be, fe}) {
     cmd->add_flag("--default-malloc", default_malloc,
