@@ -249,6 +249,22 @@ void Amplifier::release_hold(const std::string& dir) {
   it->second.journal_slot = -1;
 }
 
+namespace {
+// Why the kernel may refuse to grow a cgroup v1 quota: no child may have
+// more than its parent. Read only when a write has failed.
+std::string parent_limit_note(const CpuCgroup& cg, int64_t wanted_us) {
+  if (cg.v2) return "";
+  const size_t slash = cg.dir.rfind('/');
+  if (slash == std::string::npos || slash == 0) return "";
+  auto parent = cpu_cgroup_at(cg.dir.substr(0, slash));
+  if (!parent.ok()) return "";
+  auto lim = read_cpu_limit(*parent);
+  if (!lim.ok() || lim->quota_us < 0 || lim->quota_us >= wanted_us) return "";
+  return " (on cgroup v1 no cgroup may have a larger quota than its parent, and " + parent->dir + " has " +
+         std::to_string(lim->quota_us) + " µs against the " + std::to_string(wanted_us) + " µs the loan needs)";
+}
+}  // namespace
+
 Amplifier::Grant Amplifier::lend(const Lender& lender, uint32_t millicpus, int pidfd, std::string* why) {
   auto refuse = [why](std::string w) {
     if (why != nullptr) *why = std::move(w);
@@ -293,7 +309,7 @@ Amplifier::Grant Amplifier::lend(const Lender& lender, uint32_t millicpus, int p
     if (Status st = b.files.write_quota(b_now + add, b.base.period_us); !st.ok()) {
       Status undo = l.files.write_quota(l_now, l.base.period_us);
       (void)undo;  // best effort; the base goes back when the last grant ends
-      return fail(st.message());
+      return fail(st.message() + parent_limit_note(b.cgroup, b_now + add));
     }
   }
   l.delta_us -= take;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -61,6 +62,8 @@ class CgroupSandbox {
   bool set(const std::string& child, int64_t quota_us) {
     return detail::write_cpu_quota(children_.at(child), quota_us, 100000).ok();
   }
+  // The tree's own root, the children's parent.
+  bool set_root(int64_t quota_us) { return detail::write_cpu_quota(made_.front(), quota_us, 100000).ok(); }
   // Removes a child and makes it anew under the same name.
   bool remake(const std::string& child) {
     if (!detail::remove_cgroup(children_.at(child)).ok()) return false;
@@ -252,6 +255,50 @@ TEST(Lending, WhatCannotBeLentIsNotAndTheCallStillRuns) {
   EXPECT_EQ(box.quota("backend"), 50000);
 }
 
+TEST(Lending, ALoanIsCappedAndOneTheBackendCannotTakeIsUndone) {
+  CgroupSandbox box;
+  SKIP_WITHOUT_CGROUPS(box);
+  ASSERT_TRUE(box.set("backend", 50000));
+  ASSERT_TRUE(box.set("fe", 100000));
+  ServerOptions o = lending_server(box);
+  o.lending.max_lend_millicpus = 300;
+  Server server(o);
+  std::atomic<int64_t> seen_fe{0};
+  ASSERT_TRUE(server
+                  .handle("observe",
+                          [&](const Request&, Response&) {
+                            seen_fe = box.quota("fe");
+                            return ok_status();
+                          })
+                  .ok());
+  ASSERT_TRUE(server.start().ok());
+  {
+    Peer p({"lend", server.options().socket_path, box.dir("fe"), "500", "observe", "0"});
+    ASSERT_EQ(p.read_line(), "ready");
+    EXPECT_EQ(p.read_line(), "lent 300");  // the server's cap, not the 500 asked
+    EXPECT_EQ(seen_fe.load(), 70000);
+  }
+  // On cgroup v1 the backend may not outgrow its parent: the caller's part of
+  // the loan is undone and the call runs without one.
+  if (detail::cpu_cgroup_of(0)->v2) GTEST_SKIP() << "cgroup v2 does not bound a child's quota by its parent's";
+  ASSERT_TRUE(box.set_root(120000));
+  {
+    Peer p({"lend", server.options().socket_path, box.dir("fe"), "300", "observe", "0"});
+    ASSERT_EQ(p.read_line(), "ready");
+    EXPECT_EQ(p.read_line(), "lent 300");  // 50000 + 30000 fits under 120000
+  }
+  ASSERT_TRUE(box.set("backend", 100000));
+  {
+    Peer p({"lend", server.options().socket_path, box.dir("fe"), "300", "observe", "0"});
+    ASSERT_EQ(p.read_line(), "ready");
+    EXPECT_EQ(p.read_line(), "lent 0");  // 100000 + 30000 would not
+    EXPECT_EQ(seen_fe.load(), 100000);
+  }
+  EXPECT_EQ(box.quota("fe"), 100000);
+  EXPECT_EQ(box.quota("backend"), 100000);
+  EXPECT_EQ(server.stats().lends_refused, 1u);
+}
+
 TEST(Lending, ACgroupMadeAnewUnderTheSameNameIsFollowed) {
   CgroupSandbox box;
   SKIP_WITHOUT_CGROUPS(box);
@@ -342,6 +389,19 @@ TEST(Lending, AServerRefusesToStartWhereLendingCannotWork) {
     Server s(o);
     EXPECT_EQ(s.start().code(), StatusCode::kInvalidArgument);
   }
+  // A journal path naming some other file is not overwritten.
+  o = lending_server(box);
+  o.lending.journal_path = unique_socket_path("notajournal");
+  {
+    std::ofstream(o.lending.journal_path) << "precious data";
+    Server s(o);
+    Status st = s.start();
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("not a Rocket lending journal"), std::string::npos) << st.to_string();
+    std::ifstream f(o.lending.journal_path);
+    EXPECT_EQ(std::string(std::istreambuf_iterator<char>(f), {}), "precious data");
+  }
+  ::unlink(o.lending.journal_path.c_str());
 }
 
 }  // namespace
