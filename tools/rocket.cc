@@ -11,6 +11,7 @@
 //   rocket bench overlap                    caller work hidden behind call_async
 //   rocket bench lend [--quick] [--json]    a capped backend with and without CPU loans
 //   rocket run [--socket P] -- CMD ...      a frontend in namespaces that show only the socket
+//   rocket top [--socket P] [--count N]     a running server's counters, sampled
 #include "rocket/rocket.h"
 
 #include <unistd.h>
@@ -35,6 +36,7 @@
 #include "pocket/cgroup.h"
 #include "run.h"
 #include "serve_until_signal.h"
+#include "top.h"
 
 namespace {
 
@@ -305,6 +307,7 @@ int main(int argc, char** argv) {
 
   rocket::tools::add_demo(app);
   rocket::tools::add_run(app);
+  rocket::tools::add_top(app);
 
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);

@@ -1,9 +1,13 @@
 #include "rocket/runtime/builtin_ops.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <utility>
 
 #include "mover/cuda_mover.h"
@@ -124,7 +128,32 @@ Status register_builtin_ops(Server& server) {
       return st;
     });
   };
-  return server.handle_per_thread("gpu_share", gpu_share);
+  ROCKET_RETURN_IF_ERROR(server.handle_per_thread("gpu_share", gpu_share));
+  // The server's counters, for `rocket top`: the operator's account only.
+  OpOptions operator_only;
+  operator_only.allowed_uids = {::geteuid()};
+  return server.handle(
+      "stats",
+      [&server](const Request&, Response& resp) -> Status {
+        const ServerStats st = server.stats();
+        const nlohmann::json j{{"sessions_open", st.sessions_open},
+                               {"sessions_total", st.sessions_total},
+                               {"sessions_refused", st.sessions_refused},
+                               {"requests", st.requests},
+                               {"request_errors", st.request_errors},
+                               {"protocol_errors", st.protocol_errors},
+                               {"bytes_mapped", st.bytes_mapped},
+                               {"requests_helped", st.requests_helped},
+                               {"lends", st.lends},
+                               {"lends_refused", st.lends_refused},
+                               {"lends_returned_on_exit", st.lends_returned_on_exit},
+                               {"gpu_handles_opened", st.gpu_handles_opened},
+                               {"gpu_responses_shared", st.gpu_responses_shared},
+                               {"gpu_responses_copied", st.gpu_responses_copied}};
+        const std::string text = j.dump();
+        return resp.write(std::as_bytes(std::span<const char>(text.data(), text.size())));
+      },
+      operator_only);
 }
 
 }  // namespace rocket

@@ -1,4 +1,5 @@
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "test_util.h"
@@ -84,6 +85,21 @@ TEST(ClientServer, ALoanIsAHintAServerWithoutLendingIgnores) {
   EXPECT_EQ(
       c.call_async("echo", bytes_of("x"), {.policy = {.lend_millicpus = kMaxLendMillicpus + 1}}).get().status().code(),
       StatusCode::kInvalidArgument);
+}
+
+TEST(ClientServer, StatsOpReportsTheServersCounters) {
+  TestServer srv;
+  Client c = srv.connect();
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(c.call("echo", bytes_of("x")).ok());
+  EXPECT_FALSE(c.call("no_such_op", bytes_of("x")).ok());
+  auto r = c.call("stats", std::span<const std::byte>{});
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  auto j = nlohmann::json::parse(std::string(reinterpret_cast<const char*>(r->data().data()), r->size()));
+  EXPECT_EQ(j["requests"].get<uint64_t>(), srv.server->stats().requests);
+  EXPECT_GE(j["requests"].get<uint64_t>(), 6u);  // five echoes and this call
+  EXPECT_EQ(j["sessions_open"].get<uint64_t>(), 1u);
+  EXPECT_EQ(j["bytes_mapped"].get<uint64_t>(), srv.server->stats().bytes_mapped);
+  EXPECT_TRUE(j.contains("lends_refused"));
 }
 
 TEST(ClientServer, ClientPoolExhaustionIsResourceExhausted) {

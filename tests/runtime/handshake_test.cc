@@ -69,11 +69,12 @@ TEST(Handshake, PerOpAccessListsKeepOpsToTheirAccounts) {
   ASSERT_TRUE(server.handle("staff", answer, {.allowed_gids = {65534}}).ok());
   ASSERT_TRUE(server.start().ok());
   {
-    Peer nobody({"call-as", "65534", "65534", o.socket_path, "admin", "staff", "echo", "admin"});
+    Peer nobody({"call-as", "65534", "65534", o.socket_path, "admin", "staff", "echo", "admin", "stats"});
     EXPECT_EQ(nobody.read_line(), "admin PERMISSION_DENIED");
     EXPECT_EQ(nobody.read_line(), "staff ok");
     EXPECT_EQ(nobody.read_line(), "echo ok");
     EXPECT_EQ(nobody.read_line(), "admin PERMISSION_DENIED");  // the session outlives a refusal
+    EXPECT_EQ(nobody.read_line(), "stats PERMISSION_DENIED");  // the built-in counters are the operator's
   }
   auto root = Client::connect(o.socket_path, {.client_pool_bytes = 1 << 20, .server_pool_bytes = 1 << 20});
   ASSERT_TRUE(root.ok()) << root.status().to_string();

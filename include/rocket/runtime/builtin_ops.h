@@ -16,6 +16,8 @@
 //               per dispatcher: while clients hold two replies, further
 //               calls on that dispatcher get kResourceExhausted (a benchmark
 //               op; a real backend bounds what each tenant may hold)
+//   stats       the server's counters (ServerStats) as one JSON object, for
+//               `rocket top`; only the server's own uid may call it
 //
 //   rocket::Server server({.socket_path = path});
 //   if (auto s = rocket::register_builtin_ops(server); !s.ok()) die(s);
