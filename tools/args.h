@@ -3,12 +3,20 @@
 
 #include <cctype>
 #include <cstddef>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "rocket/status.h"
 
 namespace rocket::tools {
+
+// The server socket the tools use when none is given: $ROCKET_SOCKET, else
+// /tmp/rocket.sock (what `rocket run` sets for the frontends it starts).
+inline std::string default_socket() {
+  if (const char* env = std::getenv("ROCKET_SOCKET")) return env;
+  return "/tmp/rocket.sock";
+}
 
 // "a,b,,c" -> {"a", "b", "c"}.
 inline std::vector<std::string> split(const std::string& s) {

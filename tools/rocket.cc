@@ -41,11 +41,7 @@
 namespace {
 
 using json = nlohmann::json;
-
-std::string default_socket() {
-  if (const char* env = std::getenv("ROCKET_SOCKET")) return env;
-  return "/tmp/rocket.sock";
-}
+using rocket::tools::default_socket;
 
 struct ServeArgs {
   std::string socket = default_socket();

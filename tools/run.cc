@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "args.h"
+
 namespace rocket::tools {
 namespace {
 
@@ -230,8 +232,7 @@ int run(RunArgs a) {
 
 void add_run(CLI::App& app) {
   static RunArgs a;
-  const char* env = std::getenv("ROCKET_SOCKET");
-  a.socket = env != nullptr ? env : "/tmp/rocket.sock";
+  a.socket = default_socket();
   auto* cmd = app.add_subcommand(
       "run", "Start a frontend in its own mount and IPC namespaces, seeing only the server's socket");
   cmd->add_option("--socket", a.socket, "the server's socket, the one endpoint the frontend sees")

@@ -8,6 +8,7 @@
 #include <string>
 #include <thread>
 
+#include "args.h"
 #include "rocket/rocket.h"
 
 namespace rocket::tools {
@@ -96,8 +97,7 @@ int top(const TopArgs& a) {
 
 void add_top(CLI::App& app) {
   static TopArgs a;
-  const char* env = std::getenv("ROCKET_SOCKET");
-  a.socket = env != nullptr ? env : "/tmp/rocket.sock";
+  a.socket = default_socket();
   auto* cmd = app.add_subcommand("top", "A running server's counters, sampled (the server's own account only)");
   cmd->add_option("--socket", a.socket, "the server's socket (env ROCKET_SOCKET)")->capture_default_str();
   cmd->add_option("--interval-ms", a.interval_ms, "time between samples")->capture_default_str();
