@@ -114,6 +114,29 @@ struct Parking {
   }
 };
 
+// A handler that records, from inside the call, both quotas and the loan.
+struct Observer {
+  std::atomic<int64_t> backend{0}, fe{0};
+  std::atomic<uint32_t> lent{0};
+  Handler handler(const CgroupSandbox& box) {
+    return [this, &box](const Request& req, Response&) {
+      backend = box.quota("backend");
+      fe = box.quota("fe");
+      lent = req.lent_millicpus();
+      return ok_status();
+    };
+  }
+};
+
+// One call to `op` from a frontend in cgroup `child` lending `millicpus`:
+// the frontend's result line ("lent N", or "error ...").
+std::string lend_once(const std::string& sock, const CgroupSandbox& box, const std::string& child, uint32_t millicpus,
+                      const char* op = "observe") {
+  Peer p({"lend", sock, box.dir(child), std::to_string(millicpus), op, "0"});
+  const std::string ready = p.read_line();
+  return ready == "ready" ? p.read_line() : "peer said '" + ready + "'";
+}
+
 ServerOptions lending_server(const CgroupSandbox& box, std::map<std::string, double> factors = {}) {
   ServerOptions o{.socket_path = unique_socket_path("lend"), .dispatchers = 2};
   o.lending = {.enabled = true, .backend_cgroup = box.dir("backend"), .factors = std::move(factors)};
@@ -126,26 +149,15 @@ TEST(Lending, ACallMovesQuotaForItsDurationOnly) {
   ASSERT_TRUE(box.set("backend", 50000));
   ASSERT_TRUE(box.set("fe", 100000));
   Server server(lending_server(box, {{box.path("fe"), 1.5}}));
-  std::atomic<int64_t> seen_backend{0}, seen_fe{0};
-  std::atomic<uint32_t> seen_lent{0};
-  ASSERT_TRUE(server
-                  .handle("observe",
-                          [&](const Request& req, Response&) {
-                            seen_backend = box.quota("backend");
-                            seen_fe = box.quota("fe");
-                            seen_lent = req.lent_millicpus();
-                            return ok_status();
-                          })
-                  .ok());
+  Observer seen;
+  ASSERT_TRUE(server.handle("observe", seen.handler(box)).ok());
   Status st = server.start();
   ASSERT_TRUE(st.ok()) << st.to_string();
-  Peer peer({"lend", server.options().socket_path, box.dir("fe"), "400", "observe", "0"});
-  ASSERT_EQ(peer.read_line(), "ready");
-  EXPECT_EQ(peer.read_line(), "lent 400");
+  EXPECT_EQ(lend_once(server.options().socket_path, box, "fe", 400), "lent 400");
   // During the call: the caller gave 0.4 CPU, the backend got 1.5 times that.
-  EXPECT_EQ(seen_fe.load(), 60000);
-  EXPECT_EQ(seen_backend.load(), 50000 + 60000);
-  EXPECT_EQ(seen_lent.load(), 400u);
+  EXPECT_EQ(seen.fe.load(), 60000);
+  EXPECT_EQ(seen.backend.load(), 50000 + 60000);
+  EXPECT_EQ(seen.lent.load(), 400u);
   // After it: both as they were.
   EXPECT_EQ(box.quota("fe"), 100000);
   EXPECT_EQ(box.quota("backend"), 50000);
@@ -219,37 +231,19 @@ TEST(Lending, WhatCannotBeLentIsNotAndTheCallStillRuns) {
   ASSERT_TRUE(box.set("fe", -1));  // no limit: nothing bounded to lend
   ASSERT_TRUE(box.set("fe2", 100000));
   Server server(lending_server(box, {{box.path("fe2"), 0.0}}));  // fe2 may not lend
-  std::atomic<int64_t> seen_backend{0};
-  ASSERT_TRUE(server
-                  .handle("observe",
-                          [&](const Request&, Response&) {
-                            seen_backend = box.quota("backend");
-                            return ok_status();
-                          })
-                  .ok());
+  Observer seen;
+  ASSERT_TRUE(server.handle("observe", seen.handler(box)).ok());
   ASSERT_TRUE(server.start().ok());
   const std::string sock = server.options().socket_path;
-  {
-    Peer p({"lend", sock, box.dir("fe"), "500", "observe", "0"});
-    ASSERT_EQ(p.read_line(), "ready");
-    EXPECT_EQ(p.read_line(), "lent 0");
-    EXPECT_EQ(seen_backend.load(), 50000);
-  }
-  {
-    Peer p({"lend", sock, box.dir("fe2"), "500", "observe", "0"});
-    ASSERT_EQ(p.read_line(), "ready");
-    EXPECT_EQ(p.read_line(), "lent 0");
-    EXPECT_EQ(box.quota("fe2"), 100000);
-  }
+  EXPECT_EQ(lend_once(sock, box, "fe", 500), "lent 0");
+  EXPECT_EQ(seen.backend.load(), 50000);
+  EXPECT_EQ(lend_once(sock, box, "fe2", 500), "lent 0");
+  EXPECT_EQ(box.quota("fe2"), 100000);
   // A caller lends what it can spare, never its last millisecond per period.
   ASSERT_TRUE(box.set("fe", 21000));
-  {
-    Peer p({"lend", sock, box.dir("fe"), "500", "observe", "0"});
-    ASSERT_EQ(p.read_line(), "ready");
-    EXPECT_EQ(p.read_line(), "lent 200");
-    EXPECT_EQ(seen_backend.load(), 50000 + 20000);
-    EXPECT_EQ(box.quota("fe"), 21000);
-  }
+  EXPECT_EQ(lend_once(sock, box, "fe", 500), "lent 200");
+  EXPECT_EQ(seen.backend.load(), 50000 + 20000);
+  EXPECT_EQ(box.quota("fe"), 21000);
   EXPECT_EQ(server.stats().lends, 1u);
   EXPECT_EQ(server.stats().lends_refused, 2u);
   EXPECT_EQ(box.quota("backend"), 50000);
@@ -263,37 +257,20 @@ TEST(Lending, ALoanIsCappedAndOneTheBackendCannotTakeIsUndone) {
   ServerOptions o = lending_server(box);
   o.lending.max_lend_millicpus = 300;
   Server server(o);
-  std::atomic<int64_t> seen_fe{0};
-  ASSERT_TRUE(server
-                  .handle("observe",
-                          [&](const Request&, Response&) {
-                            seen_fe = box.quota("fe");
-                            return ok_status();
-                          })
-                  .ok());
+  Observer seen;
+  ASSERT_TRUE(server.handle("observe", seen.handler(box)).ok());
   ASSERT_TRUE(server.start().ok());
-  {
-    Peer p({"lend", server.options().socket_path, box.dir("fe"), "500", "observe", "0"});
-    ASSERT_EQ(p.read_line(), "ready");
-    EXPECT_EQ(p.read_line(), "lent 300");  // the server's cap, not the 500 asked
-    EXPECT_EQ(seen_fe.load(), 70000);
-  }
+  const std::string sock = server.options().socket_path;
+  EXPECT_EQ(lend_once(sock, box, "fe", 500), "lent 300");  // the server's cap, not the 500 asked
+  EXPECT_EQ(seen.fe.load(), 70000);
   // On cgroup v1 the backend may not outgrow its parent: the caller's part of
   // the loan is undone and the call runs without one.
   if (detail::cpu_cgroup_of(0)->v2) GTEST_SKIP() << "cgroup v2 does not bound a child's quota by its parent's";
   ASSERT_TRUE(box.set_root(120000));
-  {
-    Peer p({"lend", server.options().socket_path, box.dir("fe"), "300", "observe", "0"});
-    ASSERT_EQ(p.read_line(), "ready");
-    EXPECT_EQ(p.read_line(), "lent 300");  // 50000 + 30000 fits under 120000
-  }
+  EXPECT_EQ(lend_once(sock, box, "fe", 300), "lent 300");  // 50000 + 30000 fits under 120000
   ASSERT_TRUE(box.set("backend", 100000));
-  {
-    Peer p({"lend", server.options().socket_path, box.dir("fe"), "300", "observe", "0"});
-    ASSERT_EQ(p.read_line(), "ready");
-    EXPECT_EQ(p.read_line(), "lent 0");  // 100000 + 30000 would not
-    EXPECT_EQ(seen_fe.load(), 100000);
-  }
+  EXPECT_EQ(lend_once(sock, box, "fe", 300), "lent 0");  // 100000 + 30000 would not
+  EXPECT_EQ(seen.fe.load(), 100000);
   EXPECT_EQ(box.quota("fe"), 100000);
   EXPECT_EQ(box.quota("backend"), 100000);
   EXPECT_EQ(server.stats().lends_refused, 1u);
@@ -305,14 +282,8 @@ TEST(Lending, ACgroupMadeAnewUnderTheSameNameIsFollowed) {
   ASSERT_TRUE(box.set("backend", 50000));
   ASSERT_TRUE(box.set("fe", 100000));
   Server server(lending_server(box));
-  std::atomic<int64_t> seen_fe{0};
-  ASSERT_TRUE(server
-                  .handle("observe",
-                          [&](const Request&, Response&) {
-                            seen_fe = box.quota("fe");
-                            return ok_status();
-                          })
-                  .ok());
+  Observer seen;
+  ASSERT_TRUE(server.handle("observe", seen.handler(box)).ok());
   ASSERT_TRUE(server.start().ok());
   for (int round = 0; round < 2; ++round) {
     // The server keeps the limit files of the first round's cgroup open; the
@@ -321,10 +292,8 @@ TEST(Lending, ACgroupMadeAnewUnderTheSameNameIsFollowed) {
       ASSERT_TRUE(box.remake("fe"));
       ASSERT_TRUE(box.set("fe", 80000));
     }
-    Peer p({"lend", server.options().socket_path, box.dir("fe"), "300", "observe", "0"});
-    ASSERT_EQ(p.read_line(), "ready");
-    EXPECT_EQ(p.read_line(), "lent 300");
-    EXPECT_EQ(seen_fe.load(), (round == 0 ? 100000 : 80000) - 30000);
+    EXPECT_EQ(lend_once(server.options().socket_path, box, "fe", 300), "lent 300");
+    EXPECT_EQ(seen.fe.load(), (round == 0 ? 100000 : 80000) - 30000);
     EXPECT_EQ(box.quota("fe"), round == 0 ? 100000 : 80000);
   }
   EXPECT_EQ(box.quota("backend"), 50000);
