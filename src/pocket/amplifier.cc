@@ -62,9 +62,8 @@ class Amplifier::Journal {
     if (fd_ >= 0) ::close(fd_);  // drops the lock
   }
 
-  // Writes back the base limits a previous server recorded; returns how many.
-  int restore_all() {
-    int restored = 0;
+  // Writes back the base limits a previous server recorded, saying so on stderr.
+  void restore_all() {
     for (size_t i = 1; i < kSlots; ++i) {
       Slot& s = slots_[i];
       if (std::atomic_ref<uint32_t>(s.state).load(std::memory_order_acquire) != kInUse) continue;
@@ -73,7 +72,6 @@ class Amplifier::Journal {
       if (cg.ok() && cg->v2 == (s.v2 != 0)) {
         Status st = write_cpu_quota(*cg, s.quota_us, s.period_us);
         if (st.ok()) {
-          ++restored;
           std::fprintf(stderr,
                        "rocket: put back the CPU limit of %s (%lld µs per %lld µs) that a previous server "
                        "had lent\n",
@@ -84,7 +82,6 @@ class Amplifier::Journal {
       }
       clear(static_cast<int>(i));
     }
-    return restored;
   }
 
   // The slot recording `cg`'s base, or -1 when the journal is full or the

@@ -941,16 +941,19 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
 }
 
 detail::Amplifier::Grant Server::Impl::Dispatcher::lend(detail::ServerSession& s, uint32_t millicpus) {
-  detail::Amplifier::Grant grant;
-  std::string why = "this server does not take loans (ServerOptions::lending is off)";
-  if (server_->amplifier) grant = server_->amplifier->lend(s.lender, millicpus, s.pidfd, &why);
+  if (!server_->amplifier) {  // the hint is ignored: the reply says nothing was lent
+    server_->counters.lends_refused.fetch_add(1, std::memory_order_relaxed);
+    return {};
+  }
+  std::string why;  // filled only on a refusal
+  const detail::Amplifier::Grant grant = server_->amplifier->lend(s.lender, millicpus, s.pidfd, &why);
   if (grant.id != 0) {
     server_->counters.lends.fetch_add(1, std::memory_order_relaxed);
     return grant;
   }
   server_->counters.lends_refused.fetch_add(1, std::memory_order_relaxed);
   // An operator who turned lending on wants to know why it does not happen.
-  if (server_->amplifier && !s.lend_refusal_logged.exchange(true, std::memory_order_relaxed)) {
+  if (!s.lend_refusal_logged.exchange(true, std::memory_order_relaxed)) {
     std::fprintf(stderr, "rocket: session %llu (tenant '%s', pid %d) lends no CPU: %s\n",
                  static_cast<unsigned long long>(s.id), s.tenant.c_str(), static_cast<int>(s.cred.pid), why.c_str());
   }
