@@ -293,7 +293,9 @@ Result<CpuCgroup> make_cpu_cgroup(const CpuCgroup& parent, const std::string& na
     auto sub = read_small_file(parent.dir + "/cgroup.subtree_control");
     bool cpu = false;
     if (sub.ok()) {
-      for (std::string_view w : split(*sub, ' ')) cpu = cpu || w == "cpu" || w == "cpu\n";
+      std::string_view text = *sub;
+      while (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+      for (std::string_view w : split(text, ' ')) cpu = cpu || w == "cpu";
     }
     if (!cpu) return failed_precondition("the cpu controller is not delegated to " + parent.path + " (cgroup v2)");
   }
