@@ -5,11 +5,14 @@
 //   rocket call --op echo --data hello      one request, printed
 //   rocket doctor [--json]                  which data movers work here, and why not
 //   rocket calibrate                        fit each mover's cost model, save the profile
+//   rocket profile [--quick]                SkyRocket: time every engine x cache in swept situations
+//   rocket train [--traces F]               SkyRocket: fit, judge and export the learned policy
 //   rocket bench echo [--quick] [--json]    round trips vs a Unix socket
 //   rocket bench movers [--json]            every data mover, memcpy baseline
 //   rocket bench peers [--quick] [--json]   vs uds, zmq, grpc, a naive shm file per call
 //   rocket bench overlap                    caller work hidden behind call_async
 //   rocket bench lend [--quick] [--json]    a capped backend with and without CPU loans
+//   rocket bench policy [--quick] [--json]  the learned choice vs the cost model vs fixed engines
 //   rocket run [--socket P] -- CMD ...      a frontend in namespaces that show only the socket
 //   rocket top [--socket P] [--count N]     a running server's counters, sampled
 #include "rocket/rocket.h"
@@ -34,6 +37,7 @@
 #include "exit_with_parent.h"
 #include "mover/cuda_mover.h"
 #include "pocket/cgroup.h"
+#include "profile.h"
 #include "run.h"
 #include "serve_until_signal.h"
 #include "top.h"
@@ -311,7 +315,10 @@ int main(int argc, char** argv) {
   rocket::tools::add_bench_movers(*bench);
   rocket::tools::add_bench_peers(*bench);
   rocket::tools::add_bench_lend(*bench);
+  rocket::tools::add_bench_policy(*bench);
   rocket::tools::add_calibrate(app);
+  rocket::tools::add_profile(app);
+  rocket::tools::add_train(app);
   rocket::tools::add_bench_children(app);
   rocket::tools::add_bench_lend_children(app);
 

@@ -4,6 +4,7 @@
 #include "rocket/mover/mover.h"
 #include "rocket/pocket/capabilities.h"
 #include "rocket/pocket/lending.h"
+#include "rocket/policy/skyrocket.h"
 #include "rocket/runtime/builtin_ops.h"
 #include "rocket/runtime/client.h"
 #include "rocket/runtime/policy.h"

@@ -12,12 +12,13 @@
 #include <thread>
 #include <unordered_map>
 
+#include "rocket/policy/skyrocket.h"
 #include "rocket/shm/pool.h"
 #include "rocket/shm/segment.h"
-#include "sys/futex.h"
 #include "runtime/gpu_payload.h"
 #include "runtime/protocol.h"
 #include "runtime/socket.h"
+#include "sys/futex.h"
 
 namespace rocket {
 namespace detail {
@@ -97,9 +98,21 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // request is posted when the copy completes. Falls back to copy-in + post
   // when the chosen engine is synchronous.
   Result<JobId> submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy, ReqTags tags);
-  // The engine for a copy of `bytes`: the policy's choice, or for kAuto the
-  // one with the lowest predicted cost (an asynchronous one when `async`).
-  Result<Mover*> choose_mover(MoverKind kind, size_t bytes, Cache cache, bool async);
+  // The engine and cache for a copy of `bytes` from `src`: the policy's
+  // choice, or for kAuto the learned policy's (SkyRocket) when a model is
+  // installed, else the engine with the lowest calibrated cost (an
+  // asynchronous one when `async`).
+  struct MoverChoice {
+    Mover* mover = nullptr;
+    Cache cache = Cache::kAuto;
+    bool learned = false;  // SkyRocket chose: time the copy for its log
+    skyrocket::Features features;
+  };
+  static MoverChoice fixed_choice(Mover* m, Cache cache) { return {m, cache, false, {}}; }
+  Result<MoverChoice> choose_mover(MoverKind kind, const void* src, size_t bytes, Cache cache, bool async);
+  // Runs `ops` (of `bytes` in all) synchronously on `c`; a learned choice's
+  // copy is timed and logged for retraining.
+  static Status run_copy(const MoverChoice& c, std::span<const CopyOp> ops, size_t bytes);
   Result<Reply> wait_job(JobId id, std::chrono::milliseconds timeout);
   bool job_done(JobId id);
   void abandon(JobId id) noexcept;
@@ -544,8 +557,9 @@ Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op, std::span<const
     blocks.push_back(std::move(b));
   }
   if (!ops.empty()) {
-    ROCKET_ASSIGN_OR_RETURN(Mover * m, choose_mover(policy.mover, total, policy.cache, /*async=*/false));
-    ROCKET_RETURN_IF_ERROR(m->execute(ops, policy.cache));
+    ROCKET_ASSIGN_OR_RETURN(MoverChoice c,
+                            choose_mover(policy.mover, ops[0].src, total, policy.cache, /*async=*/false));
+    ROCKET_RETURN_IF_ERROR(run_copy(c, ops, total));
   }
   std::vector<JobId> ids;
   ids.reserve(requests.size());
@@ -585,9 +599,11 @@ Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op, std::span<const
 
 Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy,
                                       ReqTags tags) {
-  ROCKET_ASSIGN_OR_RETURN(Mover * m, choose_mover(policy.mover, bytes.size(), policy.cache, /*async=*/true));
+  ROCKET_ASSIGN_OR_RETURN(MoverChoice c,
+                          choose_mover(policy.mover, bytes.data(), bytes.size(), policy.cache, /*async=*/true));
+  Mover* m = c.mover;
   if (bytes.empty() || !m->capabilities().async) {
-    ROCKET_ASSIGN_OR_RETURN(auto block, copy_in(bytes, Policy{m->kind(), policy.cache}));
+    ROCKET_ASSIGN_OR_RETURN(auto block, copy_in(bytes, Policy{m->kind(), c.cache}));
     uint64_t off = block ? block->offset : 0;
     return post(op, std::move(block), off, bytes.size(), /*wait_for_space=*/false, tags);
   }
@@ -610,9 +626,18 @@ Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> by
   // The callback keeps the block (and so the core and its mappings) alive
   // until the copy is over, whatever happens to the job meanwhile.
   auto self = shared_from_this();
-  SubmitOptions so{.cache = policy.cache,
+  // A learned choice is timed from submission to completion for the log,
+  // and counts as in flight for the features of other copies meanwhile.
+  std::shared_ptr<skyrocket::InFlight> inflight;
+  if (c.learned) inflight = std::make_shared<skyrocket::InFlight>(bytes.size());
+  SubmitOptions so{.cache = c.cache,
                    .owner = reinterpret_cast<uint64_t>(this),
-                   .on_done = [self, block, id](Status st) mutable {
+                   .on_done = [self, block, id, inflight, c, t0 = Clock::now()](Status st) mutable {
+                     if (inflight && st.ok()) {
+                       skyrocket::log_decision(c.features, {c.mover->kind(), c.cache},
+                                               std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+                     }
+                     inflight.reset();
                      self->copy_done(id, std::move(st), std::move(block));
                    }};
   auto t = m->submit({&cop, 1}, so);
@@ -870,13 +895,30 @@ Result<Mover*> ClientCore::mover(MoverKind kind) {
   return m;
 }
 
-Result<Mover*> ClientCore::choose_mover(MoverKind kind, size_t bytes, Cache cache, bool async) {
-  if (kind == MoverKind::kCpu) return cpu_;
-  if (kind != MoverKind::kAuto) return mover(kind);
-  if (opts_.default_mover != MoverKind::kAuto) return mover(opts_.default_mover);
-  if (bytes <= kInlineCopyBytes) return cpu_;
+Result<ClientCore::MoverChoice> ClientCore::choose_mover(MoverKind kind, const void* src, size_t bytes, Cache cache,
+                                                         bool async) {
+  if (kind == MoverKind::kCpu) return fixed_choice(cpu_, cache);
+  if (kind != MoverKind::kAuto) {
+    ROCKET_ASSIGN_OR_RETURN(Mover * m, mover(kind));
+    return fixed_choice(m, cache);
+  }
+  if (opts_.default_mover != MoverKind::kAuto) {
+    ROCKET_ASSIGN_OR_RETURN(Mover * m, mover(opts_.default_mover));
+    return fixed_choice(m, cache);
+  }
+  if (bytes <= kInlineCopyBytes) return fixed_choice(cpu_, cache);
+  if (skyrocket::ensure_default_model()) {
+    const skyrocket::Features f = skyrocket::observe(src, bytes);
+    if (auto d = skyrocket::decide(f, async, cache)) {
+      auto m = mover(d->config.mover);  // registers the pools with the engine
+      if (m.ok()) return MoverChoice{*m, cache == Cache::kAuto ? d->config.cache : cache, true, f};
+    }
+  }
   // Handing a small copy to another thread costs more than it overlaps.
-  if (async && bytes >= kAsyncCopyThreshold) return shared_mover(MoverKind::kThreads);
+  if (async && bytes >= kAsyncCopyThreshold) {
+    ROCKET_ASSIGN_OR_RETURN(Mover * m, shared_mover(MoverKind::kThreads));
+    return fixed_choice(m, cache);
+  }
   Mover* best = nullptr;
   double best_us = 0;
   for (MoverKind k : {MoverKind::kCpu, MoverKind::kCpuStream, MoverKind::kThreads}) {
@@ -890,15 +932,27 @@ Result<Mover*> ClientCore::choose_mover(MoverKind kind, size_t bytes, Cache cach
     }
   }
   if (best == nullptr) return unavailable("no usable data mover");
-  return best;
+  return fixed_choice(best, cache);
+}
+
+Status ClientCore::run_copy(const MoverChoice& c, std::span<const CopyOp> ops, size_t bytes) {
+  if (!c.learned) return c.mover->execute(ops, c.cache);
+  skyrocket::InFlight inflight(bytes);
+  const auto t0 = Clock::now();
+  Status st = c.mover->execute(ops, c.cache);
+  if (st.ok()) {
+    skyrocket::log_decision(c.features, {c.mover->kind(), c.cache},
+                            std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  return st;
 }
 
 Result<std::shared_ptr<PoolBlock>> ClientCore::copy_in(std::span<const std::byte> bytes, const Policy& policy) {
   if (bytes.empty()) return std::shared_ptr<PoolBlock>();
-  ROCKET_ASSIGN_OR_RETURN(Mover * m, choose_mover(policy.mover, bytes.size(), policy.cache, false));
+  ROCKET_ASSIGN_OR_RETURN(MoverChoice c, choose_mover(policy.mover, bytes.data(), bytes.size(), policy.cache, false));
   ROCKET_ASSIGN_OR_RETURN(auto block, alloc_block(bytes.size()));
   CopyOp op{client_data() + block->offset, bytes.data(), bytes.size()};
-  ROCKET_RETURN_IF_ERROR(m->execute({&op, 1}, policy.cache));
+  ROCKET_RETURN_IF_ERROR(run_copy(c, {&op, 1}, bytes.size()));
   return block;
 }
 
@@ -965,9 +1019,10 @@ Status Reply::copy_to(std::span<std::byte> dst, const CopyOptions& options) cons
   }
   if (src.empty()) return ok_status();
   // The same choice as the copy-in: kAuto consults the cost model by size.
-  ROCKET_ASSIGN_OR_RETURN(Mover * m, block_->core->choose_mover(options.mover, src.size(), options.cache, false));
+  ROCKET_ASSIGN_OR_RETURN(auto c,
+                          block_->core->choose_mover(options.mover, src.data(), src.size(), options.cache, false));
   CopyOp op{dst.data(), src.data(), src.size()};
-  return m->execute({&op, 1}, options.cache);
+  return detail::ClientCore::run_copy(c, {&op, 1}, src.size());
 }
 
 Result<std::vector<std::byte>> Reply::to_vector() const {
