@@ -210,6 +210,22 @@ std::string isolation_here() {
   return "yes: through a user namespace of its own";
 }
 
+// The SkyRocket model `auto` would use here, and how it did in training.
+std::string learned_policy_here() {
+  const std::string path = rocket::skyrocket::default_model_path();
+  auto m = rocket::skyrocket::Model::load(path);
+  if (!m.ok()) {
+    return m.status().code() == rocket::StatusCode::kNotFound
+               ? "none: auto uses the cost model (run `rocket profile` then `rocket train`)"
+               : "ignored: " + m.status().to_string();
+  }
+  char buf[256];
+  std::snprintf(buf, sizeof buf, " (%zu trees over %zu configurations, from %s; cross-validated regret %.1f%%)",
+                m->trees(), m->configs().size(), m->machine.empty() ? "an unnamed machine" : m->machine.c_str(),
+                100 * m->metrics.mean_regret);
+  return path + buf;
+}
+
 int doctor(bool json_out) {
   auto infos = rocket::probe_movers();
   // The cost profile the runtime would load, and so what `auto` chooses from.
@@ -239,6 +255,7 @@ int doctor(bool json_out) {
     std::cout << json{{"movers", arr},
                       {"cost_profile", profile},
                       {"cuda_host_to_host", methods},
+                      {"learned_policy", learned_policy_here()},
                       {"cpu_lending", lending_here()},
                       {"frontend_isolation", isolation_here()}}
                      .dump(1)
@@ -251,6 +268,7 @@ int doctor(bool json_out) {
                 i.reason.c_str());
   }
   std::printf("\ncost profile: %s\n", profile.c_str());
+  std::printf("learned policy (SkyRocket): %s\n", learned_policy_here().c_str());
   std::printf("cpu lending (Pocket): %s\n", lending_here().c_str());
   std::printf("frontend isolation (rocket run): %s\n", isolation_here().c_str());
   if (!h2h.empty()) {
