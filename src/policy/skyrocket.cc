@@ -155,6 +155,7 @@ struct Installed {
   mutable std::vector<uint8_t> usable, async;
 };
 std::atomic<std::shared_ptr<const Installed>> g_installed;
+std::atomic<bool> g_has_model{false};  // g_installed is set: cheaper to ask than loading it
 std::atomic<uint8_t> g_generation{0};
 
 void probe(const Installed& in) {
@@ -252,6 +253,7 @@ void install_model(std::shared_ptr<const Model> model) {
     next->generation = g == 0 ? 1 : g;  // 0 marks an empty cache slot
     in = std::move(next);
   }
+  g_has_model.store(in != nullptr, std::memory_order_relaxed);
   g_installed.store(std::move(in), std::memory_order_release);
   for (auto& slot : g_decisions) slot.store(0, std::memory_order_relaxed);
 }
@@ -282,7 +284,7 @@ bool ensure_default_model() {
       std::fprintf(stderr, "rocket: ignoring SkyRocket model: %s\n", s.to_string().c_str());
     }
   });
-  return installed_model() != nullptr;
+  return g_has_model.load(std::memory_order_relaxed);
 }
 
 std::optional<Decision> decide(const Features& f, bool async, Cache cache) {

@@ -909,7 +909,9 @@ Result<ClientCore::MoverChoice> ClientCore::choose_mover(MoverKind kind, const v
   if (bytes <= kInlineCopyBytes) return fixed_choice(cpu_, cache);
   if (skyrocket::ensure_default_model()) {
     const skyrocket::Features f = skyrocket::observe(src, bytes);
-    if (auto d = skyrocket::decide(f, async, cache)) {
+    // The model predicts copy times, not whether a hand-off pays: small
+    // asynchronous copies stay with the engines that copy inline.
+    if (auto d = skyrocket::decide(f, async && bytes >= kAsyncCopyThreshold, cache)) {
       auto m = mover(d->config.mover);  // registers the pools with the engine
       if (m.ok()) return MoverChoice{*m, cache == Cache::kAuto ? d->config.cache : cache, true, f};
     }

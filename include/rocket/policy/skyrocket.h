@@ -37,15 +37,18 @@
 namespace rocket::skyrocket {
 
 // What the model sees of a copy, read without a system call: the samplers
-// refresh the process-wide ones every 10 ms on a thread of their own.
+// refresh the process-wide ones every 10 ms on a thread of their own. Cache
+// pressure is estimated from what Rocket itself moves (reuse distance, bytes
+// in flight), not read from hardware counters: the virtual machines this
+// project runs on expose none (perf_event_open says ENOENT for LLC misses).
 enum Feature : uint8_t {
   kSizeLog2,      // log2 of the bytes copied
   kReuseLog2,     // log2 of the bytes this process copied since it last copied
                   // from this source address (kNeverCopied: not recently)
   kFaultsLog2,    // log2(1 + page faults per second) of this process
-  kInflightLog2,  // log2(1 + bytes of other copies in flight in this process):
-                  // the cache footprint competing with this copy
-  kActive,        // other copies in flight in this process
+  kInflightLog2,  // log2(1 + bytes of other copies in flight in this process
+                  // that SkyRocket placed): the cache footprint competing
+  kActive,        // other such copies in flight
   kRunnable,      // runnable tasks on the machine beyond this one (CPU pressure)
   kNumFeatures,
 };
