@@ -199,8 +199,9 @@ int run_bench_policy(const PolicyArgs& a) {
   // 1. What a decision costs.
   sky::install_model(model);
   std::vector<std::byte> probe(64);
-  const double observe_ns = ns_per_call([&](int i) { (void)sky::observe(probe.data() + (i & 7), size_t{1} << 20); });
-  sky::Features f = sky::observe(probe.data(), size_t{16} << 20);
+  const double observe_ns =
+      ns_per_call([&](int i) { (void)sky::observe(probe.data() + (i & 7), probe.data() + 32, size_t{1} << 20); });
+  sky::Features f = sky::observe(probe.data(), probe.data() + 32, size_t{16} << 20);
   const double cached_ns = ns_per_call([&](int) { (void)sky::decide(f, false); });
   const double trees_ns = ns_per_call([&](int i) {
     f.v[sky::kSizeLog2] = static_cast<float>(16 + (i % 13));

@@ -1,8 +1,8 @@
-// `rocket profile`: SkyRocket's offline sweep. Every situation (size x source
-// reuse x page faults x concurrent copies) runs every configuration (engine x
-// cache) on this machine, and each timed copy becomes a trace row holding the
-// features the runtime itself observed for it, so that a model trained on the
-// trace sees what the runtime will see.
+// `rocket profile`: SkyRocket's offline sweep. Every situation (size x how
+// recently the source and the destination were touched x concurrent copies)
+// runs every configuration (engine x cache) on this machine, and each timed
+// copy becomes a trace row holding the features the runtime itself observed
+// for it, so that a model trained on the trace sees what the runtime will see.
 #include "profile.h"
 
 #include <sys/mman.h>
@@ -31,8 +31,9 @@ namespace sky = rocket::skyrocket;
 
 struct ProfileOptions {
   std::string out;
-  std::string sizes = "64K,256K,1M,4M,16M,64M";
+  std::string sizes = "256K,1M,4M,16M,64M";
   std::string concurrency;  // default: 1 and every core (at most 4)
+  std::string busy;         // default: 0 and half the cores (at least 1, at most 8)
   double budget_ms = 40;
   int rows_per_point = 48;
   bool quick = false;
@@ -56,23 +57,46 @@ std::vector<sky::Config> configurations() {
   return out;
 }
 
-// A source is "cold" when each copy reads a part of this much memory that
-// the previous copies have not touched lately: more than any last-level cache.
+// How recently a copy's source or destination was touched: each copy takes
+// the next part of a span of memory, cycled through. A span of the copy's
+// own size is the same buffer every time (hot); 32 MiB is about a last-level
+// cache (warm); 256 MiB is more than any (cold). A fresh destination has its
+// pages dropped before each copy, so the copy faults them in (new memory).
+constexpr size_t kWarmSpan = size_t{32} << 20;
 constexpr size_t kColdSpan = size_t{256} << 20;
+enum class Reuse { kHot, kWarm, kCold, kFresh };
+
+const char* reuse_name(Reuse r) {
+  switch (r) {
+    case Reuse::kHot:
+      return "hot";
+    case Reuse::kWarm:
+      return "warm";
+    case Reuse::kCold:
+      return "cold";
+    case Reuse::kFresh:
+      return "fresh";
+  }
+  return "?";
+}
+
+size_t span_of(Reuse r, size_t size) {
+  return r == Reuse::kCold ? std::max(kColdSpan, size) : r == Reuse::kWarm ? std::max(kWarmSpan, size) : size;
+}
 
 struct Situation {
   size_t size;
-  bool cold;
-  bool faulting;  // the destination's pages are dropped before each copy
+  Reuse src, dst;
   unsigned copiers;
+  unsigned busy;  // threads spinning beside the copiers: other work on the machine
   std::string name() const {
-    return "size=" + human_size(size) + ";reuse=" + (cold ? "cold" : "hot") + ";faults=" + (faulting ? "1" : "0") +
-           ";copiers=" + std::to_string(copiers);
+    return "size=" + human_size(size) + ";src=" + reuse_name(src) + ";dst=" + reuse_name(dst) +
+           ";copiers=" + std::to_string(copiers) + ";busy=" + std::to_string(busy);
   }
 };
 
-// One copier's memory: a source span and a destination, mapped once for the
-// largest size and registered with every engine that needs it.
+// One copier's memory: a source span and a destination span, mapped once for
+// the largest size and registered with every engine that needs it.
 struct Arena {
   std::unique_ptr<MappedBuffer> src, dst;
 };
@@ -86,14 +110,14 @@ struct PointResult {
 };
 
 PointResult run_point(const Situation& sit, const sky::Config& cfg, std::vector<Arena>& arenas, double budget_ms,
-                      int keep) {
+                      int keep, int min_copies) {
   PointResult res;
   auto m = shared_mover(cfg.mover);
   if (!m.ok()) {
     res.status = m.status();
     return res;
   }
-  const size_t slots = sit.cold ? std::max<size_t>(1, kColdSpan / sit.size) : 1;
+  const size_t src_slots = span_of(sit.src, sit.size) / sit.size, dst_slots = span_of(sit.dst, sit.size) / sit.size;
   std::vector<std::vector<double>> lat(sit.copiers);
   std::vector<std::vector<sky::TraceRow>> rows(sit.copiers);
   std::vector<Status> errors(sit.copiers, ok_status());
@@ -113,13 +137,14 @@ PointResult run_point(const Situation& sit, const sky::Config& cfg, std::vector<
       const auto now = Clock::now();
       // The first copier decides when the point ends (after at least a few
       // timed copies, however long each takes); the others copy until then.
-      if (id == 0 && now >= end && copies >= 5) break;
-      const std::byte* src = a.src->data() + (slot % slots) * sit.size;
+      if (id == 0 && now >= end && copies >= min_copies) break;
+      const std::byte* src = a.src->data() + (slot % src_slots) * sit.size;
+      std::byte* dst = a.dst->data() + (slot % dst_slots) * sit.size;
       ++slot;
-      if (sit.faulting) ::madvise(a.dst->data(), sit.size, MADV_DONTNEED);
-      sky::Features f = sky::observe(src, sit.size);
+      if (sit.dst == Reuse::kFresh) ::madvise(dst, sit.size, MADV_DONTNEED);
+      sky::Features f = sky::observe(src, dst, sit.size);
       sky::InFlight inflight(sit.size);
-      CopyOp op{a.dst->data(), src, sit.size};
+      CopyOp op{dst, src, sit.size};
       const auto t0 = Clock::now();
       Status st = (*m)->execute({&op, 1}, cfg.cache);
       const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
@@ -135,6 +160,12 @@ PointResult run_point(const Situation& sit, const sky::Config& cfg, std::vector<
     if (id == 0) stop.store(true);  // the others end with the first copier
   };
   std::vector<std::thread> threads;
+  for (unsigned i = 0; i < sit.busy; ++i) {
+    threads.emplace_back([&] {
+      volatile uint64_t spin = 0;
+      while (!stop.load(std::memory_order_relaxed)) spin = spin + 1;
+    });
+  }
   for (unsigned i = 1; i < sit.copiers; ++i) threads.emplace_back(copier, i);
   copier(0);
   for (auto& t : threads) t.join();
@@ -154,7 +185,7 @@ PointResult run_point(const Situation& sit, const sky::Config& cfg, std::vector<
 
 int run_profile(const ProfileOptions& o) {
   std::vector<size_t> sizes;
-  for (const auto& s : split(o.quick ? std::string("256K,2M,16M") : o.sizes)) {
+  for (const auto& s : split(o.quick ? std::string("1M,16M") : o.sizes)) {
     auto v = parse_size(s);
     if (!v.ok() || *v == 0 || *v > kColdSpan) {
       std::cerr << "rocket profile: size '" << s << "' must be between 1 byte and 256M\n";
@@ -181,7 +212,19 @@ int run_profile(const ProfileOptions& o) {
       copiers.push_back(static_cast<unsigned>(std::stoul(s)));
     }
   }
-  if (sizes.empty() || copiers.empty()) {
+  std::vector<unsigned> busy;
+  if (o.busy.empty()) {
+    busy = {0, std::clamp(cores / 2, 1u, 8u)};
+  } else {
+    for (const auto& s : split(o.busy)) {
+      if (s.find_first_not_of("0123456789") != std::string::npos || s.size() > 3 || std::stoul(s) > 64) {
+        std::cerr << "rocket profile: --busy takes counts from 0 to 64, not '" << s << "'\n";
+        return 2;
+      }
+      busy.push_back(static_cast<unsigned>(std::stoul(s)));
+    }
+  }
+  if (sizes.empty() || copiers.empty() || busy.empty()) {
     std::cerr << "rocket profile: nothing to sweep\n";
     return 2;
   }
@@ -201,18 +244,22 @@ int run_profile(const ProfileOptions& o) {
         std::max(kColdSpan, max_size),
         MappedBufferOptions{.fill = 0x3c, .huge_pages = false, .register_with = needs_registration});
     a.dst = std::make_unique<MappedBuffer>(
-        max_size, MappedBufferOptions{.fill = 0, .huge_pages = false, .register_with = needs_registration});
+        std::max(kColdSpan, max_size),
+        MappedBufferOptions{.fill = 0, .huge_pages = false, .register_with = needs_registration});
     if (a.src->data() == nullptr || a.dst->data() == nullptr) {
-      std::cerr << "rocket profile: cannot map " << human_size(std::max(kColdSpan, max_size) + max_size)
-                << " per copier\n";
+      std::cerr << "rocket profile: cannot map " << human_size(2 * std::max(kColdSpan, max_size)) << " per copier\n";
       return 1;
     }
   }
   std::vector<Situation> situations;
   for (size_t size : sizes) {
-    for (bool cold : {false, true}) {
-      for (bool faulting : {false, true}) {
-        for (unsigned n : copiers) situations.push_back({size, cold, faulting, n});
+    for (Reuse src : {Reuse::kHot, Reuse::kWarm, Reuse::kCold}) {
+      // A warm span no larger than the copy is the hot one again.
+      if (src == Reuse::kWarm && size * 2 > kWarmSpan) continue;
+      for (Reuse dst : {Reuse::kHot, Reuse::kCold, Reuse::kFresh}) {
+        for (unsigned n : copiers) {
+          for (unsigned b : busy) situations.push_back({size, src, dst, n, b});
+        }
       }
     }
   }
@@ -230,7 +277,8 @@ int run_profile(const ProfileOptions& o) {
     // drifts over the sweep weighs on the configurations alike.
     for (const sky::Config& cfg : configs) {
       ++step;
-      PointResult r = run_point(sit, cfg, arenas, o.quick ? 8 : o.budget_ms, o.quick ? 16 : o.rows_per_point);
+      PointResult r =
+          run_point(sit, cfg, arenas, o.quick ? 8 : o.budget_ms, o.quick ? 16 : o.rows_per_point, o.quick ? 2 : 5);
       if (!r.status.ok()) {
         std::cerr << "rocket profile: " << sit.name() << " " << sky::config_name(cfg) << ": " << r.status.to_string()
                   << "\n";
@@ -261,9 +309,10 @@ void add_profile(CLI::App& app) {
   cmd->add_option("--out", o->out, "trace file (default: traces.csv beside the model)");
   cmd->add_option("--sizes", o->sizes, "copy sizes to sweep")->capture_default_str();
   cmd->add_option("--concurrency", o->concurrency, "concurrent copiers to sweep (default: 1 and the cores, at most 4)");
+  cmd->add_option("--busy", o->busy, "spinning threads beside them to sweep (default: 0 and half the cores)");
   cmd->add_option("--budget-ms", o->budget_ms, "timed copying per point")->capture_default_str();
   cmd->add_option("--rows", o->rows_per_point, "trace rows kept per copier and point")->capture_default_str();
-  cmd->add_flag("--quick", o->quick, "three sizes and short points (a few seconds; for tests)");
+  cmd->add_flag("--quick", o->quick, "two sizes and short points (seconds; for tests)");
   cmd->callback([o] { std::exit(run_profile(*o)); });
 }
 

@@ -33,8 +33,9 @@ using Clock = std::chrono::steady_clock;
 std::atomic<uint64_t> g_bytes_seen{0};
 constexpr size_t kReuseSlots = 4096;
 struct ReuseSlot {
-  std::atomic<uintptr_t> src{0};
-  std::atomic<uint64_t> seen_at{0};
+  std::atomic<uintptr_t> addr{0};  // the address last touched here
+  std::atomic<uint64_t> at{0};     // the count of bytes copied when that copy began
+  std::atomic<uint64_t> bytes{0};  // and its size
 };
 ReuseSlot g_reuse[kReuseSlots];
 
@@ -49,6 +50,28 @@ std::mutex g_sampler_mu;
 std::atomic<bool> g_sampler_running{false};
 
 float log2_1p(double x) { return static_cast<float>(std::log2(1.0 + std::max(0.0, x))); }
+
+// log2(1 + how many bytes this process copied since the bytes at `p` were
+// last touched, on average over the copy): each byte of a copy is taken to
+// be touched at its place in the count of bytes copied. A range mostly not
+// covered by the last touch at `p` (a smaller copy) was not touched lately:
+// kNeverCopied. Then notes the copy of `bytes` starting at count `now`.
+float touch(const void* p, uint64_t now, size_t bytes) {
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  ReuseSlot& slot = g_reuse[(addr >> 6) * 0x9E3779B97F4A7C15ull >> 52];  // 12 bits of a Fibonacci hash
+  float reuse = kNeverCopied;
+  if (slot.addr.load(std::memory_order_relaxed) == addr) {
+    const uint64_t at = slot.at.load(std::memory_order_relaxed);
+    const uint64_t covered = std::min<uint64_t>(slot.bytes.load(std::memory_order_relaxed), bytes);
+    if (covered * 2 >= bytes && now >= at + covered / 2) {
+      reuse = std::min(kNeverCopied, log2_1p(static_cast<double>(now - at - covered / 2)));
+    }
+  }
+  slot.addr.store(addr, std::memory_order_relaxed);
+  slot.at.store(now, std::memory_order_relaxed);
+  slot.bytes.store(bytes, std::memory_order_relaxed);
+  return reuse;
+}
 
 uint64_t page_faults() {
   rusage ru{};
@@ -105,7 +128,7 @@ void start_sampler() {
 // --- decisions ---------------------------------------------------------------------------
 
 struct Quantised {
-  uint32_t size, reuse, faults, inflight, active, runnable;
+  uint32_t size, reuse, dst_reuse, faults, inflight, active, runnable;
 };
 
 uint32_t clamp_round(float v, uint32_t hi) {
@@ -114,14 +137,24 @@ uint32_t clamp_round(float v, uint32_t hi) {
 }
 
 Quantised quantise(const Features& f) {
-  return {clamp_round(f.v[kSizeLog2] * 4, 255), clamp_round(f.v[kReuseLog2], 63), clamp_round(f.v[kFaultsLog2], 63),
-          clamp_round(f.v[kInflightLog2], 63),  clamp_round(f.v[kActive], 15),    clamp_round(f.v[kRunnable], 31)};
+  // Reuse distances in quarter octaves up to 1 GiB (the cache cliffs lie
+  // there); beyond, in one bucket with kNeverCopied.
+  auto reuse = [](float v) { return v >= 30 ? 127u : clamp_round(v * 4, 119); };
+  return {clamp_round(f.v[kSizeLog2] * 4, 255),
+          reuse(f.v[kReuseLog2]),
+          reuse(f.v[kDstReuseLog2]),
+          clamp_round(f.v[kFaultsLog2], 31),
+          clamp_round(f.v[kInflightLog2], 63),
+          clamp_round(f.v[kActive], 7),
+          clamp_round(f.v[kRunnable], 15)};
 }
 
 Features dequantise(const Quantised& q) {
   Features f;
   f.v[kSizeLog2] = static_cast<float>(q.size) / 4;
-  f.v[kReuseLog2] = static_cast<float>(q.reuse);
+  auto reuse = [](uint32_t r) { return r == 127 ? kNeverCopied : static_cast<float>(r) / 4; };
+  f.v[kReuseLog2] = reuse(q.reuse);
+  f.v[kDstReuseLog2] = reuse(q.dst_reuse);
   f.v[kFaultsLog2] = static_cast<float>(q.faults);
   f.v[kInflightLog2] = static_cast<float>(q.inflight);
   f.v[kActive] = static_cast<float>(q.active);
@@ -129,21 +162,22 @@ Features dequantise(const Quantised& q) {
   return f;
 }
 
-// 38 bits: every quantised feature, whether the copy is asynchronous and
-// the cache it must use.
-constexpr int kKeyBits = 38;
+// 41 bits: every quantised feature (8 + 7 + 7 + 5 + 6 + 3 + 4 bits),
+// whether the copy is asynchronous and the cache it must use.
+constexpr int kKeyBits = 41;
 uint64_t cache_key(const Quantised& q, bool async, Cache cache) {
-  return uint64_t{q.size} | uint64_t{q.reuse} << 8 | uint64_t{q.faults} << 14 | uint64_t{q.inflight} << 20 |
-         uint64_t{q.active} << 26 | uint64_t{q.runnable} << 30 | uint64_t{async} << 35 |
-         uint64_t{static_cast<uint8_t>(cache)} << 36;
+  return uint64_t{q.size} | uint64_t{q.reuse} << 8 | uint64_t{q.dst_reuse} << 15 | uint64_t{q.faults} << 22 |
+         uint64_t{q.inflight} << 27 | uint64_t{q.active} << 33 | uint64_t{q.runnable} << 36 | uint64_t{async} << 38 |
+         uint64_t{static_cast<uint8_t>(cache)} << 39;
 }
 
-// A cache entry: key (38 bits) | model generation (8) | config index (6) |
+// A cache entry: key (41 bits) | model generation (5) | config index (6) |
 // log(1 + predicted us) * 256 (12). Zero is empty: generations start at 1.
 constexpr size_t kCacheSlots = 4096;
 std::atomic<uint64_t> g_decisions[kCacheSlots];
 constexpr uint64_t kKeyMask = (uint64_t{1} << kKeyBits) - 1;
-constexpr int kGenShift = kKeyBits, kIndexShift = kKeyBits + 8, kPredShift = kKeyBits + 14;
+constexpr int kGenShift = kKeyBits, kIndexShift = kKeyBits + 5, kPredShift = kKeyBits + 11;
+constexpr uint64_t kGenMask = 0x1f;
 static_assert(kPredShift + 12 == 64);
 
 struct Installed {
@@ -182,7 +216,7 @@ size_t g_log_next = 0;
 // --- trace files -------------------------------------------------------------------------
 
 constexpr const char* kTraceHeader =
-    "situation,size_log2,reuse_log2,faults_log2,inflight_log2,active,runnable,mover,cache,us";
+    "situation,size_log2,reuse_log2,dst_reuse_log2,faults_log2,inflight_log2,active,runnable,mover,cache,us";
 
 }  // namespace
 
@@ -192,6 +226,8 @@ std::string_view feature_name(Feature f) noexcept {
       return "size_log2";
     case kReuseLog2:
       return "reuse_log2";
+    case kDstReuseLog2:
+      return "dst_reuse_log2";
     case kFaultsLog2:
       return "faults_log2";
     case kInflightLog2:
@@ -210,21 +246,13 @@ std::string config_name(const Config& c) {
   return std::string(mover_kind_name(c.mover)) + "/" + std::string(cache_name(c.cache));
 }
 
-Features observe(const void* src, size_t bytes) noexcept {
+Features observe(const void* src, const void* dst, size_t bytes) noexcept {
   if (!g_sampler_running.load(std::memory_order_acquire)) start_sampler();
   Features f;
   f.v[kSizeLog2] = bytes > 0 ? static_cast<float>(std::log2(static_cast<double>(bytes))) : 0;
-  const auto addr = reinterpret_cast<uintptr_t>(src);
   const uint64_t now = g_bytes_seen.fetch_add(bytes, std::memory_order_relaxed);
-  ReuseSlot& slot = g_reuse[(addr >> 6) * 0x9E3779B97F4A7C15ull >> 52];  // 12 bits of a Fibonacci hash
-  if (slot.src.load(std::memory_order_relaxed) == addr) {
-    f.v[kReuseLog2] =
-        std::min(kNeverCopied, log2_1p(static_cast<double>(now - slot.seen_at.load(std::memory_order_relaxed))));
-  } else {
-    f.v[kReuseLog2] = kNeverCopied;
-  }
-  slot.src.store(addr, std::memory_order_relaxed);
-  slot.seen_at.store(now + bytes, std::memory_order_relaxed);
+  f.v[kReuseLog2] = touch(src, now, bytes);
+  f.v[kDstReuseLog2] = dst != nullptr ? touch(dst, now, bytes) : kNeverCopied;
   f.v[kFaultsLog2] = g_faults_log2.load(std::memory_order_relaxed);
   f.v[kInflightLog2] = log2_1p(static_cast<double>(g_inflight_bytes.load(std::memory_order_relaxed)));
   f.v[kActive] = static_cast<float>(g_active.load(std::memory_order_relaxed));
@@ -249,8 +277,9 @@ void install_model(std::shared_ptr<const Model> model) {
   if (model) {
     auto next = std::make_shared<Installed>();
     next->model = std::move(model);
-    uint8_t g = static_cast<uint8_t>(g_generation.fetch_add(1, std::memory_order_relaxed) + 1);
-    next->generation = g == 0 ? 1 : g;  // 0 marks an empty cache slot
+    // 1..31: 0 marks an empty cache slot. Installing also clears the cache,
+    // so a generation that comes round again meets no entry of its own.
+    next->generation = static_cast<uint8_t>(g_generation.fetch_add(1, std::memory_order_relaxed) % kGenMask + 1);
     in = std::move(next);
   }
   g_has_model.store(in != nullptr, std::memory_order_relaxed);
@@ -295,7 +324,7 @@ std::optional<Decision> decide(const Features& f, bool async, Cache cache) {
   std::atomic<uint64_t>& slot = g_decisions[(key * 0x9E3779B97F4A7C15ull) >> 52];
   const uint64_t e = slot.load(std::memory_order_relaxed);
   const auto& configs = in->model->configs();
-  if ((e & kKeyMask) == key && (e >> kGenShift & 0xff) == in->generation) {
+  if ((e & kKeyMask) == key && (e >> kGenShift & kGenMask) == in->generation) {
     const size_t idx = e >> kIndexShift & 0x3f;
     if (idx < configs.size()) {
       return Decision{configs[idx], static_cast<float>(std::expm1(static_cast<double>(e >> kPredShift) / 256.0)), true};
@@ -395,7 +424,10 @@ Result<std::vector<TraceRow>> read_trace(const std::string& path) {
     std::vector<std::string> cells;
     std::stringstream ss(line);
     for (std::string cell; std::getline(ss, cell, ',');) cells.push_back(cell);
-    if (cells.size() != 10) return bad("expected 10 fields, found " + std::to_string(cells.size()));
+    constexpr size_t kFields = 1 + kNumFeatures + 3;
+    if (cells.size() != kFields) {
+      return bad("expected " + std::to_string(kFields) + " fields, found " + std::to_string(cells.size()));
+    }
     TraceRow r;
     r.situation = cells[0];
     for (size_t i = 0; i < kNumFeatures; ++i) {
@@ -407,15 +439,16 @@ Result<std::vector<TraceRow>> read_trace(const std::string& path) {
       }
       r.features.v[i] = v;
     }
-    auto mover = parse_mover_kind(cells[7]);
+    auto mover = parse_mover_kind(cells[kNumFeatures + 1]);
     if (!mover.ok()) return bad(mover.status().message());
-    auto cache = parse_cache(cells[8]);
+    auto cache = parse_cache(cells[kNumFeatures + 2]);
     if (!cache.ok()) return bad(cache.status().message());
     r.config = {*mover, *cache};
     char* end = nullptr;
-    r.us = std::strtod(cells[9].c_str(), &end);
-    if (end == cells[9].c_str() || *end != '\0' || !std::isfinite(r.us) || r.us < 0 || r.us > 1e9) {
-      return bad("us \"" + cells[9] + "\" is not a time in range");
+    const std::string& us = cells[kNumFeatures + 3];
+    r.us = std::strtod(us.c_str(), &end);
+    if (end == us.c_str() || *end != '\0' || !std::isfinite(r.us) || r.us < 0 || r.us > 1e9) {
+      return bad("us \"" + us + "\" is not a time in range");
     }
     rows.push_back(std::move(r));
   }

@@ -98,7 +98,8 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // request is posted when the copy completes. Falls back to copy-in + post
   // when the chosen engine is synchronous.
   Result<JobId> submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy, ReqTags tags);
-  // The engine and cache for a copy of `bytes` from `src`: the policy's
+  // The engine and cache for a copy of `bytes` from `src` to `dst` (nullptr:
+  // not allocated yet): the policy's
   // choice, or for kAuto the learned policy's (SkyRocket) when a model is
   // installed, else the engine with the lowest calibrated cost (an
   // asynchronous one when `async`).
@@ -109,7 +110,8 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
     skyrocket::Features features;
   };
   static MoverChoice fixed_choice(Mover* m, Cache cache) { return {m, cache, false, {}}; }
-  Result<MoverChoice> choose_mover(MoverKind kind, const void* src, size_t bytes, Cache cache, bool async);
+  Result<MoverChoice> choose_mover(MoverKind kind, const void* src, const void* dst, size_t bytes, Cache cache,
+                                   bool async);
   // Runs `ops` (of `bytes` in all) synchronously on `c`; a learned choice's
   // copy is timed and logged for retraining.
   static Status run_copy(const MoverChoice& c, std::span<const CopyOp> ops, size_t bytes);
@@ -558,7 +560,7 @@ Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op, std::span<const
   }
   if (!ops.empty()) {
     ROCKET_ASSIGN_OR_RETURN(MoverChoice c,
-                            choose_mover(policy.mover, ops[0].src, total, policy.cache, /*async=*/false));
+                            choose_mover(policy.mover, ops[0].src, ops[0].dst, total, policy.cache, /*async=*/false));
     ROCKET_RETURN_IF_ERROR(run_copy(c, ops, total));
   }
   std::vector<JobId> ids;
@@ -599,15 +601,17 @@ Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op, std::span<const
 
 Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy,
                                       ReqTags tags) {
+  if (bytes.empty()) return post(op, nullptr, 0, 0, /*wait_for_space=*/false, tags);
+  ROCKET_ASSIGN_OR_RETURN(auto block, alloc_block(bytes.size()));
+  CopyOp cop{client_data() + block->offset, bytes.data(), bytes.size()};
   ROCKET_ASSIGN_OR_RETURN(MoverChoice c,
-                          choose_mover(policy.mover, bytes.data(), bytes.size(), policy.cache, /*async=*/true));
+                          choose_mover(policy.mover, cop.src, cop.dst, bytes.size(), policy.cache, /*async=*/true));
   Mover* m = c.mover;
-  if (bytes.empty() || !m->capabilities().async) {
-    ROCKET_ASSIGN_OR_RETURN(auto block, copy_in(bytes, Policy{m->kind(), c.cache}));
-    uint64_t off = block ? block->offset : 0;
+  if (!m->capabilities().async) {
+    ROCKET_RETURN_IF_ERROR(run_copy(c, {&cop, 1}, bytes.size()));
+    const uint64_t off = block->offset;
     return post(op, std::move(block), off, bytes.size(), /*wait_for_space=*/false, tags);
   }
-  ROCKET_ASSIGN_OR_RETURN(auto block, alloc_block(bytes.size()));
   JobId id;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -622,7 +626,6 @@ Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> by
         Job{block, block->offset, bytes.size(), false, false, true, op, 0, {}, {}, tags.flags, tags.lend_millicpus});
     if (std::find(async_movers_.begin(), async_movers_.end(), m) == async_movers_.end()) async_movers_.push_back(m);
   }
-  CopyOp cop{client_data() + block->offset, bytes.data(), bytes.size()};
   // The callback keeps the block (and so the core and its mappings) alive
   // until the copy is over, whatever happens to the job meanwhile.
   auto self = shared_from_this();
@@ -895,8 +898,8 @@ Result<Mover*> ClientCore::mover(MoverKind kind) {
   return m;
 }
 
-Result<ClientCore::MoverChoice> ClientCore::choose_mover(MoverKind kind, const void* src, size_t bytes, Cache cache,
-                                                         bool async) {
+Result<ClientCore::MoverChoice> ClientCore::choose_mover(MoverKind kind, const void* src, const void* dst, size_t bytes,
+                                                         Cache cache, bool async) {
   if (kind == MoverKind::kCpu) return fixed_choice(cpu_, cache);
   if (kind != MoverKind::kAuto) {
     ROCKET_ASSIGN_OR_RETURN(Mover * m, mover(kind));
@@ -908,7 +911,7 @@ Result<ClientCore::MoverChoice> ClientCore::choose_mover(MoverKind kind, const v
   }
   if (bytes <= kInlineCopyBytes) return fixed_choice(cpu_, cache);
   if (skyrocket::ensure_default_model()) {
-    const skyrocket::Features f = skyrocket::observe(src, bytes);
+    const skyrocket::Features f = skyrocket::observe(src, dst, bytes);
     // The model predicts copy times, not whether a hand-off pays: small
     // asynchronous copies stay with the engines that copy inline.
     if (auto d = skyrocket::decide(f, async && bytes >= kAsyncCopyThreshold, cache)) {
@@ -951,9 +954,9 @@ Status ClientCore::run_copy(const MoverChoice& c, std::span<const CopyOp> ops, s
 
 Result<std::shared_ptr<PoolBlock>> ClientCore::copy_in(std::span<const std::byte> bytes, const Policy& policy) {
   if (bytes.empty()) return std::shared_ptr<PoolBlock>();
-  ROCKET_ASSIGN_OR_RETURN(MoverChoice c, choose_mover(policy.mover, bytes.data(), bytes.size(), policy.cache, false));
   ROCKET_ASSIGN_OR_RETURN(auto block, alloc_block(bytes.size()));
   CopyOp op{client_data() + block->offset, bytes.data(), bytes.size()};
+  ROCKET_ASSIGN_OR_RETURN(MoverChoice c, choose_mover(policy.mover, op.src, op.dst, bytes.size(), policy.cache, false));
   ROCKET_RETURN_IF_ERROR(run_copy(c, {&op, 1}, bytes.size()));
   return block;
 }
@@ -1021,8 +1024,8 @@ Status Reply::copy_to(std::span<std::byte> dst, const CopyOptions& options) cons
   }
   if (src.empty()) return ok_status();
   // The same choice as the copy-in: kAuto consults the cost model by size.
-  ROCKET_ASSIGN_OR_RETURN(auto c,
-                          block_->core->choose_mover(options.mover, src.data(), src.size(), options.cache, false));
+  ROCKET_ASSIGN_OR_RETURN(
+      auto c, block_->core->choose_mover(options.mover, src.data(), dst.data(), src.size(), options.cache, false));
   CopyOp op{dst.data(), src.data(), src.size()};
   return detail::ClientCore::run_copy(c, {&op, 1}, src.size());
 }

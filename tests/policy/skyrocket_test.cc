@@ -61,6 +61,7 @@ sky::Features features_of_size(size_t bytes) {
   sky::Features f;
   f.v[sky::kSizeLog2] = static_cast<float>(std::log2(static_cast<double>(bytes)));
   f.v[sky::kReuseLog2] = sky::kNeverCopied;
+  f.v[sky::kDstReuseLog2] = sky::kNeverCopied;
   return f;
 }
 
@@ -225,37 +226,51 @@ TEST(SkyRocketDecide, NeverChoosesAnEngineThatCannotRunHere) {
   EXPECT_EQ(sky::decide(features_of_size(1 << 22), false).has_value(), dsa_here);
 }
 
-TEST(SkyRocketFeatures, ReuseCountsTheBytesCopiedSinceTheSourceWasLastSeen) {
+TEST(SkyRocketFeatures, ReuseCountsTheBytesCopiedSinceTheSourceWasLastTouched) {
+  // Other threads of this test binary copy nothing now, so the counts are
+  // exact. A byte's age is the bytes copied since its place in the last copy
+  // that touched it: a repeated 1 MiB copy finds its bytes 0.5 MiB old on
+  // average.
+  constexpr double kMiB = 1 << 20;
+  auto log2_1p = [](double x) { return std::log2(1.0 + x); };
   alignas(64) static std::byte a[256], b[256];
-  // First sight of an address: not recently copied.
-  sky::Features first = sky::observe(a, 1 << 20);
+  sky::Features first = sky::observe(a, nullptr, 1 << 20);
   EXPECT_GE(first.v[sky::kReuseLog2], sky::kNeverCopied - 1);  // unless a hash collision kept an old entry of `a`
-  sky::observe(b, 3 << 20);                                    // 3 MiB from elsewhere meanwhile
-  sky::Features again = sky::observe(a, 1 << 20);
-  // Other threads of this test binary copy nothing now: exactly 3 MiB since.
-  EXPECT_NEAR(again.v[sky::kReuseLog2], std::log2(1.0 + (3 << 20)), 1e-3);
+  sky::observe(b, nullptr, 3 << 20);                           // 3 MiB from elsewhere meanwhile
+  sky::Features again = sky::observe(a, nullptr, 1 << 20);
+  EXPECT_NEAR(again.v[sky::kReuseLog2], log2_1p(3.5 * kMiB), 1e-3);
   EXPECT_NEAR(again.v[sky::kSizeLog2], 20, 1e-6);
-  sky::Features hot = sky::observe(a, 1 << 20);
-  EXPECT_EQ(hot.v[sky::kReuseLog2], 0) << "copied again at once";
+  sky::Features hot = sky::observe(a, nullptr, 1 << 20);
+  EXPECT_NEAR(hot.v[sky::kReuseLog2], log2_1p(0.5 * kMiB), 1e-3) << "copied again at once";
+  // Destinations count as touched too, and have a reuse of their own: `a`
+  // was a source just now; `b`'s first MiB was copied 5 MiB ago.
+  sky::Features into_a = sky::observe(b, a, 1 << 20);
+  EXPECT_NEAR(into_a.v[sky::kDstReuseLog2], log2_1p(0.5 * kMiB), 1e-3);
+  EXPECT_NEAR(into_a.v[sky::kReuseLog2], log2_1p(4.5 * kMiB), 1e-3);
+  EXPECT_NEAR(sky::observe(a, nullptr, 1 << 20).v[sky::kReuseLog2], log2_1p(0.5 * kMiB), 1e-3) << "written last";
+  // A copy mostly beyond what was last touched there is not recently touched.
+  EXPECT_EQ(sky::observe(a, nullptr, 4 << 20).v[sky::kReuseLog2], sky::kNeverCopied);
+  // One half covered is enough to count.
+  EXPECT_NEAR(sky::observe(a, nullptr, 8 << 20).v[sky::kReuseLog2], log2_1p(2 * kMiB), 1e-3);
 }
 
 TEST(SkyRocketFeatures, CopiesInFlightAreSeenByOthers) {
   std::byte src[64];
-  const sky::Features before = sky::observe(src, 64);
+  const sky::Features before = sky::observe(src, nullptr, 64);
   {
     sky::InFlight one(size_t{1} << 20), two(size_t{3} << 20);
-    const sky::Features during = sky::observe(src, 64);
+    const sky::Features during = sky::observe(src, nullptr, 64);
     EXPECT_EQ(during.v[sky::kActive], before.v[sky::kActive] + 2);
     EXPECT_GE(during.v[sky::kInflightLog2], std::log2(1.0 + (4 << 20)) - 1e-3);
   }
-  const sky::Features after = sky::observe(src, 64);
+  const sky::Features after = sky::observe(src, nullptr, 64);
   EXPECT_EQ(after.v[sky::kActive], before.v[sky::kActive]);
 }
 
 TEST(SkyRocketFeatures, TheSamplerSeesPageFaults) {
   // Faulting in fresh pages for a while must raise the sampled fault rate.
   std::byte src[64];
-  (void)sky::observe(src, 64);  // starts the sampler
+  (void)sky::observe(src, nullptr, 64);  // starts the sampler
   const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(120);
   float seen = 0;
   while (std::chrono::steady_clock::now() < until) {
@@ -263,7 +278,7 @@ TEST(SkyRocketFeatures, TheSamplerSeesPageFaults) {
     ASSERT_NE(p, MAP_FAILED);
     std::memset(p, 1, 4 << 20);
     ::munmap(p, 4 << 20);
-    seen = std::max(seen, sky::observe(src, 64).v[sky::kFaultsLog2]);
+    seen = std::max(seen, sky::observe(src, nullptr, 64).v[sky::kFaultsLog2]);
   }
   EXPECT_GT(seen, 10.0f) << "over a thousand faults a second";
 }
@@ -299,13 +314,13 @@ TEST(SkyRocketTrace, RoundTripsAndNamesTheBadLine) {
   EXPECT_FALSE(sky::write_trace(path, std::vector<sky::TraceRow>{{"a,b", {}, {}, 1}}).ok()) << "a comma in a situation";
 
   for (const auto& [line, says] :
-       std::vector<std::pair<std::string, std::string>>{{"s,20,48,0,0,0,1,cpu,auto", "10 fields"},
-                                                        {"s,20,48,0,0,0,1,warp,auto,5", "warp"},
-                                                        {"s,20,48,0,0,0,1,cpu,sideways,5", "sideways"},
-                                                        {"s,nan,48,0,0,0,1,cpu,auto,5", "size_log2"},
-                                                        {"s,20,48,0,0,-3,1,cpu,auto,5", "active"},
-                                                        {"s,20,48,0,0,0,1,cpu,auto,-5", "us"},
-                                                        {"s,20,48,0,0,0,1,cpu,auto,5x", "us"}}) {
+       std::vector<std::pair<std::string, std::string>>{{"s,20,48,48,0,0,0,1,cpu,auto", "11 fields"},
+                                                        {"s,20,48,48,0,0,0,1,warp,auto,5", "warp"},
+                                                        {"s,20,48,48,0,0,0,1,cpu,sideways,5", "sideways"},
+                                                        {"s,nan,48,48,0,0,0,1,cpu,auto,5", "size_log2"},
+                                                        {"s,20,48,48,0,0,-3,1,cpu,auto,5", "active"},
+                                                        {"s,20,48,48,0,0,0,1,cpu,auto,-5", "us"},
+                                                        {"s,20,48,48,0,0,0,1,cpu,auto,5x", "us"}}) {
     {
       std::ofstream f(path, std::ios::app);
       f << line << "\n";

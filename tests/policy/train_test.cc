@@ -16,6 +16,7 @@ sky::Features features(double size_log2, float active = 0) {
   sky::Features f;
   f.v[sky::kSizeLog2] = static_cast<float>(size_log2);
   f.v[sky::kReuseLog2] = sky::kNeverCopied;
+  f.v[sky::kDstReuseLog2] = sky::kNeverCopied;
   f.v[sky::kActive] = active;
   return f;
 }
@@ -30,12 +31,13 @@ TEST(SkyRocketTrain, ConvertsAnXgboostDumpChildrenAfterParents) {
   // the children and its id is lower than "yes"'s.
   const std::string tree = R"({"nodeid":0,"depth":0,"split":"f0","split_condition":20,"yes":2,"no":1,"missing":2,
     "children":[{"nodeid":1,"leaf":3.5},
-                {"nodeid":2,"depth":1,"split":"f6","split_condition":2,"yes":3,"no":4,"missing":3,
+                {"nodeid":2,"depth":1,"split":"f7","split_condition":2,"yes":3,"no":4,"missing":3,
                  "children":[{"nodeid":3,"leaf":1.25},{"nodeid":4,"leaf":-0.5}]}]})";
   auto m =
       model_from_dump(std::vector<std::string>{tree, R"({"nodeid":0,"leaf":0.25})"}, {kCpu, kStream, kThreads}, 1.0);
   ASSERT_TRUE(m.ok()) << m.status().to_string();
-  // Input 6 is the configuration's mover: cpu (1) < 2 <= cpu_stream (2).
+  // Input 7 is the configuration's mover: cpu (1) < 2 <= cpu_stream (2).
+  static_assert(sky::kNumFeatures == 7, "the dumps below name the mover input f7");
   EXPECT_DOUBLE_EQ(m->predict_log(features(16), 0), 1.0 + 1.25 + 0.25);
   EXPECT_DOUBLE_EQ(m->predict_log(features(16), 1), 1.0 - 0.5 + 0.25);
   EXPECT_DOUBLE_EQ(m->predict_log(features(24), 0), 1.0 + 3.5 + 0.25);
@@ -70,10 +72,10 @@ std::vector<sky::TraceRow> two_situations() {
 
 TEST(SkyRocketTrain, MetricsFollowTheChoicesMade) {
   const auto rows = two_situations();
-  // A model that always predicts cpu_stream cheapest (mover input 6 < 2.5 and
+  // A model that always predicts cpu_stream cheapest (mover input 7 < 2.5 and
   // >= 1.5): right nowhere; regret 21/11 - 1 in "small", 310/100 - 1 in "large".
-  const std::string tree = R"({"nodeid":0,"split":"f6","split_condition":1.5,"yes":1,"no":2,
-    "children":[{"nodeid":1,"leaf":9},{"nodeid":2,"split":"f6","split_condition":2.5,"yes":3,"no":4,
+  const std::string tree = R"({"nodeid":0,"split":"f7","split_condition":1.5,"yes":1,"no":2,
+    "children":[{"nodeid":1,"leaf":9},{"nodeid":2,"split":"f7","split_condition":2.5,"yes":3,"no":4,
     "children":[{"nodeid":3,"leaf":1},{"nodeid":4,"leaf":9}]}]})";
   auto m = model_from_dump(std::vector<std::string>{tree}, {kCpu, kStream, kThreads}, 0);
   ASSERT_TRUE(m.ok()) << m.status().to_string();

@@ -45,7 +45,7 @@ ROCKET_MODEL=$dir/m.json "$rocket" doctor | grep -q "learned policy (SkyRocket):
 
 # A malformed trace: the file and line.
 cp "$dir/t.csv" "$dir/bad.csv"
-echo "s,20,48,0,0,0,1,warp,auto,5" >>"$dir/bad.csv"
+echo "s,20,48,48,0,0,0,1,warp,auto,5" >>"$dir/bad.csv"
 if "$rocket" train --traces "$dir/bad.csv" --out "$dir/m3.json" >"$dir/bad.out" 2>&1; then fail "a bad trace trained"; fi
 grep -q "bad.csv:$((rows + 2)):.*warp" "$dir/bad.out" || fail "bad trace error: $(cat "$dir/bad.out")"
 

@@ -9,7 +9,7 @@
 // and, for a policy of MoverKind::kAuto, predicts each usable configuration's
 // service time from the copy's features and takes the least:
 //
-//   rocket::skyrocket::Features f = rocket::skyrocket::observe(src, n);
+//   rocket::skyrocket::Features f = rocket::skyrocket::observe(src, dst, n);
 //   if (auto d = rocket::skyrocket::decide(f, /*async=*/false)) use(d->config);
 //
 // Decisions are cached by quantised features, so a repeated situation costs a
@@ -43,8 +43,10 @@ namespace rocket::skyrocket {
 // project runs on expose none (perf_event_open says ENOENT for LLC misses).
 enum Feature : uint8_t {
   kSizeLog2,      // log2 of the bytes copied
-  kReuseLog2,     // log2 of the bytes this process copied since it last copied
-                  // from this source address (kNeverCopied: not recently)
+  kReuseLog2,     // log2(1 + bytes this process copied since it last copied
+                  // from or to the source's bytes, on average over them;
+                  // kNeverCopied: not lately, or mostly not)
+  kDstReuseLog2,  // the same for the destination's address
   kFaultsLog2,    // log2(1 + page faults per second) of this process
   kInflightLog2,  // log2(1 + bytes of other copies in flight in this process
                   // that SkyRocket placed): the cache footprint competing
@@ -67,9 +69,10 @@ struct Config {
 };
 std::string config_name(const Config& c);  // "threads/bypass"
 
-// The features of a copy of `bytes` from `src`, now, and notes the source
-// for the reuse feature of later copies. Starts the samplers on first use.
-Features observe(const void* src, size_t bytes) noexcept;
+// The features of a copy of `bytes` from `src` to `dst` (nullptr: not known
+// yet, taken as not recently touched), now; notes both addresses for the
+// reuse features of later copies. Starts the samplers on first use.
+Features observe(const void* src, const void* dst, size_t bytes) noexcept;
 
 // Marks a copy in flight for the kActive and kInflightLog2 features of
 // others, for as long as the scope lives.
