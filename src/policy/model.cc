@@ -20,6 +20,7 @@ constexpr int kVersion = 1;
 constexpr size_t kMaxConfigs = 64;
 constexpr size_t kMaxTrees = 4096;
 constexpr size_t kMaxNodes = size_t{1} << 22;
+constexpr uint32_t kMaxDepth = 64;
 
 bool candidate_mover(MoverKind k) {
   // The engines that copy between two buffers of this process; `kernel`
@@ -59,6 +60,7 @@ Result<Model> Model::make(std::vector<Config> configs, double base_score, std::v
     if (m.nodes_.size() + nodes.size() > kMaxNodes) return invalid_argument("the model has too many nodes");
     const auto start = static_cast<uint32_t>(m.nodes_.size());
     m.tree_start_.push_back(start);
+    std::vector<uint32_t> depth(nodes.size(), 0);
     for (size_t i = 0; i < nodes.size(); ++i) {
       Node n = nodes[i];
       if (!std::isfinite(n.value)) return bad(i, "value is not finite");
@@ -68,6 +70,10 @@ Result<Model> Model::make(std::vector<Config> configs, double base_score, std::v
         if (n.left <= i || n.right <= i || n.left >= nodes.size() || n.right >= nodes.size()) {
           return bad(i, "a child index is not after the node and inside the tree");
         }
+        // Bounds what one prediction may walk.
+        if (depth[i] >= kMaxDepth) return bad(i, "deeper than " + std::to_string(kMaxDepth));
+        depth[n.left] = std::max(depth[n.left], depth[i] + 1);
+        depth[n.right] = std::max(depth[n.right], depth[i] + 1);
         n.left += start;
         n.right += start;
       }

@@ -278,7 +278,10 @@ void install_model(std::shared_ptr<const Model> model) {
     auto next = std::make_shared<Installed>();
     next->model = std::move(model);
     // 1..31: 0 marks an empty cache slot. Installing also clears the cache,
-    // so a generation that comes round again meets no entry of its own.
+    // so a generation that comes round again meets no entry of its own --
+    // unless a decision that began before 31 installs ago writes its entry
+    // after the clearing: then an earlier model's choice may be taken, still
+    // a valid one (decide() checks the index against the configurations).
     next->generation = static_cast<uint8_t>(g_generation.fetch_add(1, std::memory_order_relaxed) % kGenMask + 1);
     in = std::move(next);
   }

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "test_util.h"
 
@@ -100,6 +101,19 @@ TEST(SkyRocketModel, MakeRefusesTreesThatCouldLoopOrReadPastTheInputs) {
     EXPECT_FALSE(m.ok()) << c.what;
     if (!m.ok()) EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument) << c.what;
   }
+  std::vector<Node> chain;  // 65 splits deep: a walk the model must not take
+  for (uint32_t i = 0; i < 65; ++i) chain.push_back({0, 1.0f, i + 1, 66});
+  chain.push_back(leaf);
+  chain.push_back(leaf);
+  EXPECT_FALSE(sky::Model::make(cfg, 0.0, {chain}).ok()) << "deeper than 64";
+  chain.erase(chain.begin());
+  for (auto& n : chain) {
+    if (n.feature != kLeaf) {
+      --n.left;
+      --n.right;
+    }
+  }
+  EXPECT_TRUE(sky::Model::make(cfg, 0.0, {chain}).ok()) << "64 deep";
   EXPECT_FALSE(sky::Model::make({}, 0.0, {{leaf}}).ok()) << "no configurations";
   EXPECT_FALSE(sky::Model::make({{MoverKind::kKernel, Cache::kAuto}}, 0.0, {{leaf}}).ok())
       << "kernel copies across processes";
@@ -224,6 +238,36 @@ TEST(SkyRocketDecide, NeverChoosesAnEngineThatCannotRunHere) {
   sky::install_model(
       std::make_shared<const sky::Model>(cheapest_is({{MoverKind::kDsa, Cache::kInject}}, MoverKind::kDsa)));
   EXPECT_EQ(sky::decide(features_of_size(1 << 22), false).has_value(), dsa_here);
+}
+
+TEST(SkyRocketDecide, DecisionsStayValidWhileModelsAreReplaced) {
+  ModelGuard guard;
+  auto a = std::make_shared<const sky::Model>(cheapest_is(kLocalConfigs, MoverKind::kCpuStream));
+  auto b = std::make_shared<const sky::Model>(cheapest_is(kLocalConfigs, MoverKind::kThreads));
+  sky::install_model(a);
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0}, decided{0};
+  std::vector<std::thread> deciders;
+  for (int t = 0; t < 3; ++t) {
+    deciders.emplace_back([&, t] {
+      for (int i = 0; !stop.load(); ++i) {
+        auto d = sky::decide(features_of_size(size_t{1} << (16 + (i + t) % 10)), false);
+        // Either model's choice, never a torn one; no model at all is not
+        // possible here (one is always installed).
+        if (!d || (d->config.mover != MoverKind::kCpuStream && d->config.mover != MoverKind::kThreads)) ++bad;
+        ++decided;
+      }
+    });
+  }
+  for (int i = 0; i < 200; ++i) sky::install_model(i % 2 ? a : b);
+  while (decided.load() < 1000) std::this_thread::yield();
+  stop = true;
+  for (auto& t : deciders) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  sky::install_model(b);
+  auto d = sky::decide(features_of_size(1 << 20), false);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->config.mover, MoverKind::kThreads) << "the model installed last decides";
 }
 
 TEST(SkyRocketFeatures, ReuseCountsTheBytesCopiedSinceTheSourceWasLastTouched) {

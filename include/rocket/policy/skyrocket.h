@@ -123,8 +123,9 @@ class Model {
   };
 
   // Builds a model from its parts, checking every tree: child indices inside
-  // the tree and after their parent (so every walk ends at a leaf), feature
-  // indices below kInputs, finite values. kInvalidArgument otherwise.
+  // the tree and after their parent (so every walk ends at a leaf), depth at
+  // most 64, feature indices below kInputs, finite values. kInvalidArgument
+  // otherwise.
   static Result<Model> make(std::vector<Config> configs, double base_score, std::vector<std::vector<Node>> trees);
   // Reads a model file written by `rocket train` (save()); a file of another
   // shape, or whose trees fail make()'s checks, is kDataLoss with the reason.
