@@ -188,8 +188,13 @@ struct Installed {
   mutable std::once_flag probed;
   mutable std::vector<uint8_t> usable, async;
 };
-std::atomic<std::shared_ptr<const Installed>> g_installed;
-std::atomic<bool> g_has_model{false};  // g_installed is set: cheaper to ask than loading it
+// The model decisions read, without a lock or a reference count: an
+// installed model is never freed (a decision may still be reading one that
+// was replaced), so each install keeps its model until the process exits.
+// Models are installed once or a few times per process.
+std::atomic<const Installed*> g_installed{nullptr};
+std::mutex g_installs_mu;
+std::vector<std::unique_ptr<const Installed>> g_installs;  // every model ever installed
 std::atomic<uint8_t> g_generation{0};
 
 void probe(const Installed& in) {
@@ -273,9 +278,10 @@ InFlight::~InFlight() {
 Features quantised(const Features& f) noexcept { return dequantise(quantise(f)); }
 
 void install_model(std::shared_ptr<const Model> model) {
-  std::shared_ptr<const Installed> in;
+  const Installed* in = nullptr;
+  std::lock_guard<std::mutex> lock(g_installs_mu);
   if (model) {
-    auto next = std::make_shared<Installed>();
+    auto next = std::make_unique<Installed>();
     next->model = std::move(model);
     // 1..31: 0 marks an empty cache slot. Installing also clears the cache,
     // so a generation that comes round again meets no entry of its own --
@@ -283,16 +289,16 @@ void install_model(std::shared_ptr<const Model> model) {
     // after the clearing: then an earlier model's choice may be taken, still
     // a valid one (decide() checks the index against the configurations).
     next->generation = static_cast<uint8_t>(g_generation.fetch_add(1, std::memory_order_relaxed) % kGenMask + 1);
-    in = std::move(next);
+    in = next.get();
+    g_installs.push_back(std::move(next));
   }
-  g_has_model.store(in != nullptr, std::memory_order_relaxed);
-  g_installed.store(std::move(in), std::memory_order_release);
+  g_installed.store(in, std::memory_order_release);
   for (auto& slot : g_decisions) slot.store(0, std::memory_order_relaxed);
 }
 
 std::shared_ptr<const Model> installed_model() {
-  auto in = g_installed.load(std::memory_order_acquire);
-  return in ? in->model : nullptr;
+  const Installed* in = g_installed.load(std::memory_order_acquire);
+  return in != nullptr ? in->model : nullptr;
 }
 
 Status load_model(const std::string& path) {
@@ -316,12 +322,12 @@ bool ensure_default_model() {
       std::fprintf(stderr, "rocket: ignoring SkyRocket model: %s\n", s.to_string().c_str());
     }
   });
-  return g_has_model.load(std::memory_order_relaxed);
+  return g_installed.load(std::memory_order_relaxed) != nullptr;
 }
 
 std::optional<Decision> decide(const Features& f, bool async, Cache cache) {
-  auto in = g_installed.load(std::memory_order_acquire);
-  if (!in) return std::nullopt;
+  const Installed* in = g_installed.load(std::memory_order_acquire);
+  if (in == nullptr) return std::nullopt;
   const Quantised q = quantise(f);
   const uint64_t key = cache_key(q, async, cache);
   std::atomic<uint64_t>& slot = g_decisions[(key * 0x9E3779B97F4A7C15ull) >> 52];

@@ -154,7 +154,8 @@ class Model {
 };
 
 // The model decisions use; nullptr removes it (kAuto then uses the cost
-// model). Installing resets the decision cache.
+// model). Installing resets the decision cache. A replaced model stays in
+// memory until the process exits (decisions read it without a lock).
 void install_model(std::shared_ptr<const Model> model);
 std::shared_ptr<const Model> installed_model();
 // Loads `path` and installs it. kNotFound when there is no file.
