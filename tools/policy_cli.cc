@@ -1,4 +1,5 @@
 // `rocket train` and `rocket bench policy` (SkyRocket; profile.h says more).
+#include <sys/mman.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -141,6 +142,9 @@ struct PolicyArgs {
   bool quick = false;
   bool json_out = false;
   std::string log;  // decision log written here (a trace for retraining)
+  // Each reply is copied out into newly mapped memory (as a frontend that
+  // receives into a fresh buffer does): a copy that faults its pages in.
+  bool fresh_reply = false;
 };
 
 struct Arm {
@@ -216,8 +220,14 @@ int run_bench_policy(const PolicyArgs& a) {
   so.socket_path = socket;
   so.max_sessions = 64;
   Server server(so);
-  if (Status st = server.handle("sink", [](const Request&, Response&) { return ok_status(); });
-      !st.ok() || !(st = server.start()).ok()) {
+  // "sink" answers nothing; "echo" answers with the request's own bytes,
+  // in place, for the caller to copy out.
+  Status st = server.handle("sink", [](const Request&, Response&) { return ok_status(); });
+  if (st.ok()) {
+    st = server.handle("echo",
+                       [](const Request& req, Response& resp) { return resp.reply_in_place(0, req.data().size()); });
+  }
+  if (!st.ok() || !(st = server.start()).ok()) {
     std::cerr << "rocket bench policy: " << st.to_string() << "\n";
     return 1;
   }
@@ -277,9 +287,21 @@ int run_bench_policy(const PolicyArgs& a) {
             }
             ++i;
             const auto t0 = Clock::now();
-            auto r = c->call("sink", std::span<const std::byte>(src, size), {.policy = arm.policy});
-            if (!r.ok()) {
-              std::cerr << "rocket bench policy: " << r.status().to_string() << "\n";
+            auto r =
+                c->call(a.fresh_reply ? "echo" : "sink", std::span<const std::byte>(src, size), {.policy = arm.policy});
+            Status copied = r.ok() ? ok_status() : r.status();
+            if (copied.ok() && a.fresh_reply) {
+              void* out = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+              if (out == MAP_FAILED) {
+                copied = resource_exhausted("cannot map a reply buffer");
+              } else {
+                copied = r->copy_to({static_cast<std::byte*>(out), size},
+                                    {.mover = arm.policy.mover, .cache = arm.policy.cache});
+                ::munmap(out, size);
+              }
+            }
+            if (!copied.ok()) {
+              std::cerr << "rocket bench policy: " << copied.to_string() << "\n";
               failed = true;
               return;
             }
@@ -319,8 +341,8 @@ int run_bench_policy(const PolicyArgs& a) {
   sky::install_model(nullptr);
   const auto logged = sky::drain_decision_log();
   if (!a.log.empty()) {
-    if (Status st = sky::write_trace(a.log, logged); !st.ok()) {
-      std::cerr << "rocket bench policy: " << st.to_string() << "\n";
+    if (Status written = sky::write_trace(a.log, logged); !written.ok()) {
+      std::cerr << "rocket bench policy: " << written.to_string() << "\n";
       return 1;
     }
     std::fprintf(stderr, "rocket bench policy: %zu logged decisions written to %s\n", logged.size(), a.log.c_str());
@@ -368,6 +390,7 @@ void add_bench_policy(CLI::App& bench) {
   cmd->add_option("--seconds", a->seconds, "per arm and round")->capture_default_str();
   cmd->add_option("--rounds", a->rounds, "rounds; arms alternate order")->capture_default_str();
   cmd->add_option("--log", a->log, "write the learned arm's decisions, with measured times, as a trace");
+  cmd->add_flag("--fresh-reply", a->fresh_reply, "echo each request and copy the reply out into new memory");
   cmd->add_flag("--quick", a->quick, "two sizes, one short round");
   cmd->add_flag("--json", a->json_out, "print JSON");
   cmd->callback([a] { std::exit(run_bench_policy(*a)); });
