@@ -31,6 +31,20 @@ inline std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
+// "1,2,4" -> counts, each from lo to hi.
+inline Result<std::vector<unsigned>> parse_counts(const std::string& s, unsigned lo, unsigned hi) {
+  std::vector<unsigned> out;
+  for (const auto& c : split(s)) {
+    const bool digits = !c.empty() && c.size() <= 9 && c.find_first_not_of("0123456789") == std::string::npos;
+    const unsigned long v = digits ? std::stoul(c) : 0;
+    if (!digits || v < lo || v > hi) {
+      return invalid_argument("'" + c + "' is not a count from " + std::to_string(lo) + " to " + std::to_string(hi));
+    }
+    out.push_back(static_cast<unsigned>(v));
+  }
+  return out;
+}
+
 // "64", "4K", "16M", "1G" -> bytes.
 inline Result<size_t> parse_size(const std::string& s) {
   if (s.empty()) return invalid_argument("empty size");

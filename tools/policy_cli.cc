@@ -182,17 +182,14 @@ int run_bench_policy(const PolicyArgs& a) {
     }
     sizes.push_back(*v);
   }
-  std::vector<unsigned> clients;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  for (const auto& s :
-       split(a.clients.empty() ? (cores > 1 ? "1," + std::to_string(std::min(cores, 4u)) : "1") : a.clients)) {
-    if (s.find_first_not_of("0123456789") != std::string::npos || s.size() > 2 || std::stoul(s) == 0 ||
-        std::stoul(s) > 16) {
-      std::cerr << "rocket bench policy: --clients takes counts from 1 to 16\n";
-      return 2;
-    }
-    clients.push_back(static_cast<unsigned>(std::stoul(s)));
+  auto clients_or = parse_counts(
+      a.clients.empty() ? (cores > 1 ? "1," + std::to_string(std::min(cores, 4u)) : "1") : a.clients, 1, 16);
+  if (!clients_or.ok()) {
+    std::cerr << "rocket bench policy: --clients: " << clients_or.status().message() << "\n";
+    return 2;
   }
+  const std::vector<unsigned>& clients = *clients_or;
   if (sizes.empty() || clients.empty() || !(a.seconds > 0 && a.seconds <= 600) || a.rounds < 1 || a.rounds > 100) {
     std::cerr << "rocket bench policy: needs sizes, clients, --seconds in (0, 600] and --rounds 1..100\n";
     return 2;

@@ -198,32 +198,21 @@ int run_profile(const ProfileOptions& o) {
     return 2;
   }
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<unsigned> copiers;
-  if (o.concurrency.empty()) {
-    copiers = {1};
-    if (cores > 1) copiers.push_back(std::min(cores, 4u));
-  } else {
-    for (const auto& s : split(o.concurrency)) {
-      if (s.find_first_not_of("0123456789") != std::string::npos || s.size() > 3 || std::stoul(s) == 0 ||
-          std::stoul(s) > 64) {
-        std::cerr << "rocket profile: --concurrency takes counts from 1 to 64, not '" << s << "'\n";
-        return 2;
-      }
-      copiers.push_back(static_cast<unsigned>(std::stoul(s)));
-    }
+  // Default: 1 copier and the cores (at most 4); no busy thread and half the cores.
+  const std::string copiers_arg =
+      o.concurrency.empty() ? (cores > 1 ? "1," + std::to_string(std::min(cores, 4u)) : "1") : o.concurrency;
+  const std::string busy_arg = o.busy.empty() ? "0," + std::to_string(std::clamp(cores / 2, 1u, 8u)) : o.busy;
+  auto copiers_or = parse_counts(copiers_arg, 1, 64);
+  auto busy_or = parse_counts(busy_arg, 0, 64);
+  if (!copiers_or.ok() || !busy_or.ok()) {
+    std::cerr << "rocket profile: --"
+              << (copiers_or.ok() ? "busy: " + busy_or.status().message()
+                                  : "concurrency: " + copiers_or.status().message())
+              << "\n";
+    return 2;
   }
-  std::vector<unsigned> busy;
-  if (o.busy.empty()) {
-    busy = {0, std::clamp(cores / 2, 1u, 8u)};
-  } else {
-    for (const auto& s : split(o.busy)) {
-      if (s.find_first_not_of("0123456789") != std::string::npos || s.size() > 3 || std::stoul(s) > 64) {
-        std::cerr << "rocket profile: --busy takes counts from 0 to 64, not '" << s << "'\n";
-        return 2;
-      }
-      busy.push_back(static_cast<unsigned>(std::stoul(s)));
-    }
-  }
+  const std::vector<unsigned>& copiers = *copiers_or;
+  const std::vector<unsigned>& busy = *busy_or;
   if (sizes.empty() || copiers.empty() || busy.empty()) {
     std::cerr << "rocket profile: nothing to sweep\n";
     return 2;
