@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -27,9 +26,10 @@ using Clock = std::chrono::steady_clock;
 
 // --- features ------------------------------------------------------------------------
 
-// Bytes this process has copied (through observe()), and where each recently
-// copied source was last seen on that count: a direct-mapped table, so a
-// source evicted by another that hashes alike reads as not recently copied.
+// Bytes this process has copied (through observe()), and where on that count
+// each recently touched address (a copy's source or destination) was last
+// touched: a direct-mapped table, so an address evicted by another that
+// hashes alike reads as not recently touched.
 std::atomic<uint64_t> g_bytes_seen{0};
 constexpr size_t kReuseSlots = 4096;
 struct ReuseSlot {
@@ -162,23 +162,42 @@ Features dequantise(const Quantised& q) {
   return f;
 }
 
-// 41 bits: every quantised feature (8 + 7 + 7 + 5 + 6 + 3 + 4 bits),
-// whether the copy is asynchronous and the cache it must use.
-constexpr int kKeyBits = 41;
+// The decision cache's key: every quantised feature, whether the copy is
+// asynchronous and the cache it must use, each in a field of its own.
+struct KeyField {
+  int shift, bits;
+};
+constexpr KeyField kSizeKey{0, 8}, kReuseKey{8, 7}, kDstReuseKey{15, 7}, kFaultsKey{22, 5}, kInflightKey{27, 6},
+    kActiveKey{33, 3}, kRunnableKey{36, 4}, kAsyncKey{40, 1}, kCacheKey{41, 2};
+constexpr int kKeyBits = kCacheKey.shift + kCacheKey.bits;
+static_assert(kReuseKey.shift == kSizeKey.shift + kSizeKey.bits &&
+                  kDstReuseKey.shift == kReuseKey.shift + kReuseKey.bits &&
+                  kFaultsKey.shift == kDstReuseKey.shift + kDstReuseKey.bits &&
+                  kInflightKey.shift == kFaultsKey.shift + kFaultsKey.bits &&
+                  kActiveKey.shift == kInflightKey.shift + kInflightKey.bits &&
+                  kRunnableKey.shift == kActiveKey.shift + kActiveKey.bits &&
+                  kAsyncKey.shift == kRunnableKey.shift + kRunnableKey.bits &&
+                  kCacheKey.shift == kAsyncKey.shift + kAsyncKey.bits,
+              "key fields follow one another without overlap");
+
+uint64_t field(KeyField f, uint64_t v) { return (v & ((uint64_t{1} << f.bits) - 1)) << f.shift; }
+
 uint64_t cache_key(const Quantised& q, bool async, Cache cache) {
-  return uint64_t{q.size} | uint64_t{q.reuse} << 8 | uint64_t{q.dst_reuse} << 15 | uint64_t{q.faults} << 22 |
-         uint64_t{q.inflight} << 27 | uint64_t{q.active} << 33 | uint64_t{q.runnable} << 36 | uint64_t{async} << 38 |
-         uint64_t{static_cast<uint8_t>(cache)} << 39;
+  return field(kSizeKey, q.size) | field(kReuseKey, q.reuse) | field(kDstReuseKey, q.dst_reuse) |
+         field(kFaultsKey, q.faults) | field(kInflightKey, q.inflight) | field(kActiveKey, q.active) |
+         field(kRunnableKey, q.runnable) | field(kAsyncKey, async ? 1 : 0) |
+         field(kCacheKey, static_cast<uint8_t>(cache));
 }
 
-// A cache entry: key (41 bits) | model generation (5) | config index (6) |
-// log(1 + predicted us) * 256 (12). Zero is empty: generations start at 1.
+// A cache entry: key (43 bits) | model generation (5) | config index (6) |
+// log(1 + predicted us) * 64 (10). Zero is empty: generations start at 1.
 constexpr size_t kCacheSlots = 4096;
 std::atomic<uint64_t> g_decisions[kCacheSlots];
 constexpr uint64_t kKeyMask = (uint64_t{1} << kKeyBits) - 1;
 constexpr int kGenShift = kKeyBits, kIndexShift = kKeyBits + 5, kPredShift = kKeyBits + 11;
 constexpr uint64_t kGenMask = 0x1f;
-static_assert(kPredShift + 12 == 64);
+constexpr double kPredScale = 64;  // 10 bits: log(1 + us) to 16, in steps of 1/64
+static_assert(kPredShift + 10 == 64);
 
 struct Installed {
   std::shared_ptr<const Model> model;
@@ -336,7 +355,8 @@ std::optional<Decision> decide(const Features& f, bool async, Cache cache) {
   if ((e & kKeyMask) == key && (e >> kGenShift & kGenMask) == in->generation) {
     const size_t idx = e >> kIndexShift & 0x3f;
     if (idx < configs.size()) {
-      return Decision{configs[idx], static_cast<float>(std::expm1(static_cast<double>(e >> kPredShift) / 256.0)), true};
+      return Decision{configs[idx], static_cast<float>(std::expm1(static_cast<double>(e >> kPredShift) / kPredScale)),
+                      true};
     }
   }
   probe(*in);
@@ -353,7 +373,7 @@ std::optional<Decision> decide(const Features& f, bool async, Cache cache) {
     }
   }
   if (best == SIZE_MAX) return std::nullopt;
-  const uint64_t pred_q = static_cast<uint64_t>(std::clamp(best_log * 256.0, 0.0, 4095.0));
+  const uint64_t pred_q = static_cast<uint64_t>(std::clamp(best_log * kPredScale, 0.0, 1023.0));
   slot.store(key | uint64_t{in->generation} << kGenShift | uint64_t{best} << kIndexShift | pred_q << kPredShift,
              std::memory_order_relaxed);
   return Decision{configs[best], static_cast<float>(std::expm1(std::max(0.0, best_log))), false};
