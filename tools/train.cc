@@ -32,11 +32,14 @@ struct Measured {
 };
 
 // Groups `rows` by situation, configurations indexed as in `configs`; rows of
-// configurations the model does not know are left out.
+// configurations the model does not know are left out, and so are rows of
+// the decision log (situation "online"): they are many situations under one
+// name, each with only the configuration chosen in it.
 std::map<std::string, Measured> by_situation(std::span<const sky::TraceRow> rows,
                                              const std::vector<sky::Config>& configs) {
   std::map<std::string, std::map<size_t, std::vector<const sky::TraceRow*>>> groups;
   for (const auto& r : rows) {
+    if (r.situation == "online") continue;
     auto it = std::find(configs.begin(), configs.end(), r.config);
     if (it != configs.end()) groups[r.situation][static_cast<size_t>(it - configs.begin())].push_back(&r);
   }

@@ -91,6 +91,15 @@ TEST(SkyRocketTrain, MetricsFollowTheChoicesMade) {
   // Fixed rules on the same rows.
   EXPECT_NEAR(fixed_regret(kThreads, rows), ((31.0 / 11 - 1) + 0) / 2, 1e-9);
   EXPECT_NEAR(fixed_regret(kCpu, rows), (0 + (400.0 / 100 - 1)) / 2, 1e-9);
+  // Decision-log rows train but are no situation to choose in.
+  auto with_log = rows;
+  with_log.push_back({"online", features(18), kThreads, 5});
+  with_log.push_back({"online", features(24), kCpu, 5000});
+  Evaluation e2;
+  evaluate(*m, with_log, e2);
+  EXPECT_EQ(e2.choices.size(), 2u);
+  EXPECT_EQ(e2.y_log.size(), with_log.size());
+  EXPECT_EQ(fixed_regret(kThreads, with_log), fixed_regret(kThreads, rows));
   // Folds deal sorted situation names in turn: "large" then "small".
   const auto folds = situation_folds(rows, 2);
   EXPECT_EQ(folds.front(), 1);  // "small"
