@@ -98,10 +98,9 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // request is posted when the copy completes. Falls back to copy-in + post
   // when the chosen engine is synchronous.
   Result<JobId> submit_copy(uint32_t op, std::span<const std::byte> bytes, const Policy& policy, ReqTags tags);
-  // The engine and cache for a copy of `bytes` from `src` to `dst` (nullptr:
-  // not allocated yet): the policy's
-  // choice, or for kAuto the learned policy's (SkyRocket) when a model is
-  // installed, else the engine with the lowest calibrated cost (an
+  // The engine and cache for a copy of `bytes` from `src` to `dst`: the
+  // policy's choice, or for kAuto the learned policy's (SkyRocket) when a
+  // model is installed, else the engine with the lowest calibrated cost (an
   // asynchronous one when `async`).
   struct MoverChoice {
     Mover* mover = nullptr;
@@ -1023,7 +1022,7 @@ Status Reply::copy_to(std::span<std::byte> dst, const CopyOptions& options) cons
                             std::to_string(src.size()));
   }
   if (src.empty()) return ok_status();
-  // The same choice as the copy-in: kAuto consults the cost model by size.
+  // The same choice as the copy-in: kAuto asks the learned policy or the cost model.
   ROCKET_ASSIGN_OR_RETURN(
       auto c, block_->core->choose_mover(options.mover, src.data(), dst.data(), src.size(), options.cache, false));
   CopyOp op{dst.data(), src.data(), src.size()};
