@@ -28,11 +28,6 @@ using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 namespace sky = rocket::skyrocket;
 
-std::string trace_dir() {
-  const std::string m = sky::default_model_path();
-  return m.substr(0, m.rfind('/'));
-}
-
 // --- rocket train ------------------------------------------------------------------------
 
 struct TrainArgs {
@@ -45,7 +40,7 @@ struct TrainArgs {
 
 int run_train(const TrainArgs& a) {
   std::vector<sky::TraceRow> rows;
-  const std::string traces = a.traces.empty() ? trace_dir() + "/traces.csv" : a.traces;
+  const std::string traces = a.traces.empty() ? sky::default_trace_path() : a.traces;
   for (const auto& path : split(traces)) {
     auto r = sky::read_trace(path);
     if (!r.ok()) {

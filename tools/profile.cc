@@ -252,8 +252,12 @@ int run_profile(const ProfileOptions& o) {
       }
     }
   }
-  const std::string out =
-      o.out.empty() ? sky::default_model_path().substr(0, sky::default_model_path().rfind('/')) + "/traces.csv" : o.out;
+  const std::string out = o.out.empty() ? sky::default_trace_path() : o.out;
+  // The trace file must be writable before minutes of sweeping, not after.
+  if (Status st = sky::write_trace(out, {}); !st.ok()) {
+    std::cerr << "rocket profile: " << st.to_string() << "\n";
+    return 1;
+  }
   std::fprintf(stderr, "rocket profile: %zu situations x %zu configurations (", situations.size(), configs.size());
   for (size_t i = 0; i < configs.size(); ++i)
     std::fprintf(stderr, "%s%s", i ? " " : "", sky::config_name(configs[i]).c_str());

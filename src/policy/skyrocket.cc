@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -332,6 +333,11 @@ std::string default_model_path() {
   return std::string(home != nullptr ? home : "/tmp") + "/.cache/rocket/model.json";
 }
 
+std::string default_trace_path() {
+  const std::filesystem::path dir = std::filesystem::path(default_model_path()).parent_path();
+  return ((dir.empty() ? std::filesystem::path(".") : dir) / "traces.csv").string();
+}
+
 bool ensure_default_model() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -421,6 +427,10 @@ Status write_trace(const std::string& path, std::span<const TraceRow> rows, bool
     }
   }
   const bool header = !append || ::access(path.c_str(), F_OK) != 0;
+  if (const auto dir = std::filesystem::path(path).parent_path(); !dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);  // a failure shows as the open's
+  }
   std::ofstream f(path, append ? std::ios::app : std::ios::trunc);
   if (!f) return errno_status("open " + path, errno);
   if (header) f << kTraceHeader << "\n";

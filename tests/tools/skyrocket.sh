@@ -15,17 +15,31 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
-# Nothing here may read or write the user's own model or traces.
-export HOME=$dir ROCKET_MODEL=$dir/none.json
+# Nothing here may read or write the user's own model or traces: HOME is
+# the scratch directory, so the defaults land in $dir/.cache/rocket (which
+# does not exist yet: a fresh machine's first run).
+export HOME=$dir ROCKET_MODEL=$dir/.cache/rocket/model.json
 
-"$rocket" profile --quick --concurrency 1 --out "$dir/t.csv" >"$dir/profile.out" 2>&1 || fail "profile: $(tail -5 "$dir/profile.out")"
+# An output that cannot be written fails at once, before the sweep.
+start=$SECONDS
+if "$rocket" profile --quick --out /proc/nope/t.csv >"$dir/nope.out" 2>&1; then fail "profile wrote into /proc"; fi
+grep -q "/proc/nope/t.csv" "$dir/nope.out" || fail "unwritable output: $(cat "$dir/nope.out")"
+((SECONDS - start < 5)) || fail "profile swept before finding its output unwritable"
+
+# Defaults throughout: traces.csv and model.json beside each other.
+"$rocket" profile --quick --concurrency 1 >"$dir/profile.out" 2>&1 || fail "profile: $(tail -5 "$dir/profile.out")"
+trace=$dir/.cache/rocket/traces.csv
+[[ -f $trace ]] || fail "no trace at the default path: $(tail -3 "$dir/profile.out")"
+cp "$trace" "$dir/t.csv"
 rows=$(($(wc -l <"$dir/t.csv") - 1))
 [[ $rows -ge 100 ]] || fail "profile wrote $rows rows"
 head -1 "$dir/t.csv" | grep -q '^situation,size_log2,' || fail "trace header: $(head -1 "$dir/t.csv")"
 
-"$rocket" train --traces "$dir/t.csv" --out "$dir/m.json" --json >"$dir/train.json" 2>&1 || fail "train: $(cat "$dir/train.json")"
+"$rocket" train --json >"$dir/train.json" 2>&1 || fail "train: $(cat "$dir/train.json")"
 grep -q '"situations": [1-9]' "$dir/train.json" || fail "no cross-validated situations: $(cat "$dir/train.json")"
 grep -q '"mode_hint"' "$dir/train.json" || fail "no mode hint: $(cat "$dir/train.json")"
+[[ -f $ROCKET_MODEL ]] || fail "no model at the default path"
+cp "$ROCKET_MODEL" "$dir/m.json"
 grep -q '"format":"rocket-skyrocket-model"' "$dir/m.json" || fail "model file: $(head -c 200 "$dir/m.json")"
 
 "$rocket" bench policy --quick --clients 1 --model "$dir/m.json" --log "$dir/log.csv" --json >"$dir/bench.json" 2>"$dir/bench.err" ||

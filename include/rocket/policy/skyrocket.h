@@ -162,6 +162,9 @@ std::shared_ptr<const Model> installed_model();
 Status load_model(const std::string& path);
 // $ROCKET_MODEL, else ~/.cache/rocket/model.json.
 std::string default_model_path();
+// traces.csv beside the default model: where `rocket profile` writes and
+// `rocket train` reads when not told.
+std::string default_trace_path();
 // Loads the default model once per process (the runtime calls this before
 // its first kAuto decision); a malformed file is reported on stderr and
 // ignored. Returns whether a model is installed.
