@@ -10,8 +10,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <mutex>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -21,6 +21,7 @@
 #include "mover/hybrid_wait.h"
 #include "mover/kernel_copy.h"
 #include "mover/threads_mover.h"
+#include "sys/files.h"
 
 namespace rocket {
 
@@ -156,18 +157,7 @@ Status save_cost_profile(const CostProfile& profile, const std::string& path) {
     if (!e.variant.empty()) arr.back()["variant"] = e.variant;
   }
   nlohmann::json j{{"version", 1}, {"machine", profile.machine}, {"movers", arr}};
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    if (!f) return errno_status("open " + tmp, errno);
-    f << j.dump(1) << "\n";
-    if (!f) return errno_status("write " + tmp, errno);
-  }
-  std::filesystem::rename(tmp, path, ec);  // atomic replace: readers never see half a file
-  if (ec) return internal_error("rename " + tmp + ": " + ec.message());
-  return ok_status();
+  return detail::replace_file(path, j.dump(1) + "\n");
 }
 
 Status load_cost_profile(const std::string& path) {

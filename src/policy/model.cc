@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "rocket/policy/skyrocket.h"
+#include "sys/files.h"
 
 namespace rocket::skyrocket {
 namespace {
@@ -238,19 +239,6 @@ Result<Model> Model::load(const std::string& path) {
   return m;
 }
 
-Status Model::save(const std::string& path) const {
-  std::error_code ec;
-  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    if (!f) return errno_status("open " + tmp, errno);
-    f << to_json() << "\n";
-    if (!f) return errno_status("write " + tmp, errno);
-  }
-  std::filesystem::rename(tmp, path, ec);  // readers never see half a file
-  if (ec) return internal_error("rename " + tmp + ": " + ec.message());
-  return ok_status();
-}
+Status Model::save(const std::string& path) const { return detail::replace_file(path, to_json() + "\n"); }
 
 }  // namespace rocket::skyrocket
