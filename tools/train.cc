@@ -98,7 +98,10 @@ Status flatten(const json& node, std::vector<sky::Model::Node>& out, int depth) 
     return invalid_argument("a split node lacks split, split_condition, yes, no or children");
   }
   const std::string split = node["split"].get<std::string>();
-  if (split.size() < 2 || split[0] != 'f' || split.find_first_not_of("0123456789", 1) != std::string::npos) {
+  // At most three digits: the column is checked against the inputs later,
+  // and std::stoul must not see a number it cannot hold.
+  if (split.size() < 2 || split.size() > 4 || split[0] != 'f' ||
+      split.find_first_not_of("0123456789", 1) != std::string::npos) {
     return invalid_argument("split \"" + split + "\" is not f<column>");
   }
   const json* yes = nullptr;
@@ -288,18 +291,25 @@ double cost_model_regret(std::span<const sky::TraceRow> rows) {
 std::vector<sky::Model::ModeHint> mode_hints(const sky::Model& model, size_t min_bytes, size_t max_bytes) {
   std::vector<sky::Model::ModeHint> out;
   const auto& configs = model.configs();
+  // Per configuration: -1 where its engine cannot run here, else whether it
+  // is asynchronous.
+  std::vector<int> async_engine;
+  for (const auto& c : configs) {
+    auto m = shared_mover(c.mover);
+    async_engine.push_back(m.ok() ? ((*m)->capabilities().async ? 1 : 0) : -1);
+  }
   for (size_t size = std::max<size_t>(min_bytes, 1); size <= max_bytes; size *= 2) {
     sky::Features f;
     f.v[sky::kSizeLog2] = static_cast<float>(std::log2(static_cast<double>(size)));
     f.v[sky::kReuseLog2] = sky::kNeverCopied;
+    f.v[sky::kDstReuseLog2] = sky::kNeverCopied;
     f = sky::quantised(f);
     double sync = -1, async = -1;
     for (size_t i = 0; i < configs.size(); ++i) {
+      if (async_engine[i] < 0) continue;
       const double us = model.predict_us(f, i);
-      auto m = shared_mover(configs[i].mover);
-      if (!m.ok()) continue;
       if (sync < 0 || us < sync) sync = us;
-      if ((*m)->capabilities().async && (async < 0 || us < async)) async = us;
+      if (async_engine[i] == 1 && (async < 0 || us < async)) async = us;
     }
     if (sync < 0) continue;
     std::string mode = "sync";

@@ -74,9 +74,9 @@ struct Trained {
 Result<Trained> train_model(std::span<const skyrocket::TraceRow> rows, const TrainOptions& options);
 
 // The execution mode to deploy from each size up, from the model's
-// predictions for a lone copy of a cold source: `sync` while a copy is
-// short (under 50 us) or no asynchronous engine comes within 25% of the best
-// synchronous one, `pipelined` once the asynchronous copy takes a millisecond
+// predictions for a lone copy from and to memory not recently touched:
+// `sync` while a copy is short (under 50 us) or no asynchronous engine comes
+// within 25% of the best synchronous one, `pipelined` once the asynchronous copy takes a millisecond
 // (long enough to split and overlap with the server's work), `async` between.
 std::vector<skyrocket::Model::ModeHint> mode_hints(const skyrocket::Model& model, size_t min_bytes, size_t max_bytes);
 

@@ -30,6 +30,16 @@ bool candidate_mover(MoverKind k) {
          k == MoverKind::kCuda;
 }
 
+// The model's inputs, in order: its file names them so that a model of
+// other features is refused rather than read from the wrong columns.
+json input_names() {
+  json inputs = json::array();
+  for (size_t i = 0; i < kNumFeatures; ++i) inputs.push_back(feature_name(static_cast<Feature>(i)));
+  inputs.push_back("mover");
+  inputs.push_back("cache");
+  return inputs;
+}
+
 }  // namespace
 
 Result<Model> Model::make(std::vector<Config> configs, double base_score, std::vector<std::vector<Node>> trees) {
@@ -127,10 +137,7 @@ std::string Model::to_json() const {
     }
     trees.push_back(std::move(nodes));
   }
-  json inputs = json::array();
-  for (size_t i = 0; i < kNumFeatures; ++i) inputs.push_back(feature_name(static_cast<Feature>(i)));
-  inputs.push_back("mover");
-  inputs.push_back("cache");
+  const json inputs = input_names();
   json hints = json::array();
   for (const ModeHint& h : mode_hints) hints.push_back({{"min_bytes", h.min_bytes}, {"mode", h.mode}});
   json j{{"format", kFormat},
@@ -168,10 +175,7 @@ Result<Model> Model::parse(std::string_view text) {
   }
   // The inputs must be ours, in our order: a model of other features would
   // predict from the wrong columns.
-  json inputs = json::array();
-  for (size_t i = 0; i < kNumFeatures; ++i) inputs.push_back(feature_name(static_cast<Feature>(i)));
-  inputs.push_back("mover");
-  inputs.push_back("cache");
+  const json inputs = input_names();
   if (!j.contains("inputs") || j["inputs"] != inputs) return bad("its inputs are not " + inputs.dump());
   if (!j.contains("configs") || !j["configs"].is_array()) return bad("no \"configs\" array");
   std::vector<Config> configs;

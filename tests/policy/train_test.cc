@@ -50,6 +50,8 @@ TEST(SkyRocketTrain, RefusesMalformedDumps) {
         std::string(R"({"nodeid":0,"split":"f0","split_condition":1,"yes":1,"no":2,
                                    "children":[{"nodeid":1,"leaf":1}]})"),
         std::string(R"({"nodeid":0,"split":"f99","split_condition":1,"yes":1,"no":2,
+                                   "children":[{"nodeid":1,"leaf":1},{"nodeid":2,"leaf":2}]})"),
+        std::string(R"({"nodeid":0,"split":"f99999999999999999999999","split_condition":1,"yes":1,"no":2,
                                    "children":[{"nodeid":1,"leaf":1},{"nodeid":2,"leaf":2}]})")}) {
     EXPECT_FALSE(model_from_dump(std::vector<std::string>{bad}, {kCpu}, 0).ok()) << bad;
   }
