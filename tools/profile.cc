@@ -217,6 +217,13 @@ int run_profile(const ProfileOptions& o) {
     std::cerr << "rocket profile: nothing to sweep\n";
     return 2;
   }
+  const std::string out = o.out.empty() ? sky::default_trace_path() : o.out;
+  // The trace file must be writable before the arenas are mapped and the
+  // sweep takes minutes, not after.
+  if (Status st = sky::write_trace(out, {}); !st.ok()) {
+    std::cerr << "rocket profile: " << st.to_string() << "\n";
+    return 1;
+  }
   const std::vector<sky::Config> configs = configurations();
   const size_t max_size = *std::max_element(sizes.begin(), sizes.end());
   const unsigned max_copiers = *std::max_element(copiers.begin(), copiers.end());
@@ -251,12 +258,6 @@ int run_profile(const ProfileOptions& o) {
         }
       }
     }
-  }
-  const std::string out = o.out.empty() ? sky::default_trace_path() : o.out;
-  // The trace file must be writable before minutes of sweeping, not after.
-  if (Status st = sky::write_trace(out, {}); !st.ok()) {
-    std::cerr << "rocket profile: " << st.to_string() << "\n";
-    return 1;
   }
   std::fprintf(stderr, "rocket profile: %zu situations x %zu configurations (", situations.size(), configs.size());
   for (size_t i = 0; i < configs.size(); ++i)
