@@ -59,6 +59,9 @@ struct ServeArgs {
   std::string lend_cgroup, lend_journal;
   std::vector<std::string> lend_factors;  // CGROUP=FACTOR
   double lend_default_factor = 1.0;
+  bool lend_memory = false;
+  std::string lend_memory_cgroup;
+  std::string lend_memory_reserve = "64M";
 };
 
 int serve(const ServeArgs& a) {
@@ -76,6 +79,18 @@ int serve(const ServeArgs& a) {
   o.lending.backend_cgroup = a.lend_cgroup;
   o.lending.journal_path = a.lend_journal;
   o.lending.default_factor = a.lend_default_factor;
+  o.lending.memory.enabled = a.lend_memory;
+  o.lending.memory.backend_cgroup = a.lend_memory_cgroup;
+  if (auto reserve = rocket::tools::parse_size(a.lend_memory_reserve); reserve.ok()) {
+    o.lending.memory.reserve_bytes = *reserve;
+  } else {
+    std::cerr << "rocket serve: --lend-memory-reserve: " << reserve.status().message() << "\n";
+    return 2;
+  }
+  if (a.lend_memory && !a.lend) {
+    std::cerr << "rocket serve: --lend-memory goes with --lend\n";
+    return 2;
+  }
   for (const auto& f : a.lend_factors) {
     const size_t eq = f.rfind('=');
     char* end = nullptr;
@@ -94,7 +109,8 @@ int serve(const ServeArgs& a) {
   const int rc = rocket::tools::serve_until_signal(server, "rocket serve", [&] {
     // The first line on stdout says the server accepts (scripts wait for it).
     std::cout << "rocket: serving on " << a.socket << " (ops: echo, echo_copy, checksum, gpu_echo; " << a.dispatchers
-              << " dispatcher" << (a.dispatchers == 1 ? "" : "s") << (a.lend ? "; takes CPU loans" : "") << ")"
+              << " dispatcher" << (a.dispatchers == 1 ? "" : "s")
+              << (a.lend ? (a.lend_memory ? "; takes CPU and memory loans" : "; takes CPU loans") : "") << ")"
               << std::endl;
   });
   if (rc != 0) return rc;
@@ -113,9 +129,19 @@ struct CallArgs {
   bool json_out = false;
   std::string tenant = "cli";
   uint32_t lend = 0;
+  std::string lend_memory;  // a size: "256M"
 };
 
 int call(const CallArgs& a) {
+  uint64_t lend_memory = 0;
+  if (!a.lend_memory.empty()) {
+    auto v = rocket::tools::parse_size(a.lend_memory);
+    if (!v.ok()) {
+      std::cerr << "rocket call: --lend-memory: " << v.status().message() << "\n";
+      return 2;
+    }
+    lend_memory = *v;
+  }
   std::vector<std::byte> payload;
   if (!a.file.empty()) {
     std::ifstream f(a.file, std::ios::binary);
@@ -145,7 +171,8 @@ int call(const CallArgs& a) {
     return 1;
   }
   auto t0 = std::chrono::steady_clock::now();
-  auto reply = client->call(a.op, std::span<const std::byte>(payload), {.policy = {.lend_millicpus = a.lend}});
+  auto reply = client->call(a.op, std::span<const std::byte>(payload),
+                            {.policy = {.lend_millicpus = a.lend, .lend_memory_bytes = lend_memory}});
   double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   if (!reply.ok()) {
     std::cerr << "rocket call: " << reply.status().to_string() << "\n";
@@ -162,7 +189,8 @@ int call(const CallArgs& a) {
          {"reply_checksum", rocket::checksum64(data)},
          {"round_trip_us", us},
          {"service_us", static_cast<double>(reply->service_time().count()) / 1000.0},
-         {"lent_millicpus", reply->lent_millicpus()}};
+         {"lent_millicpus", reply->lent_millicpus()},
+         {"lent_memory_bytes", reply->lent_memory_bytes()}};
   if (a.json_out) {
     std::cout << j.dump() << std::endl;
     return 0;
@@ -171,6 +199,11 @@ int call(const CallArgs& a) {
               payload.size(), data.size(), us, j["service_us"].get<double>(),
               static_cast<unsigned long long>(rocket::checksum64(data)));
   if (a.lend != 0) std::printf("lent the backend %u of %u millicpus asked\n", reply->lent_millicpus(), a.lend);
+  if (lend_memory != 0) {
+    std::printf("lent the backend %llu of %llu bytes of memory asked\n",
+                static_cast<unsigned long long>(reply->lent_memory_bytes()),
+                static_cast<unsigned long long>(lend_memory));
+  }
   bool printable = data.size() <= 256;
   for (auto b : data) printable = printable && std::isprint(static_cast<int>(b));
   if (printable && !data.empty()) std::printf("%.*s\n", static_cast<int>(data.size()), reinterpret_cast<const char*>(data.data()));
@@ -193,6 +226,24 @@ std::string lending_here() {
   std::snprintf(limit, sizeof(limit), "%.2f CPU",
                 static_cast<double>(lim->quota_us) / static_cast<double>(lim->period_us));
   if (::access(file.c_str(), W_OK) != 0) return std::string("no: cannot write ") + file + " (limit " + limit + ")";
+  return "yes: " + where + ", limit " + limit;
+}
+
+// Whether a backend started here could take memory loans (LendingOptions::memory).
+std::string memory_lending_here() {
+  auto cg = rocket::detail::memory_cgroup_of(0);
+  if (!cg.ok()) return "no: " + cg.status().message();
+  const std::string where = cg->path + " (cgroup " + (cg->v2 ? "v2" : "v1 memory") + " at " + cg->dir + ")";
+  auto lim = rocket::detail::read_memory_limit(*cg);
+  if (!lim.ok()) return "no: " + lim.status().message();
+  if (*lim == rocket::detail::kNoMemoryLimit) {
+    return "not from here: this process's cgroup " + where +
+           " has no memory limit to grow; run a lending backend in a cgroup with one (rocket serve "
+           "--lend-memory-cgroup)";
+  }
+  const std::string file = cg->dir + (cg->v2 ? "/memory.max" : "/memory.limit_in_bytes");
+  const std::string limit = rocket::tools::human_size(static_cast<size_t>(*lim));
+  if (::access(file.c_str(), W_OK) != 0) return "no: cannot write " + file + " (limit " + limit + ")";
   return "yes: " + where + ", limit " + limit;
 }
 
@@ -257,6 +308,7 @@ int doctor(bool json_out) {
                       {"cuda_host_to_host", methods},
                       {"learned_policy", learned_policy_here()},
                       {"cpu_lending", lending_here()},
+                      {"memory_lending", memory_lending_here()},
                       {"frontend_isolation", isolation_here()}}
                      .dump(1)
               << std::endl;
@@ -270,6 +322,7 @@ int doctor(bool json_out) {
   std::printf("\ncost profile: %s\n", profile.c_str());
   std::printf("learned policy (SkyRocket): %s\n", learned_policy_here().c_str());
   std::printf("cpu lending (Pocket): %s\n", lending_here().c_str());
+  std::printf("memory lending (Pocket): %s\n", memory_lending_here().c_str());
   std::printf("frontend isolation (rocket run): %s\n", isolation_here().c_str());
   if (!h2h.empty()) {
     std::printf("cuda host-to-host under auto:");
@@ -303,6 +356,11 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--lend-factor", sa.lend_factors, "CGROUP=FACTOR: backend gain per CPU lent (repeatable)");
   serve_cmd->add_option("--lend-default-factor", sa.lend_default_factor, "for cgroups not named")
       ->capture_default_str();
+  serve_cmd->add_flag("--lend-memory", sa.lend_memory, "with --lend: take memory loans too");
+  serve_cmd->add_option("--lend-memory-cgroup", sa.lend_memory_cgroup,
+                        "the backend's memory cgroup directory (default: its own)");
+  serve_cmd->add_option("--lend-memory-reserve", sa.lend_memory_reserve, "what a lender keeps above its usage")
+      ->capture_default_str();
   serve_cmd->callback([&] { std::exit(serve(sa)); });
 
   CallArgs ca;
@@ -315,6 +373,8 @@ int main(int argc, char** argv) {
   call_cmd->add_option("--out", ca.out, "write the reply to this file");
   call_cmd->add_option("--tenant", ca.tenant, "tenant name")->capture_default_str();
   call_cmd->add_option("--lend", ca.lend, "millicpus of this process's CPU quota to lend the backend for the call");
+  call_cmd->add_option("--lend-memory", ca.lend_memory,
+                       "memory this process's cgroup lends the backend for the call (a size: 256M)");
   call_cmd->add_flag("--json", ca.json_out, "print JSON");
   call_cmd->callback([&] { std::exit(call(ca)); });
 

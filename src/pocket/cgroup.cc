@@ -95,7 +95,7 @@ bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0;
 
 }  // namespace
 
-Result<std::pair<std::string, bool>> parse_cpu_cgroup_path(std::string_view proc_cgroup) {
+Result<std::pair<std::string, bool>> parse_cgroup_path(std::string_view proc_cgroup, std::string_view controller) {
   std::string v2_path;
   bool have_v2 = false;
   for (std::string_view line : split(proc_cgroup, '\n')) {
@@ -114,14 +114,15 @@ Result<std::pair<std::string, bool>> parse_cpu_cgroup_path(std::string_view proc
       continue;
     }
     for (std::string_view c : split(controllers, ',')) {
-      if (c == "cpu") return std::pair<std::string, bool>{std::string(path), false};
+      if (c == controller) return std::pair<std::string, bool>{std::string(path), false};
     }
   }
   if (have_v2) return std::pair<std::string, bool>{v2_path, true};
-  return not_found("the process is in no cgroup with a cpu controller");
+  return not_found("the process is in no cgroup with a " + std::string(controller) + " controller");
 }
 
-Result<std::string> cgroup_dir_in(std::string_view mountinfo, std::string_view path, bool v2) {
+Result<std::string> cgroup_dir_in(std::string_view mountinfo, std::string_view path, bool v2,
+                                  std::string_view controller) {
   for (std::string_view line : split(mountinfo, '\n')) {
     if (line.empty()) continue;
     size_t dash = line.find(" - ");
@@ -132,9 +133,9 @@ Result<std::string> cgroup_dir_in(std::string_view mountinfo, std::string_view p
     std::string_view fstype = post[0];
     if (v2 ? fstype != "cgroup2" : fstype != "cgroup") continue;
     if (!v2) {
-      bool cpu = false;
-      for (std::string_view o : split(post[2], ',')) cpu = cpu || o == "cpu";
-      if (!cpu) continue;
+      bool has = false;
+      for (std::string_view o : split(post[2], ',')) has = has || o == controller;
+      if (!has) continue;
     }
     std::string root = unescape_octal(pre[3]);
     std::string mount = unescape_octal(pre[4]);
@@ -151,7 +152,8 @@ Result<std::string> cgroup_dir_in(std::string_view mountinfo, std::string_view p
     if (rest == "/") rest.clear();
     return mount + rest;
   }
-  return not_found(std::string("no mounted ") + (v2 ? "cgroup2 hierarchy" : "cgroup v1 `cpu` hierarchy") +
+  return not_found(std::string("no mounted ") +
+                   (v2 ? std::string("cgroup2 hierarchy") : "cgroup v1 `" + std::string(controller) + "` hierarchy") +
                    " shows cgroup " + std::string(path));
 }
 
@@ -170,19 +172,25 @@ Result<CpuLimit> parse_cpu_max(std::string_view text) {
   return lim;
 }
 
-Result<CpuCgroup> cpu_cgroup_of(pid_t pid) {
+namespace {
+// The cgroup of `pid` in the hierarchy of `controller`; on v2 its directory
+// must have `v2_file` (the controller enabled there).
+Result<Cgroup> cgroup_of(pid_t pid, const std::string& controller, const std::string& v2_file) {
   const std::string proc = pid == 0 ? std::string("/proc/self") : "/proc/" + std::to_string(pid);
   ROCKET_ASSIGN_OR_RETURN(std::string text, read_small_file(proc + "/cgroup"));
-  ROCKET_ASSIGN_OR_RETURN(auto path_v2, parse_cpu_cgroup_path(text));
+  ROCKET_ASSIGN_OR_RETURN(auto path_v2, parse_cgroup_path(text, controller));
   ROCKET_ASSIGN_OR_RETURN(std::string mountinfo, read_small_file("/proc/self/mountinfo"));
-  ROCKET_ASSIGN_OR_RETURN(std::string dir, cgroup_dir_in(mountinfo, path_v2.first, path_v2.second));
-  CpuCgroup cg{std::move(dir), path_v2.first, path_v2.second};
-  if (cg.v2 && !exists(cg.dir + "/cpu.max")) {
-    return failed_precondition("cgroup " + cg.path + " (v2) has no cpu controller enabled (no cpu.max in " + cg.dir +
-                               ")");
+  ROCKET_ASSIGN_OR_RETURN(std::string dir, cgroup_dir_in(mountinfo, path_v2.first, path_v2.second, controller));
+  Cgroup cg{std::move(dir), path_v2.first, path_v2.second};
+  if (cg.v2 && !exists(cg.dir + "/" + v2_file)) {
+    return failed_precondition("cgroup " + cg.path + " (v2) has no " + controller + " controller enabled (no " +
+                               v2_file + " in " + cg.dir + ")");
   }
   return cg;
 }
+}  // namespace
+
+Result<CpuCgroup> cpu_cgroup_of(pid_t pid) { return cgroup_of(pid, "cpu", "cpu.max"); }
 
 Result<CpuCgroup> cpu_cgroup_at(const std::string& dir) {
   if (exists(dir + "/cpu.cfs_quota_us")) return CpuCgroup{dir, dir, false};
@@ -285,28 +293,140 @@ Status write_cpu_quota(const CpuCgroup& cg, int64_t quota_us, int64_t period_us)
   return f.write_quota(quota_us, period_us);
 }
 
-Result<CpuCgroup> make_cpu_cgroup(const CpuCgroup& parent, const std::string& name) {
+// --- memory ------------------------------------------------------------------
+
+Result<MemoryCgroup> memory_cgroup_of(pid_t pid) { return cgroup_of(pid, "memory", "memory.max"); }
+
+Result<MemoryCgroup> memory_cgroup_at(const std::string& dir) {
+  if (exists(dir + "/memory.limit_in_bytes")) return MemoryCgroup{dir, dir, false};
+  if (exists(dir + "/memory.max")) return MemoryCgroup{dir, dir, true};
+  return not_found(dir + " is not a cgroup with a memory controller (no memory.limit_in_bytes or memory.max)");
+}
+
+Result<MemoryFiles> MemoryFiles::open(const MemoryCgroup& cg) {
+  MemoryFiles f;
+  f.dir_ = cg.dir;
+  f.v2_ = cg.v2;
+  const std::string limit = cg.dir + (cg.v2 ? "/memory.max" : "/memory.limit_in_bytes");
+  f.limit_fd_ = ::open(limit.c_str(), O_RDWR | O_CLOEXEC);
+  if (f.limit_fd_ < 0) return errno_status("open " + limit, errno);
+  const std::string usage = cg.dir + (cg.v2 ? "/memory.current" : "/memory.usage_in_bytes");
+  f.usage_fd_ = ::open(usage.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f.usage_fd_ < 0) return errno_status("open " + usage, errno);
+  return f;
+}
+
+MemoryFiles::MemoryFiles(MemoryFiles&& o) noexcept
+    : dir_(std::move(o.dir_)),
+      v2_(o.v2_),
+      limit_fd_(std::exchange(o.limit_fd_, -1)),
+      usage_fd_(std::exchange(o.usage_fd_, -1)) {}
+
+MemoryFiles& MemoryFiles::operator=(MemoryFiles&& o) noexcept {
+  if (this != &o) {
+    close();
+    dir_ = std::move(o.dir_);
+    v2_ = o.v2_;
+    limit_fd_ = std::exchange(o.limit_fd_, -1);
+    usage_fd_ = std::exchange(o.usage_fd_, -1);
+  }
+  return *this;
+}
+
+MemoryFiles::~MemoryFiles() { close(); }
+
+void MemoryFiles::close() noexcept {
+  if (limit_fd_ >= 0) ::close(limit_fd_);
+  if (usage_fd_ >= 0) ::close(usage_fd_);
+  limit_fd_ = usage_fd_ = -1;
+}
+
+Result<int64_t> MemoryFiles::limit() const {
+  if (limit_fd_ < 0) return failed_precondition("memory files not open");
+  const std::string what = dir_ + (v2_ ? "/memory.max" : "/memory.limit_in_bytes");
+  ROCKET_ASSIGN_OR_RETURN(std::string text, pread_all(limit_fd_, what));
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  if (v2_ && text == "max") return kNoMemoryLimit;
+  int64_t v = 0;
+  if (!parse_i64(text, &v) || v < 0) return invalid_argument("malformed " + what + " '" + text + "'");
+  // v1 shows "no limit" as the largest page-aligned counter (2^63 - 4096 on
+  // 4 KiB pages); nothing real comes near 2^62 bytes.
+  if (!v2_ && v >= (int64_t{1} << 62)) return kNoMemoryLimit;
+  return v;
+}
+
+Result<int64_t> MemoryFiles::usage() const {
+  if (usage_fd_ < 0) return failed_precondition("memory files not open");
+  const std::string what = dir_ + (v2_ ? "/memory.current" : "/memory.usage_in_bytes");
+  ROCKET_ASSIGN_OR_RETURN(std::string text, pread_all(usage_fd_, what));
+  int64_t v = 0;
+  if (!parse_i64(text, &v) || v < 0) return invalid_argument("malformed " + what);
+  return v;
+}
+
+Status MemoryFiles::set_limit(int64_t bytes) const {
+  if (limit_fd_ < 0) return failed_precondition("memory files not open");
+  if (bytes < 0 && bytes != kNoMemoryLimit) return invalid_argument("a negative memory limit");
+  const std::string text = bytes == kNoMemoryLimit ? std::string(v2_ ? "max" : "-1") : std::to_string(bytes);
+  ssize_t n;
+  do {
+    n = ::pwrite(limit_fd_, text.data(), text.size(), 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return errno_status("set the memory limit of " + dir_ + " to " + text, errno);
+  if (static_cast<size_t>(n) != text.size()) return internal_error("short write to the memory limit of " + dir_);
+  return ok_status();
+}
+
+Result<int64_t> read_memory_limit(const MemoryCgroup& cg) {
+  ROCKET_ASSIGN_OR_RETURN(MemoryFiles f, MemoryFiles::open(cg));
+  return f.limit();
+}
+
+Result<int64_t> read_memory_usage(const MemoryCgroup& cg) {
+  ROCKET_ASSIGN_OR_RETURN(MemoryFiles f, MemoryFiles::open(cg));
+  return f.usage();
+}
+
+Status write_memory_limit(const MemoryCgroup& cg, int64_t bytes) {
+  ROCKET_ASSIGN_OR_RETURN(MemoryFiles f, MemoryFiles::open(cg));
+  return f.set_limit(bytes);
+}
+
+namespace {
+Result<Cgroup> make_cgroup(const Cgroup& parent, const std::string& name, const std::string& controller) {
   if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
     return invalid_argument("bad cgroup name '" + name + "'");
   }
   if (parent.v2) {
     auto sub = read_small_file(parent.dir + "/cgroup.subtree_control");
-    bool cpu = false;
+    bool delegated = false;
     if (sub.ok()) {
       std::string_view text = *sub;
       while (!text.empty() && text.back() == '\n') text.remove_suffix(1);
-      for (std::string_view w : split(text, ' ')) cpu = cpu || w == "cpu";
+      for (std::string_view w : split(text, ' ')) delegated = delegated || w == controller;
     }
-    if (!cpu) return failed_precondition("the cpu controller is not delegated to " + parent.path + " (cgroup v2)");
+    if (!delegated) {
+      return failed_precondition("the " + controller + " controller is not delegated to " + parent.path +
+                                 " (cgroup v2)");
+    }
   }
-  CpuCgroup cg{parent.dir + "/" + name, (parent.path == "/" ? "" : parent.path) + "/" + name, parent.v2};
+  Cgroup cg{parent.dir + "/" + name, (parent.path == "/" ? "" : parent.path) + "/" + name, parent.v2};
   if (::mkdir(cg.dir.c_str(), 0755) != 0) return errno_status("make cgroup " + cg.dir, errno);
   if (cg.v2) {
     // For its own children; a cgroup with members cannot take this, so try and move on.
-    Status st = write_small_file(cg.dir + "/cgroup.subtree_control", "+cpu");
+    Status st = write_small_file(cg.dir + "/cgroup.subtree_control", "+" + controller);
     (void)st;
   }
   return cg;
+}
+}  // namespace
+
+Result<CpuCgroup> make_cpu_cgroup(const CpuCgroup& parent, const std::string& name) {
+  return make_cgroup(parent, name, "cpu");
+}
+
+Result<MemoryCgroup> make_memory_cgroup(const MemoryCgroup& parent, const std::string& name) {
+  return make_cgroup(parent, name, "memory");
 }
 
 Status remove_cgroup(const CpuCgroup& cg, int wait_ms) {

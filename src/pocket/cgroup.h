@@ -23,13 +23,18 @@
 
 namespace rocket::detail {
 
-struct CpuCgroup {
+// A cgroup of one controller's hierarchy (on cgroup v1 the `cpu` and the
+// `memory` controllers usually have hierarchies, and so directories, of
+// their own; on v2 one directory serves both).
+struct Cgroup {
   std::string dir;   // the cgroup's directory in the mounted hierarchy
   std::string path;  // its path inside the hierarchy, as /proc/PID/cgroup names it
   bool v2 = false;
 
-  bool operator==(const CpuCgroup&) const = default;
+  bool operator==(const Cgroup&) const = default;
 };
+using CpuCgroup = Cgroup;
+using MemoryCgroup = Cgroup;
 
 struct CpuLimit {
   int64_t quota_us = -1;  // CPU time per period; -1: no limit
@@ -42,12 +47,19 @@ inline constexpr int64_t kMinCpuQuotaUs = 1000;
 // --- parsing, separate from the files so tests can feed it text ---------------
 
 // From the text of /proc/PID/cgroup: the process's path in the v1 hierarchy
-// that carries the `cpu` controller, or else in the v2 hierarchy (`0::`).
-[[nodiscard]] Result<std::pair<std::string, bool>> parse_cpu_cgroup_path(std::string_view proc_cgroup);
+// that carries `controller` ("cpu", "memory"), or else in the v2 hierarchy
+// (`0::`).
+[[nodiscard]] Result<std::pair<std::string, bool>> parse_cgroup_path(std::string_view proc_cgroup,
+                                                                     std::string_view controller);
+[[nodiscard]] inline Result<std::pair<std::string, bool>> parse_cpu_cgroup_path(std::string_view proc_cgroup) {
+  return parse_cgroup_path(proc_cgroup, "cpu");
+}
 // From the text of /proc/self/mountinfo: the directory of `path` in the mount
-// of the v1 `cpu` hierarchy (v2 = false) or of cgroup2 (v2 = true). A mount of
-// a sub-tree (its root field is not "/") serves only paths under that root.
-[[nodiscard]] Result<std::string> cgroup_dir_in(std::string_view mountinfo, std::string_view path, bool v2);
+// of the v1 hierarchy of `controller` (v2 = false) or of cgroup2 (v2 = true).
+// A mount of a sub-tree (its root field is not "/") serves only paths under
+// that root.
+[[nodiscard]] Result<std::string> cgroup_dir_in(std::string_view mountinfo, std::string_view path, bool v2,
+                                                std::string_view controller = "cpu");
 // "50000 100000" or "max 100000" (cgroup v2's cpu.max).
 [[nodiscard]] Result<CpuLimit> parse_cpu_max(std::string_view text);
 
@@ -85,6 +97,55 @@ class CpuLimitFiles {
 // One-off reads and writes (CpuLimitFiles opened and closed).
 [[nodiscard]] Result<CpuLimit> read_cpu_limit(const CpuCgroup& cg);
 [[nodiscard]] Status write_cpu_quota(const CpuCgroup& cg, int64_t quota_us, int64_t period_us);
+
+// --- memory ------------------------------------------------------------------
+
+// A memory limit of "no limit": v1's memory.limit_in_bytes reads a huge
+// page-rounded number then, v2's memory.max "max".
+inline constexpr int64_t kNoMemoryLimit = -1;
+
+// A cgroup's memory limit and usage files, held open (memory.limit_in_bytes
+// and memory.usage_in_bytes on v1; memory.max and memory.current on v2).
+// Move-only; like CpuLimitFiles, reads fail once the cgroup is removed.
+class MemoryFiles {
+ public:
+  [[nodiscard]] static Result<MemoryFiles> open(const MemoryCgroup& cg);
+  MemoryFiles() = default;
+  MemoryFiles(MemoryFiles&& o) noexcept;
+  MemoryFiles& operator=(MemoryFiles&& o) noexcept;
+  ~MemoryFiles();
+
+  // The limit in bytes, or kNoMemoryLimit.
+  [[nodiscard]] Result<int64_t> limit() const;
+  // What the cgroup's members use now, page cache included.
+  [[nodiscard]] Result<int64_t> usage() const;
+  // Sets the limit (kNoMemoryLimit: none). A limit below the usage makes the
+  // kernel reclaim first; on v1 it then refuses (EBUSY) what it cannot
+  // reclaim, but on v2 it kills a member (OOM), so callers check the usage.
+  [[nodiscard]] Status set_limit(int64_t bytes) const;
+  bool v2() const noexcept { return v2_; }
+
+ private:
+  void close() noexcept;
+  std::string dir_;
+  bool v2_ = false;
+  int limit_fd_ = -1;
+  int usage_fd_ = -1;
+};
+
+// The memory cgroup of process `pid` (0: this process).
+[[nodiscard]] Result<MemoryCgroup> memory_cgroup_of(pid_t pid);
+// The memory cgroup at directory `dir`.
+[[nodiscard]] Result<MemoryCgroup> memory_cgroup_at(const std::string& dir);
+// One-off reads and writes (MemoryFiles opened and closed).
+[[nodiscard]] Result<int64_t> read_memory_limit(const MemoryCgroup& cg);
+[[nodiscard]] Result<int64_t> read_memory_usage(const MemoryCgroup& cg);
+[[nodiscard]] Status write_memory_limit(const MemoryCgroup& cg, int64_t bytes);
+// A new cgroup `name` under `parent` with the memory controller (on v2 the
+// parent must have it delegated); for tools and tests, like make_cpu_cgroup.
+[[nodiscard]] Result<MemoryCgroup> make_memory_cgroup(const MemoryCgroup& parent, const std::string& name);
+
+// --- trees ----------------------------------------------------------------------
 
 // A new cgroup `name` under `parent`, with the cpu controller (on v2 the
 // parent must have it delegated: "cpu" in its cgroup.subtree_control; this

@@ -147,6 +147,8 @@ Status register_builtin_ops(Server& server) {
                                {"lends", st.lends},
                                {"lends_refused", st.lends_refused},
                                {"lends_returned_on_exit", st.lends_returned_on_exit},
+                               {"memory_lent_bytes", st.memory_lent_bytes},
+                               {"memory_held_over_bytes", st.memory_held_over_bytes},
                                {"gpu_handles_opened", st.gpu_handles_opened},
                                {"gpu_responses_shared", st.gpu_responses_shared},
                                {"gpu_responses_copied", st.gpu_responses_copied}};

@@ -40,8 +40,9 @@ constexpr size_t kAsyncCopyThreshold = size_t{256} << 10;
 
 // What a request carries besides its payload.
 struct ReqTags {
-  uint16_t flags = 0;           // SubFlags
-  uint32_t lend_millicpus = 0;  // Policy::lend_millicpus
+  uint16_t flags = 0;              // SubFlags
+  uint32_t lend_millicpus = 0;     // Policy::lend_millicpus
+  uint64_t lend_memory_bytes = 0;  // Policy::lend_memory_bytes
 };
 
 // A block of the client pool; returned to the allocator when the last
@@ -63,6 +64,7 @@ struct ReplyBlock {
   uint64_t length = 0;
   uint64_t service_ns = 0;
   uint32_t lent_millicpus = 0;
+  uint64_t lent_memory_bytes = 0;
   std::shared_ptr<PoolBlock> request;  // in-place replies view the request bytes
   GpuView gpu;                         // GPU responses: the server's device memory, opened here
 };
@@ -147,8 +149,7 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
     uint64_t remote_capacity = 0;  // kernel path: the caller's response buffer
     Status local_error;    // the copy-in failed; the request was never posted
     CompDesc comp{};
-    uint16_t flags = 0;    // SubFlags the request was posted with
-    uint32_t lend_millicpus = 0;  // what it asked to lend: a reply may report no more
+    ReqTags tags;  // what the request was posted with: a reply may report no more lent
   };
 
   ClientCore() = default;
@@ -453,6 +454,7 @@ Status ClientCore::push_request(std::unique_lock<std::mutex>& lock, uint32_t op,
   d.offset = offset;
   d.length = length;
   d.reserved[2] = tags.lend_millicpus;
+  d.reserved[3] = tags.lend_memory_bytes;
   return push_locked(lock, d);
 }
 
@@ -497,8 +499,7 @@ Result<JobId> ClientCore::post(uint32_t op, std::shared_ptr<PoolBlock> block, ui
   const JobId id = next_job_++;
   ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, offset, length, tags));
   ++outstanding_;
-  jobs_.emplace(
-      id, Job{std::move(block), offset, length, false, false, false, op, 0, {}, {}, tags.flags, tags.lend_millicpus});
+  jobs_.emplace(id, Job{std::move(block), offset, length, false, false, false, op, 0, {}, {}, tags});
   lock.unlock();
   requests_.fetch_add(1, std::memory_order_relaxed);
   wake_server();
@@ -526,13 +527,14 @@ Result<JobId> ClientCore::post_remote(uint32_t op, std::span<const std::byte> re
   d.reserved[0] = reinterpret_cast<uint64_t>(response.data());
   d.reserved[1] = response.size();
   d.reserved[2] = tags.lend_millicpus;
+  d.reserved[3] = tags.lend_memory_bytes;
   ROCKET_RETURN_IF_ERROR(push_locked(lock, d));
   ++outstanding_;
   Job job{};
   job.op = op;
   job.remote_capacity = response.data() != nullptr ? response.size() : 0;
-  job.flags = d.flags;
-  job.lend_millicpus = tags.lend_millicpus;
+  job.tags = tags;
+  job.tags.flags = d.flags;
   jobs_.emplace(id, std::move(job));
   lock.unlock();
   requests_.fetch_add(1, std::memory_order_relaxed);
@@ -578,18 +580,7 @@ Result<std::vector<JobId>> ClientCore::submit_batch(uint32_t op, std::span<const
       // when the session fails, and then every job is dropped anyway.
       ROCKET_RETURN_IF_ERROR(push_request(lock, op, id, off, requests[i].size(), tags));
       ++outstanding_;
-      jobs_.emplace(id, Job{std::move(blocks[i]),
-                            off,
-                            requests[i].size(),
-                            false,
-                            false,
-                            false,
-                            op,
-                            0,
-                            {},
-                            {},
-                            tags.flags,
-                            tags.lend_millicpus});
+      jobs_.emplace(id, Job{std::move(blocks[i]), off, requests[i].size(), false, false, false, op, 0, {}, {}, tags});
       ids.push_back(id);
     }
   }
@@ -620,9 +611,7 @@ Result<JobId> ClientCore::submit_copy(uint32_t op, std::span<const std::byte> by
     }
     id = next_job_++;
     ++outstanding_;  // the credit is taken now so the post can never be refused
-    jobs_.emplace(
-        id,
-        Job{block, block->offset, bytes.size(), false, false, true, op, 0, {}, {}, tags.flags, tags.lend_millicpus});
+    jobs_.emplace(id, Job{block, block->offset, bytes.size(), false, false, true, op, 0, {}, {}, tags});
     if (std::find(async_movers_.begin(), async_movers_.end(), m) == async_movers_.end()) async_movers_.push_back(m);
   }
   // The callback keeps the block (and so the core and its mappings) alive
@@ -659,7 +648,7 @@ void ClientCore::copy_done(JobId id, Status st, std::shared_ptr<PoolBlock> keep)
   job.copying = false;
   if (st.ok() && job.abandoned) st = cancelled("abandoned before the copy finished");
   if (st.ok()) {
-    Status pushed = push_request(lock, job.op, id, job.req_offset, job.req_length, {job.flags, job.lend_millicpus});
+    Status pushed = push_request(lock, job.op, id, job.req_offset, job.req_length, job.tags);
     if (pushed.ok()) {
       lock.unlock();
       requests_.fetch_add(1, std::memory_order_relaxed);
@@ -702,12 +691,13 @@ void ClientCore::drain_locked() {
     auto it = jobs_.find(c.job_id);
     bool valid = it != jobs_.end() && !it->second.done && c.status >= 0 && c.status <= kMaxStatusCode &&
                  (c.flags & ~(kCompWrittenRemote | kCompGpuResponse)) == 0 &&
-                 c.reserved[0] <= it->second.lend_millicpus;  // lent, at most what it asked to
+                 c.reserved[0] <= it->second.tags.lend_millicpus &&  // lent, at most what it asked to
+                 c.reserved[1] <= it->second.tags.lend_memory_bytes;
     // A GPU response: one reference in the server pool, and only for a
     // request that accepts one.
     if (valid && (c.flags & kCompGpuResponse) != 0) {
-      valid = c.status == 0 && static_cast<PayloadPool>(c.pool) == PayloadPool::kServer &&
-              c.length == sizeof(GpuRef) && (it->second.flags & kSubAcceptGpuResponse) != 0;
+      valid = c.status == 0 && static_cast<PayloadPool>(c.pool) == PayloadPool::kServer && c.length == sizeof(GpuRef) &&
+              (it->second.tags.flags & kSubAcceptGpuResponse) != 0;
     }
     if (valid) {
       switch (static_cast<PayloadPool>(c.pool)) {
@@ -765,6 +755,7 @@ Result<Reply> ClientCore::take_locked(std::unordered_map<uint64_t, Job>::iterato
   rb->length = c.length;
   rb->service_ns = c.service_ns;
   rb->lent_millicpus = static_cast<uint32_t>(c.reserved[0]);  // checked against the request in drain_locked
+  rb->lent_memory_bytes = c.reserved[1];
   if (pool == PayloadPool::kClient) rb->request = std::move(job.request);
   if ((c.flags & kCompGpuResponse) != 0) {
     // The block holds the reference; it is freed (and the server lets go of
@@ -1004,6 +995,7 @@ std::chrono::nanoseconds Reply::service_time() const noexcept {
 }
 
 uint32_t Reply::lent_millicpus() const noexcept { return block_ ? block_->lent_millicpus : 0; }
+uint64_t Reply::lent_memory_bytes() const noexcept { return block_ ? block_->lent_memory_bytes : 0; }
 
 Status Reply::copy_to(std::span<std::byte> dst, const CopyOptions& options) const {
   if (on_gpu()) {
@@ -1085,7 +1077,8 @@ Result<Buffer> Client::alloc(size_t bytes) {
 
 namespace {
 detail::ReqTags tags_of(const CallOptions& o, uint16_t flags = 0) {
-  return {static_cast<uint16_t>(flags | (o.gpu_response ? detail::kSubAcceptGpuResponse : 0)), o.policy.lend_millicpus};
+  return {static_cast<uint16_t>(flags | (o.gpu_response ? detail::kSubAcceptGpuResponse : 0)), o.policy.lend_millicpus,
+          o.policy.lend_memory_bytes};
 }
 
 // The op's id, once the options are valid.
@@ -1093,6 +1086,10 @@ Result<uint32_t> op_for(const detail::ClientCore& core, std::string_view op, con
   if (o.policy.lend_millicpus > kMaxLendMillicpus) {
     return invalid_argument("a call lends at most " + std::to_string(kMaxLendMillicpus) + " millicpus, not " +
                             std::to_string(o.policy.lend_millicpus));
+  }
+  if (o.policy.lend_memory_bytes > kMaxLendMemoryBytes) {
+    return invalid_argument("a call lends at most " + std::to_string(kMaxLendMemoryBytes) + " bytes of memory, not " +
+                            std::to_string(o.policy.lend_memory_bytes));
   }
   return core.op_id(op);
 }

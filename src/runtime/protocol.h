@@ -119,6 +119,8 @@ struct SubDesc {
   uint64_t job_id;
   uint64_t offset;
   uint64_t length;
+  // [0], [1]: kSubRemoteResponse's buffer; [2]: millicpus the caller lends
+  // (Policy::lend_millicpus); [3]: bytes of memory it lends.
   uint64_t reserved[4];
 };
 static_assert(sizeof(SubDesc) == 64);
@@ -140,6 +142,8 @@ struct CompDesc {
   uint64_t offset;  // pool offset of the payload
   uint64_t length;
   uint64_t service_ns;  // time the handler took, for statistics and policy
+  // [0]: millicpus the caller lent, [1]: bytes of memory; each at most what
+  // the request asked to lend.
   uint64_t reserved[3];
 };
 static_assert(sizeof(CompDesc) == 64);

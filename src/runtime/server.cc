@@ -52,7 +52,7 @@ struct ServerCounters {
   std::atomic<uint64_t> requests{0}, request_errors{0}, protocol_errors{0}, bytes_mapped{0};
   std::atomic<uint64_t> gpu_handles_opened{0}, gpu_responses_shared{0}, gpu_responses_copied{0};
   std::atomic<uint64_t> requests_helped{0};
-  std::atomic<uint64_t> lends{0}, lends_refused{0};
+  std::atomic<uint64_t> lends{0}, lends_refused{0}, memory_lent_bytes{0};
 };
 
 // Tags let one epoll set tell a session's socket from its eventfd.
@@ -404,9 +404,10 @@ class Server::Impl::Dispatcher {
   // client's end). Large copies run on the kernel engine's workers and this
   // thread at once; small ones, or all where the engine is absent, here.
   static Status remote_copy(pid_t pid, RemoteSide side, std::byte* dst, const std::byte* src, size_t n);
-  // Moves `millicpus` of the caller's CPU quota to the backend until the
-  // grant is given back (ServerOptions::lending); nothing where it cannot.
-  detail::Amplifier::Grant lend(detail::ServerSession& s, uint32_t millicpus);
+  // Moves `millicpus` of the caller's CPU quota and `memory_bytes` of its
+  // memory limit to the backend until the grant is given back
+  // (ServerOptions::lending); nothing of a resource where it cannot.
+  detail::Amplifier::Grant lend(detail::ServerSession& s, uint32_t millicpus, uint64_t memory_bytes);
 
   Impl* server_;
   std::vector<Handler> handlers_;  // this thread's instances, by op id
@@ -758,12 +759,14 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
     fail_request(s, d.job_id, invalid_argument("unknown request flags " + std::to_string(d.flags)));
     return;
   }
-  const uint64_t lend_hint = d.reserved[2];  // millicpus the caller lends for this request
-  if (lend_hint > kMaxLendMillicpus) {
+  const uint64_t lend_hint = d.reserved[2];         // millicpus the caller lends for this request
+  const uint64_t lend_memory_hint = d.reserved[3];  // and bytes of memory
+  if (lend_hint > kMaxLendMillicpus || lend_memory_hint > kMaxLendMemoryBytes) {
     server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
     fail_request(s, d.job_id,
-                 invalid_argument("a request lends at most " + std::to_string(kMaxLendMillicpus) + " millicpus, not " +
-                                  std::to_string(lend_hint)));
+                 invalid_argument("a request lends at most " + std::to_string(kMaxLendMillicpus) + " millicpus and " +
+                                  std::to_string(kMaxLendMemoryBytes) + " bytes, not " + std::to_string(lend_hint) +
+                                  " and " + std::to_string(lend_memory_hint)));
     return;
   }
   if ((remote_req || remote_resp) && !s.kernel_copy) {
@@ -842,9 +845,11 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   req.gpu_size_ = gpu.size;
   req.session_ = &s;
   // The loan lasts exactly as long as the handler (or until the caller dies).
-  const detail::Amplifier::Grant grant =
-      lend_hint != 0 ? lend(s, static_cast<uint32_t>(lend_hint)) : detail::Amplifier::Grant{};
+  const detail::Amplifier::Grant grant = lend_hint != 0 || lend_memory_hint != 0
+                                             ? lend(s, static_cast<uint32_t>(lend_hint), lend_memory_hint)
+                                             : detail::Amplifier::Grant{};
   req.lent_millicpus_ = grant.millicpus;
+  req.lent_memory_bytes_ = grant.memory_bytes;
   Response resp(&s, payload.size());
   auto t0 = detail::Clock::now();
   Status st;
@@ -875,6 +880,7 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   c.status = 0;
   c.service_ns = static_cast<uint64_t>(service_ns.count());
   c.reserved[0] = grant.millicpus;
+  c.reserved[1] = grant.memory_bytes;
   if (remote_resp) {
     // Push the response straight into the caller's buffer; the pool block,
     // if any, is freed with `resp`.
@@ -940,22 +946,23 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
   post(s, c);
 }
 
-detail::Amplifier::Grant Server::Impl::Dispatcher::lend(detail::ServerSession& s, uint32_t millicpus) {
+detail::Amplifier::Grant Server::Impl::Dispatcher::lend(detail::ServerSession& s, uint32_t millicpus,
+                                                        uint64_t memory_bytes) {
   if (!server_->amplifier) {  // the hint is ignored: the reply says nothing was lent
     server_->counters.lends_refused.fetch_add(1, std::memory_order_relaxed);
     return {};
   }
-  std::string why;  // filled only on a refusal
-  const detail::Amplifier::Grant grant = server_->amplifier->lend(s.lender, millicpus, s.pidfd, &why);
-  if (grant.id != 0) {
-    server_->counters.lends.fetch_add(1, std::memory_order_relaxed);
-    return grant;
-  }
-  server_->counters.lends_refused.fetch_add(1, std::memory_order_relaxed);
-  // An operator who turned lending on wants to know why it does not happen.
-  if (!s.lend_refusal_logged.exchange(true, std::memory_order_relaxed)) {
-    std::fprintf(stderr, "rocket: session %llu (tenant '%s', pid %d) lends no CPU: %s\n",
-                 static_cast<unsigned long long>(s.id), s.tenant.c_str(), static_cast<int>(s.cred.pid), why.c_str());
+  std::string why;  // filled where a resource is refused
+  const detail::Amplifier::Grant grant = server_->amplifier->lend(s.lender, millicpus, memory_bytes, s.pidfd, &why);
+  if (grant.id != 0) server_->counters.lends.fetch_add(1, std::memory_order_relaxed);
+  server_->counters.memory_lent_bytes.fetch_add(grant.memory_bytes, std::memory_order_relaxed);
+  if ((millicpus != 0 && grant.millicpus == 0) || (memory_bytes != 0 && grant.memory_bytes == 0)) {
+    server_->counters.lends_refused.fetch_add(1, std::memory_order_relaxed);
+    // An operator who turned lending on wants to know why it does not happen.
+    if (!s.lend_refusal_logged.exchange(true, std::memory_order_relaxed)) {
+      std::fprintf(stderr, "rocket: session %llu (tenant '%s', pid %d) cannot lend: %s\n",
+                   static_cast<unsigned long long>(s.id), s.tenant.c_str(), static_cast<int>(s.cred.pid), why.c_str());
+    }
   }
   return grant;
 }
@@ -1354,6 +1361,8 @@ ServerStats Server::stats() const {
   s.lends = m.counters.lends.load(std::memory_order_relaxed);
   s.lends_refused = m.counters.lends_refused.load(std::memory_order_relaxed);
   s.lends_returned_on_exit = m.amplifier ? m.amplifier->returned_on_exit() : 0;
+  s.memory_lent_bytes = m.counters.memory_lent_bytes.load(std::memory_order_relaxed);
+  s.memory_held_over_bytes = m.amplifier ? m.amplifier->memory_held_over() : 0;
   return s;
 }
 

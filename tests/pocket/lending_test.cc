@@ -19,29 +19,32 @@ namespace {
 
 using std::chrono::milliseconds;
 
-// A scratch cgroup tree for one test, under this process's own cpu cgroup:
-// rocket-test-PID-N/{backend,fe,fe2}, removed again at the end.
+// A scratch cgroup tree for one test, under this process's own cgroup of the
+// cpu (or memory) controller: rocket-test-PID-N/{backend,fe,fe2}, removed
+// again at the end.
 class CgroupSandbox {
  public:
-  CgroupSandbox() {
+  explicit CgroupSandbox(bool memory = false) {
     if (::geteuid() != 0) {
       why_not = "needs root to make cgroups";
       return;
     }
-    auto self = detail::cpu_cgroup_of(0);
+    const char* controller = memory ? "memory" : "cpu";
+    auto make = memory ? detail::make_memory_cgroup : detail::make_cpu_cgroup;
+    auto self = memory ? detail::memory_cgroup_of(0) : detail::cpu_cgroup_of(0);
     if (!self.ok()) {
-      why_not = "no cpu cgroup here: " + self.status().message();
+      why_not = std::string("no ") + controller + " cgroup here: " + self.status().message();
       return;
     }
     static std::atomic<int> n{0};
-    auto root = detail::make_cpu_cgroup(*self, "rocket-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+    auto root = make(*self, "rocket-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
     if (!root.ok()) {
       why_not = "cannot make a cgroup here: " + root.status().message();
       return;
     }
     made_.push_back(*root);
     for (const char* child : {"backend", "fe", "fe2"}) {
-      auto cg = detail::make_cpu_cgroup(*root, child);
+      auto cg = make(*root, child);
       if (!cg.ok()) {
         why_not = "cannot make a cgroup here: " + cg.status().message();
         return;
@@ -73,6 +76,18 @@ class CgroupSandbox {
   int64_t quota(const std::string& child) const {
     auto lim = detail::read_cpu_limit(children_.at(child));
     return lim.ok() ? lim->quota_us : -2;
+  }
+  // A memory sandbox's limits and usage, in bytes (-1: no limit; -2: unreadable).
+  bool set_memory(const std::string& child, int64_t bytes) {
+    return detail::write_memory_limit(children_.at(child), bytes).ok();
+  }
+  int64_t memory_limit(const std::string& child) const {
+    auto lim = detail::read_memory_limit(children_.at(child));
+    return lim.ok() ? *lim : -2;
+  }
+  int64_t memory_usage(const std::string& child) const {
+    auto u = detail::read_memory_usage(children_.at(child));
+    return u.ok() ? *u : -2;
   }
 
   std::string why_not;
@@ -371,6 +386,243 @@ TEST(Lending, AServerRefusesToStartWhereLendingCannotWork) {
     EXPECT_EQ(std::string(std::istreambuf_iterator<char>(f), {}), "precious data");
   }
   ::unlink(o.lending.journal_path.c_str());
+}
+
+// --- memory ----------------------------------------------------------------------
+
+constexpr int64_t kMiB = int64_t{1} << 20;
+
+// A handler that records, from inside the call, both memory limits and the loan.
+struct MemoryObserver {
+  std::atomic<int64_t> backend{0}, fe{0};
+  std::atomic<uint64_t> lent{0};
+  Handler handler(const CgroupSandbox& mem) {
+    return [this, &mem](const Request& req, Response&) {
+      backend = mem.memory_limit("backend");
+      fe = mem.memory_limit("fe");
+      lent = req.lent_memory_bytes();
+      return ok_status();
+    };
+  }
+};
+
+// A server lending both: CPU into `cpu`'s backend, memory into `mem`'s.
+ServerOptions memory_lending_server(const CgroupSandbox& cpu, const CgroupSandbox& mem, int64_t reserve = 16 * kMiB) {
+  ServerOptions o = lending_server(cpu);
+  o.lending.memory = {.enabled = true, .backend_cgroup = mem.dir("backend"), .reserve_bytes = uint64_t(reserve)};
+  return o;
+}
+
+// One call from a frontend in memory cgroup `child` lending `bytes`: its line.
+std::string lend_memory_once(const std::string& sock, const CgroupSandbox& mem, const std::string& child, int64_t bytes,
+                             const char* op = "observe", uint32_t arg = 0) {
+  Peer p({"lend-memory", sock, mem.dir(child), std::to_string(bytes), op, std::to_string(arg)});
+  const std::string ready = p.read_line();
+  return ready == "ready" ? p.read_line() : "peer said '" + ready + "'";
+}
+
+std::string lent_memory(int64_t bytes) { return "lent-memory " + std::to_string(bytes); }
+
+TEST(MemoryLending, ACallMovesMemoryLimitForItsDurationOnly) {
+  CgroupSandbox cpu, mem(true);
+  SKIP_WITHOUT_CGROUPS(cpu);
+  SKIP_WITHOUT_CGROUPS(mem);
+  ASSERT_TRUE(cpu.set("backend", 50000));
+  ASSERT_TRUE(mem.set_memory("backend", 256 * kMiB));
+  ASSERT_TRUE(mem.set_memory("fe", 1024 * kMiB));
+  Server server(memory_lending_server(cpu, mem));
+  MemoryObserver seen;
+  ASSERT_TRUE(server.handle("observe", seen.handler(mem)).ok());
+  Status st = server.start();
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  EXPECT_EQ(lend_memory_once(server.options().socket_path, mem, "fe", 128 * kMiB), lent_memory(128 * kMiB));
+  // During the call the backend had what the caller gave up.
+  EXPECT_EQ(seen.fe.load(), 896 * kMiB);
+  EXPECT_EQ(seen.backend.load(), 384 * kMiB);
+  EXPECT_EQ(seen.lent.load(), uint64_t(128 * kMiB));
+  // After it, both as they were.
+  EXPECT_EQ(mem.memory_limit("fe"), 1024 * kMiB);
+  EXPECT_EQ(mem.memory_limit("backend"), 256 * kMiB);
+  EXPECT_EQ(server.stats().lends, 1u);
+  EXPECT_EQ(server.stats().memory_lent_bytes, uint64_t(128 * kMiB));
+  EXPECT_EQ(server.stats().memory_held_over_bytes, 0u);
+}
+
+TEST(MemoryLending, OnlyHeadroomAboveUsageAndReserveIsLent) {
+  CgroupSandbox cpu, mem(true);
+  SKIP_WITHOUT_CGROUPS(cpu);
+  SKIP_WITHOUT_CGROUPS(mem);
+  ASSERT_TRUE(cpu.set("backend", 50000));
+  ASSERT_TRUE(mem.set_memory("backend", 256 * kMiB));
+  MemoryObserver seen;
+  // A server keeping `reserve` for lenders and lending at most `max` a call.
+  auto serve = [&](int64_t reserve, int64_t max) {
+    ServerOptions o = memory_lending_server(cpu, mem, reserve);
+    o.lending.memory.max_lend_bytes = uint64_t(max);
+    auto s = std::make_unique<Server>(o);
+    EXPECT_TRUE(s->handle("observe", seen.handler(mem)).ok());
+    EXPECT_TRUE(s->start().ok());
+    return s;
+  };
+  {
+    // Asked for a GiB: lent what lies above the caller's usage and the 64 MiB
+    // reserve, in whole pages, and the caller's limit came down by just that.
+    ASSERT_TRUE(mem.set_memory("fe", 200 * kMiB));
+    auto server = serve(64 * kMiB, 1024 * kMiB);
+    const std::string sock = server->options().socket_path;
+    const std::string line = lend_memory_once(sock, mem, "fe", 1024 * kMiB);
+    ASSERT_EQ(line.rfind("lent-memory ", 0), 0u) << line;
+    const int64_t lent = std::stoll(line.substr(12));
+    EXPECT_GT(lent, 0);
+    EXPECT_LE(lent, 136 * kMiB);
+    EXPECT_EQ(lent % 4096, 0);
+    EXPECT_EQ(seen.fe.load(), 200 * kMiB - lent);
+    EXPECT_EQ(seen.backend.load(), 256 * kMiB + lent);
+    // No limit: nothing bounded to lend, and the call runs.
+    ASSERT_TRUE(mem.set_memory("fe", -1));
+    EXPECT_EQ(lend_memory_once(sock, mem, "fe", 16 * kMiB), lent_memory(0));
+    EXPECT_EQ(seen.backend.load(), 256 * kMiB);
+    EXPECT_EQ(server->stats().lends_refused, 1u);
+  }
+  {
+    // A reserve above the whole limit: no headroom at all.
+    ASSERT_TRUE(mem.set_memory("fe", 512 * kMiB));
+    auto server = serve(512 * kMiB, 1024 * kMiB);
+    EXPECT_EQ(lend_memory_once(server->options().socket_path, mem, "fe", 16 * kMiB), lent_memory(0));
+    EXPECT_EQ(seen.fe.load(), 512 * kMiB);
+    EXPECT_EQ(seen.backend.load(), 256 * kMiB);
+  }
+  {
+    // The server's cap.
+    ASSERT_TRUE(mem.set_memory("fe", 1024 * kMiB));
+    auto server = serve(16 * kMiB, 32 * kMiB);
+    EXPECT_EQ(lend_memory_once(server->options().socket_path, mem, "fe", 512 * kMiB), lent_memory(32 * kMiB));
+    EXPECT_EQ(seen.backend.load(), 288 * kMiB);
+  }
+  EXPECT_EQ(mem.memory_limit("fe"), 1024 * kMiB);
+  EXPECT_EQ(mem.memory_limit("backend"), 256 * kMiB);
+}
+
+TEST(MemoryLending, ACallerThatDiesMidCallGetsItsMemoryBackAtOnce) {
+  CgroupSandbox cpu, mem(true);
+  SKIP_WITHOUT_CGROUPS(cpu);
+  SKIP_WITHOUT_CGROUPS(mem);
+  ASSERT_TRUE(cpu.set("backend", 50000));
+  ASSERT_TRUE(mem.set_memory("backend", 256 * kMiB));
+  ASSERT_TRUE(mem.set_memory("fe", 1024 * kMiB));
+  Server server(memory_lending_server(cpu, mem));
+  Parking park;
+  ASSERT_TRUE(server.handle("park", park.handler()).ok());
+  ASSERT_TRUE(server.start().ok());
+  {
+    Peer peer({"lend-memory", server.options().socket_path, mem.dir("fe"), std::to_string(128 * kMiB), "park", "0"});
+    ASSERT_EQ(peer.read_line(), "ready");
+    ASSERT_TRUE(eventually([&] { return park.inside.load() == 1; }));
+    EXPECT_EQ(mem.memory_limit("fe"), 896 * kMiB);
+    EXPECT_EQ(mem.memory_limit("backend"), 384 * kMiB);
+    peer.kill(SIGKILL);
+  }
+  EXPECT_TRUE(
+      eventually([&] { return mem.memory_limit("fe") == 1024 * kMiB && mem.memory_limit("backend") == 256 * kMiB; }));
+  EXPECT_EQ(server.stats().lends_returned_on_exit, 1u);
+  park.release_all = true;
+  ASSERT_TRUE(eventually([&] { return park.inside.load() == 0; }));
+  EXPECT_EQ(mem.memory_limit("fe"), 1024 * kMiB);
+  EXPECT_EQ(mem.memory_limit("backend"), 256 * kMiB);
+}
+
+// The backend uses what it was lent and keeps using it after the call: the
+// caller is paid back at once, the backend keeps its larger limit (a smaller
+// one would make the kernel kill or stall it) until it lets go, and not longer.
+TEST(MemoryLending, ABackendStillUsingTheLoanKeepsItUntilItLetsGo) {
+  CgroupSandbox cpu, mem(true);
+  SKIP_WITHOUT_CGROUPS(cpu);
+  SKIP_WITHOUT_CGROUPS(mem);
+  ASSERT_TRUE(cpu.set("backend", 100000));
+  ASSERT_TRUE(mem.set_memory("backend", 1024 * kMiB));
+  ASSERT_TRUE(mem.set_memory("fe", 1024 * kMiB));
+  const std::string sock = unique_socket_path("lendmem");
+  const std::string journal = unique_socket_path("memjournal");
+  Peer srv({"serve-lend-memory", sock, cpu.dir("backend"), mem.dir("backend"), std::to_string(16 * kMiB), journal});
+  ASSERT_EQ(srv.read_line(), "ready");
+  // The backend's own limit: what it uses now and 64 MiB more.
+  const int64_t base = (mem.memory_usage("backend") + 64 * kMiB) / 4096 * 4096;
+  ASSERT_TRUE(mem.set_memory("backend", base));
+  // It maps 128 MiB during a call that lent it 256 MiB, and keeps them.
+  EXPECT_EQ(lend_memory_once(sock, mem, "fe", 256 * kMiB, "hog", 128), lent_memory(256 * kMiB));
+  EXPECT_EQ(mem.memory_limit("fe"), 1024 * kMiB);
+  const bool swap = [] {
+    std::ifstream f("/proc/swaps");
+    std::string header, entry;
+    std::getline(f, header);
+    return static_cast<bool>(std::getline(f, entry));
+  }();
+  if (!swap) {  // with swap the kernel may page the hog out and shrink it at once
+    EXPECT_GT(mem.memory_limit("backend"), base);
+    EXPECT_GE(mem.memory_limit("backend"), mem.memory_usage("backend"));
+    const std::string held = lend_memory_once(sock, mem, "fe", 0, "held");
+    ASSERT_EQ(held.rfind("lent-memory 0 value ", 0), 0u) << held;
+    EXPECT_GT(std::stoll(held.substr(20)), 0);
+  }
+  // Once it lets go, its limit comes down to its own.
+  EXPECT_EQ(lend_memory_once(sock, mem, "fe", 0, "free"), lent_memory(0));
+  EXPECT_TRUE(eventually([&] { return mem.memory_limit("backend") == base; }))
+      << mem.memory_limit("backend") << " against " << base;
+  EXPECT_EQ(lend_memory_once(sock, mem, "fe", 0, "held"), lent_memory(0) + " value 0");
+  srv.kill(SIGKILL);
+  ::unlink(sock.c_str());
+  ::unlink(journal.c_str());
+}
+
+TEST(MemoryLending, AServerRestartedAfterACrashPutsBackTheMemoryLimits) {
+  CgroupSandbox cpu, mem(true);
+  SKIP_WITHOUT_CGROUPS(cpu);
+  SKIP_WITHOUT_CGROUPS(mem);
+  ASSERT_TRUE(cpu.set("backend", 50000));
+  ASSERT_TRUE(mem.set_memory("backend", 512 * kMiB));
+  ASSERT_TRUE(mem.set_memory("fe", 1024 * kMiB));
+  const std::string journal = unique_socket_path("memjournal");
+  const std::string sock = unique_socket_path("lendmemsrv");
+  {
+    Peer srv({"serve-lend-memory", sock, cpu.dir("backend"), mem.dir("backend"), std::to_string(16 * kMiB), journal});
+    ASSERT_EQ(srv.read_line(), "ready");
+    Peer caller({"lend-memory", sock, mem.dir("fe"), std::to_string(128 * kMiB), "sleep", "20000"});
+    ASSERT_EQ(caller.read_line(), "ready");
+    ASSERT_TRUE(eventually([&] { return mem.memory_limit("fe") == 896 * kMiB; }));
+    srv.kill(SIGKILL);  // mid-call: nobody is left to put the loan back
+    caller.kill(SIGKILL);
+    EXPECT_EQ(mem.memory_limit("fe"), 896 * kMiB);
+    EXPECT_EQ(mem.memory_limit("backend"), 640 * kMiB);
+  }
+  ::unlink(sock.c_str());
+  ServerOptions o = memory_lending_server(cpu, mem);
+  o.lending.journal_path = journal;
+  {
+    Server again(o);
+    Status st = again.start();
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    EXPECT_EQ(mem.memory_limit("fe"), 1024 * kMiB);
+    EXPECT_EQ(mem.memory_limit("backend"), 512 * kMiB);
+  }
+  ::unlink(journal.c_str());
+}
+
+TEST(MemoryLending, AServerRefusesToStartWithoutABackendMemoryLimit) {
+  CgroupSandbox cpu, mem(true);
+  SKIP_WITHOUT_CGROUPS(cpu);
+  SKIP_WITHOUT_CGROUPS(mem);
+  ASSERT_TRUE(cpu.set("backend", 50000));
+  ASSERT_TRUE(mem.set_memory("backend", -1));
+  {
+    Server s(memory_lending_server(cpu, mem));
+    Status st = s.start();
+    EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition);
+    EXPECT_NE(st.message().find("no memory limit"), std::string::npos) << st.to_string();
+  }
+  ServerOptions o = memory_lending_server(cpu, mem);
+  o.lending.memory.backend_cgroup = cpu.dir("backend") + "/nope";
+  Server s(o);
+  EXPECT_EQ(s.start().code(), StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

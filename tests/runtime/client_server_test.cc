@@ -70,10 +70,11 @@ TEST(ClientServer, HandlerErrorsTravelAsStatuses) {
 TEST(ClientServer, ALoanIsAHintAServerWithoutLendingIgnores) {
   TestServer srv;
   Client c = srv.connect();
-  const CallOptions lend{.policy = {.lend_millicpus = 500}};
+  const CallOptions lend{.policy = {.lend_millicpus = 500, .lend_memory_bytes = 1 << 20}};
   auto r = c.call("echo_copy", bytes_of("work"), lend);
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_EQ(r->lent_millicpus(), 0u);
+  EXPECT_EQ(r->lent_memory_bytes(), 0u);
   auto f = c.call_async("echo_copy", bytes_of("more"), lend).get();
   ASSERT_TRUE(f.ok()) << f.status().to_string();
   EXPECT_EQ(f->lent_millicpus(), 0u);
@@ -85,6 +86,8 @@ TEST(ClientServer, ALoanIsAHintAServerWithoutLendingIgnores) {
   EXPECT_EQ(
       c.call_async("echo", bytes_of("x"), {.policy = {.lend_millicpus = kMaxLendMillicpus + 1}}).get().status().code(),
       StatusCode::kInvalidArgument);
+  auto too_much = c.call("echo", bytes_of("x"), {.policy = {.lend_memory_bytes = kMaxLendMemoryBytes + 1}});
+  EXPECT_EQ(too_much.status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(ClientServer, StatsOpReportsTheServersCounters) {

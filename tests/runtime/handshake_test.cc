@@ -243,6 +243,7 @@ TEST(HostileServer, ForgedCompletionsFailTheSessionCleanly) {
          c.length = 100;
        }},
       {"CPU lent that the call did not offer", [](detail::CompDesc& c) { c.reserved[0] = 1; }},
+      {"memory lent that the call did not offer", [](detail::CompDesc& c) { c.reserved[1] = 4096; }},
   };
   for (const auto& f : forgeries) {
     ScriptedServer srv;

@@ -72,14 +72,23 @@ TEST_F(Hostile, LoansBeyondTheLimitFailThatRequest) {
     std::string msg(reinterpret_cast<const char*>(raw_->spool.data() + c.offset), c.length);
     EXPECT_NE(msg.find("lends at most"), std::string::npos) << msg;
   }
+  for (uint64_t bytes : {kMaxLendMemoryBytes + 1, UINT64_MAX}) {
+    auto d = raw_request(echo, bytes & 0xffff, 0, 3);
+    d.reserved[3] = bytes;
+    auto c = expect_error(d, StatusCode::kInvalidArgument);
+    std::string msg(reinterpret_cast<const char*>(raw_->spool.data() + c.offset), c.length);
+    EXPECT_NE(msg.find("lends at most"), std::string::npos) << msg;
+  }
   // Within the limit, a server that does not lend runs the request and says it lent nothing.
   auto d = raw_request(echo, 7, 0, 3);
   d.reserved[2] = kMaxLendMillicpus;
+  d.reserved[3] = kMaxLendMemoryBytes;
   raw_->push(d);
   detail::CompDesc c{};
   ASSERT_TRUE(raw_->pop(&c));
   EXPECT_EQ(c.status, 0);
   EXPECT_EQ(c.reserved[0], 0u);
+  EXPECT_EQ(c.reserved[1], 0u);
   expect_bystander_ok();
 }
 

@@ -26,7 +26,19 @@
 //                                             joins cgroup directory CGROUP, connects,
 //                                             prints "ready", calls OP with the u32 MS
 //                                             lending MILLICPUS, then prints "lent N"
+//   rocket_test_peer serve-lend-memory SOCKET CPU_CGROUP MEM_CGROUP RESERVE JOURNAL
+//                                             joins memory cgroup MEM_CGROUP and serves
+//                                             "sleep", "hog" (u32 MiB mapped and kept),
+//                                             "free" (all of it) and "held" (u64: the
+//                                             memory held over), taking CPU and memory
+//                                             loans with RESERVE bytes kept by lenders
+//   rocket_test_peer lend-memory SOCKET MEM_CGROUP BYTES OP ARG
+//                                             joins memory cgroup MEM_CGROUP, connects,
+//                                             prints "ready", calls OP with the u32 ARG
+//                                             lending BYTES, then prints "lent-memory N"
+//                                             (and " value V" for a u64 reply)
 #include <grp.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -175,6 +187,98 @@ static int serve_lend(const char* path, const char* cgroup, const char* journal)
   for (;;) ::pause();
 }
 
+// A backend in a memory cgroup of its own whose callers lend it memory: what
+// "hog" maps stays (and so stays charged to the backend) until "free".
+static int serve_lend_memory(const char* path, const char* cpu_cgroup, const std::string& memory_cgroup,
+                             uint64_t reserve, const char* journal) {
+  auto cg = detail::memory_cgroup_at(memory_cgroup);
+  Status joined = cg.ok() ? detail::join_cgroup(*cg) : cg.status();
+  if (!joined.ok()) {
+    std::fprintf(stderr, "peer: cannot join %s: %s\n", memory_cgroup.c_str(), joined.to_string().c_str());
+    return 2;
+  }
+  ServerOptions o{.socket_path = path};
+  o.lending = {.enabled = true, .backend_cgroup = cpu_cgroup, .journal_path = journal};
+  o.lending.memory = {.enabled = true, .backend_cgroup = memory_cgroup, .reserve_bytes = reserve};
+  Server server(o);
+  std::mutex mu;
+  std::vector<std::pair<void*, size_t>> hogs;
+  auto u32_of = [](const Request& req) {
+    uint32_t v = 0;
+    if (req.data().size() >= 4) std::memcpy(&v, req.data().data(), 4);
+    return v;
+  };
+  Status s = server.handle("sleep", [&](const Request& req, Response&) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(u32_of(req)));
+    return ok_status();
+  });
+  if (s.ok()) {
+    s = server.handle("hog", [&](const Request& req, Response&) {
+      const size_t bytes = size_t{u32_of(req)} << 20;
+      // Populated by the kernel, so charged now, and never touched here: a
+      // sanitizer's shadow of it would be charged too, several times over.
+      void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+      if (p == MAP_FAILED) return resource_exhausted("hog: mmap");
+      std::lock_guard<std::mutex> lock(mu);
+      hogs.emplace_back(p, bytes);
+      return ok_status();
+    });
+  }
+  if (s.ok()) {
+    s = server.handle("free", [&](const Request&, Response&) {
+      std::lock_guard<std::mutex> lock(mu);
+      for (auto [p, n] : hogs) ::munmap(p, n);
+      hogs.clear();
+      return ok_status();
+    });
+  }
+  if (s.ok()) {
+    s = server.handle("held", [&](const Request&, Response& resp) {
+      const uint64_t held = server.stats().memory_held_over_bytes;
+      return resp.write(std::as_bytes(std::span{&held, 1}));
+    });
+  }
+  if (!s.ok()) return 2;
+  if (s = server.start(); !s.ok()) {
+    std::fprintf(stderr, "peer: %s\n", s.to_string().c_str());
+    return 2;
+  }
+  std::printf("ready\n");
+  std::fflush(stdout);
+  for (;;) ::pause();
+}
+
+// A frontend in its own memory cgroup that lends the backend memory for one call.
+static int lend_memory(const char* path, const std::string& cgroup, uint64_t bytes, const char* op, uint32_t arg) {
+  auto cg = detail::memory_cgroup_at(cgroup);
+  Status joined = cg.ok() ? detail::join_cgroup(*cg) : cg.status();
+  if (!joined.ok()) {
+    std::fprintf(stderr, "peer: cannot join %s: %s\n", cgroup.c_str(), joined.to_string().c_str());
+    return 2;
+  }
+  auto c = Client::connect(path, {.tenant = "lender", .client_pool_bytes = 1 << 20, .server_pool_bytes = 1 << 20});
+  if (!c.ok()) {
+    std::fprintf(stderr, "peer: %s\n", c.status().to_string().c_str());
+    return 1;
+  }
+  std::printf("ready\n");
+  std::fflush(stdout);
+  auto r = c->call(op, std::as_bytes(std::span<const uint32_t>(&arg, 1)), {.policy = {.lend_memory_bytes = bytes}});
+  if (r.ok()) {
+    std::printf("lent-memory %llu", static_cast<unsigned long long>(r->lent_memory_bytes()));
+    if (r->size() == 8) {
+      uint64_t v = 0;
+      std::memcpy(&v, r->data().data(), 8);
+      std::printf(" value %llu", static_cast<unsigned long long>(v));
+    }
+    std::printf("\n");
+  } else {
+    std::printf("error %s\n", r.status().to_string().c_str());
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
 // A frontend in its own cgroup that lends the backend CPU for one call.
 static int lend(const char* path, const std::string& cgroup, uint32_t millicpus, const char* op, uint32_t ms) {
   auto cg = detail::cpu_cgroup_at(cgroup);
@@ -230,6 +334,12 @@ int main(int argc, char** argv) {
   if (mode == "lend" && argc == 7) {
     return lend(argv[2], argv[3], static_cast<uint32_t>(std::stoul(argv[4])), argv[5],
                 static_cast<uint32_t>(std::stoul(argv[6])));
+  }
+  if (mode == "serve-lend-memory" && argc == 7) {
+    return serve_lend_memory(argv[2], argv[3], argv[4], std::stoull(argv[5]), argv[6]);
+  }
+  if (mode == "lend-memory" && argc == 7) {
+    return lend_memory(argv[2], argv[3], std::stoull(argv[4]), argv[5], static_cast<uint32_t>(std::stoul(argv[6])));
   }
   if (mode == "gpu-alloc") return gpu_alloc(std::stoull(argv[2]));
   if (mode == "serve") return serve(argv[2]);

@@ -117,6 +117,8 @@ class Reply {
   // CPU this call lent the backend while it worked (Policy::lend_millicpus),
   // in thousandths of a CPU: 0 where the server does not lend or could not.
   uint32_t lent_millicpus() const noexcept;
+  // Memory likewise (Policy::lend_memory_bytes), in bytes.
+  uint64_t lent_memory_bytes() const noexcept;
   // Copies the payload into `dst` (which must hold size() bytes) with a mover;
   // a GPU response on the GPU's copy engines.
   Status copy_to(std::span<std::byte> dst, const CopyOptions& options = {}) const;

@@ -18,6 +18,10 @@ struct Policy {
   // lend, or cannot, runs the request all the same; Reply::lent_millicpus()
   // says what was lent. At most kMaxLendMillicpus.
   uint32_t lend_millicpus = 0;
+  // Memory likewise, in bytes, from this process's memory cgroup limit: only
+  // headroom it does not use is lent (LendingOptions::memory).
+  // Reply::lent_memory_bytes() says what was. At most kMaxLendMemoryBytes.
+  uint64_t lend_memory_bytes = 0;
 };
 
 struct CallOptions {

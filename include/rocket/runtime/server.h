@@ -70,6 +70,8 @@ class Request {
   // CPU the caller lent the backend for this request (ServerOptions::lending),
   // in thousandths of a CPU; 0 if it lent none.
   uint32_t lent_millicpus() const noexcept { return lent_millicpus_; }
+  // Memory likewise (LendingOptions::memory), in bytes.
+  uint64_t lent_memory_bytes() const noexcept { return lent_memory_bytes_; }
   // A GPU payload (Client::call_gpu): the client's device memory, opened in
   // this process through CUDA IPC (once per session, then cached); data() is
   // empty then. The pointer is valid during the handler only; the handler
@@ -96,6 +98,7 @@ class Request {
   uint64_t job_id_ = 0;
   uint64_t session_id_ = 0;
   uint32_t lent_millicpus_ = 0;
+  uint64_t lent_memory_bytes_ = 0;
 };
 
 // The response under construction. Exactly one of: alloc() (write the output
@@ -213,9 +216,12 @@ struct ServerStats {
   uint64_t gpu_responses_shared = 0;  // GPU responses handed over by reference
   uint64_t gpu_responses_copied = 0;  // GPU responses copied into the pool for callers that did not accept them
   uint64_t requests_helped = 0;       // requests run by a dispatcher other than their session's (OpOptions::concurrent)
-  uint64_t lends = 0;                 // requests that lent the backend CPU (ServerOptions::lending)
-  uint64_t lends_refused = 0;         // requests that asked to lend and lent nothing (why: on stderr, once a session)
+  uint64_t lends = 0;                 // requests that lent the backend CPU or memory (ServerOptions::lending)
+  uint64_t lends_refused =
+      0;  // requests that asked to lend a resource and lent none of it (why: on stderr, once a session)
   uint64_t lends_returned_on_exit = 0;  // loans put back because the caller died before its request ended
+  uint64_t memory_lent_bytes = 0;       // memory lent over all requests
+  uint64_t memory_held_over_bytes = 0;  // now: memory the backend keeps after its loans ended, still using it
 };
 
 class Server {
