@@ -178,8 +178,9 @@ class Sandbox {
   Status make() {
     if (::geteuid() != 0) return permission_denied("it makes cgroups, which needs root");
     ROCKET_ASSIGN_OR_RETURN(detail::CpuCgroup self, detail::cpu_cgroup_of(0));
-    ROCKET_ASSIGN_OR_RETURN(detail::CpuCgroup root,
-                            detail::make_cpu_cgroup(self, "rocket-bench-lend-" + std::to_string(::getpid())));
+    ROCKET_ASSIGN_OR_RETURN(
+        detail::CpuCgroup root,
+        detail::make_cpu_cgroup(detail::scratch_parent(self), "rocket-bench-lend-" + std::to_string(::getpid())));
     made_.push_back(root);
     ROCKET_ASSIGN_OR_RETURN(backend, detail::make_cpu_cgroup(root, "backend"));
     made_.push_back(backend);
@@ -195,8 +196,9 @@ class Sandbox {
  private:
   Status make_memory() {
     ROCKET_ASSIGN_OR_RETURN(detail::MemoryCgroup self, detail::memory_cgroup_of(0));
-    ROCKET_ASSIGN_OR_RETURN(detail::MemoryCgroup root,
-                            detail::make_memory_cgroup(self, "rocket-bench-lend-" + std::to_string(::getpid())));
+    ROCKET_ASSIGN_OR_RETURN(
+        detail::MemoryCgroup root,
+        detail::make_memory_cgroup(detail::scratch_parent(self), "rocket-bench-lend-" + std::to_string(::getpid())));
     made_.push_back(root);
     ROCKET_ASSIGN_OR_RETURN(detail::MemoryCgroup b, detail::make_memory_cgroup(root, "backend"));
     made_.push_back(b);

@@ -429,6 +429,15 @@ Result<MemoryCgroup> make_memory_cgroup(const MemoryCgroup& parent, const std::s
   return make_cgroup(parent, name, "memory");
 }
 
+Cgroup scratch_parent(const Cgroup& own) {
+  if (!own.v2 || own.path == "/") return own;
+  Cgroup parent = own;
+  parent.dir.erase(parent.dir.rfind('/'));
+  parent.path.erase(parent.path.rfind('/'));
+  if (parent.path.empty()) parent.path = "/";
+  return parent;
+}
+
 Status remove_cgroup(const CpuCgroup& cg, int wait_ms) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
   for (;;) {

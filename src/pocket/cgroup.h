@@ -152,6 +152,10 @@ class MemoryFiles {
 // enables it for the new cgroup's own children too). For tools and tests
 // that build a scratch tree; an existing directory is an error.
 [[nodiscard]] Result<CpuCgroup> make_cpu_cgroup(const CpuCgroup& parent, const std::string& name);
+// Where a process in cgroup `own` can make a scratch tree with controllers:
+// `own` itself on v1; on v2, which lets no cgroup with members hand
+// controllers to children, its parent (beside `own`).
+[[nodiscard]] Cgroup scratch_parent(const Cgroup& own);
 // Removes an empty cgroup, waiting up to `wait_ms` for exited members to
 // leave it (the kernel lets go of a reaped process a moment later).
 [[nodiscard]] Status remove_cgroup(const CpuCgroup& cg, int wait_ms = 2000);

@@ -1281,6 +1281,9 @@ Status Server::start() {
     dispatchers.push_back(std::move(d));
   }
   std::unique_ptr<detail::Amplifier> amplifier;
+  if (m.opts.lending.memory.enabled && !m.opts.lending.enabled) {
+    return invalid_argument("lending.memory.enabled needs lending.enabled (memory is lent beside the CPU)");
+  }
   if (m.opts.lending.enabled) {
     ROCKET_ASSIGN_OR_RETURN(amplifier, detail::Amplifier::create(m.opts.lending));
   }

@@ -29,6 +29,33 @@ TEST(CgroupPath, NamedHierarchiesAreNotTheCpuController) {
   EXPECT_EQ(p.status().code(), StatusCode::kNotFound);
 }
 
+TEST(CgroupPath, TheMemoryControllerHasItsOwnV1Hierarchy) {
+  const char* text = "4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
+  auto mem = parse_cgroup_path(text, "memory");
+  ASSERT_TRUE(mem.ok()) << mem.status().to_string();
+  EXPECT_EQ(mem->first, "/process_api/abc");
+  EXPECT_FALSE(mem->second);
+  auto cpu = parse_cgroup_path(text, "cpu");
+  ASSERT_TRUE(cpu.ok());
+  EXPECT_EQ(cpu->first, "/");
+  const char* mountinfo =
+      "31 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+      "33 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+  auto dir = cgroup_dir_in(mountinfo, "/process_api/abc", false, "memory");
+  ASSERT_TRUE(dir.ok()) << dir.status().to_string();
+  EXPECT_EQ(*dir, "/sys/fs/cgroup/memory/process_api/abc");
+}
+
+TEST(CgroupPath, AScratchTreeGoesBesideItsOwnCgroupOnV2Only) {
+  // v2 lets no cgroup with members give its children controllers.
+  const Cgroup v2{"/sys/fs/cgroup/a/b", "/a/b", true};
+  EXPECT_EQ(scratch_parent(v2), (Cgroup{"/sys/fs/cgroup/a", "/a", true}));
+  EXPECT_EQ(scratch_parent(Cgroup{"/sys/fs/cgroup/a", "/a", true}), (Cgroup{"/sys/fs/cgroup", "/", true}));
+  EXPECT_EQ(scratch_parent(Cgroup{"/sys/fs/cgroup", "/", true}), (Cgroup{"/sys/fs/cgroup", "/", true}));
+  const Cgroup v1{"/sys/fs/cgroup/cpu/a/b", "/a/b", false};
+  EXPECT_EQ(scratch_parent(v1), v1);
+}
+
 TEST(CgroupPath, MalformedTextIsAnError) {
   EXPECT_EQ(parse_cpu_cgroup_path("garbage").status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(parse_cpu_cgroup_path("1:cpu:relative\n").status().code(), StatusCode::kInvalidArgument);

@@ -37,7 +37,8 @@ class CgroupSandbox {
       return;
     }
     static std::atomic<int> n{0};
-    auto root = make(*self, "rocket-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+    auto root =
+        make(detail::scratch_parent(*self), "rocket-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
     if (!root.ok()) {
       why_not = "cannot make a cgroup here: " + root.status().message();
       return;
@@ -621,8 +622,14 @@ TEST(MemoryLending, AServerRefusesToStartWithoutABackendMemoryLimit) {
   }
   ServerOptions o = memory_lending_server(cpu, mem);
   o.lending.memory.backend_cgroup = cpu.dir("backend") + "/nope";
+  {
+    Server s(o);
+    EXPECT_EQ(s.start().code(), StatusCode::kFailedPrecondition);
+  }
+  o = memory_lending_server(cpu, mem);
+  o.lending.enabled = false;  // memory alone
   Server s(o);
-  EXPECT_EQ(s.start().code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.start().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace
