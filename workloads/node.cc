@@ -3,8 +3,9 @@
 // xgboost (about 0.5 s per start).
 //
 //   rocket-workloads list [--json]
-//   rocket-workloads backend --socket S --workloads a,b [--scale F] [--serial-ops] [--lend]
+//   rocket-workloads backend --socket S --workloads a,b [--scale F] [--serial-ops] [--lend [--lend-memory]]
 //   rocket-workloads frontend --socket S --workload W --config C [--requests N] [--lend MILLICPUS]
+//                             [--lend-memory-mib N]
 //
 // backend prints one JSON line once it serves ({"ready": ..., "startup_ms":
 // {...}}); a frontend prints "ready" once connected and warmed up, waits for
@@ -82,6 +83,7 @@ struct BackendArgs {
   size_t max_pool_mib = 4096;
   bool serial_ops = false;
   bool lend = false;  // take CPU loans from callers into this process's cgroup
+  bool lend_memory = false;  // and memory loans into its memory cgroup
 };
 
 int backend(const BackendArgs& a) {
@@ -90,6 +92,7 @@ int backend(const BackendArgs& a) {
   o.dispatchers = a.dispatchers;
   o.max_pool_bytes = a.max_pool_mib << 20;
   o.lending.enabled = a.lend;
+  o.lending.memory.enabled = a.lend_memory;
   Server server(o);
   json startup = json::object();
   std::vector<std::unique_ptr<Model>> models;
@@ -159,6 +162,7 @@ struct FrontendArgs {
   int warmup = 1;
   int id = 0;
   uint32_t lend = 0;  // millicpus each call lends the backend
+  uint64_t lend_memory_mib = 0;  // and MiB of memory
 };
 
 // One frontend's measurements.
@@ -185,7 +189,10 @@ Status run_frontend(const FrontendArgs& a) {
   if (cfg.mover == MoverKind::kKernel && !c.kernel_copy()) {
     return failed_precondition("the server refused the kernel copy path (ptrace not permitted here)");
   }
-  const CallOptions call{.policy = {.mover = cfg.mover, .cache = cfg.cache, .lend_millicpus = a.lend},
+  const CallOptions call{.policy = {.mover = cfg.mover,
+                                    .cache = cfg.cache,
+                                    .lend_millicpus = a.lend,
+                                    .lend_memory_bytes = a.lend_memory_mib << 20},
                          .timeout = std::chrono::milliseconds(0)};
   const CopyOptions copy{.mover = cfg.mover, .cache = cfg.cache};
   const std::string op = a.workload;
@@ -358,6 +365,7 @@ int main(int argc, char** argv) {
   be->add_flag("--serial-ops", b.serial_ops,
                "one session's requests run one at a time (no OpOptions::concurrent), for comparisons");
   be->add_flag("--lend", b.lend, "take CPU loans from callers into this process's cgroup (Pocket)");
+  be->add_flag("--lend-memory", b.lend_memory, "with --lend: take memory loans into its memory cgroup too");
   FrontendArgs f;
   auto* fe = app.add_subcommand("frontend", "one closed-loop frontend");
   fe->add_option("--socket", f.socket)->required();
@@ -369,6 +377,8 @@ int main(int argc, char** argv) {
   fe->add_option("--warmup", f.warmup)->check(CLI::Range(0, 1000));
   fe->add_option("--id", f.id);
   fe->add_option("--lend", f.lend, "millicpus each call lends the backend (its --lend takes them)");
+  fe->add_option("--lend-memory-mib", f.lend_memory_mib, "MiB of memory each call lends (its --lend-memory takes them)")
+      ->check(CLI::Range(0, 1 << 20));
   bool default_malloc = false;
   for (auto* cmd : {be, fe}) {
     cmd->add_flag("--default-malloc", default_malloc,
