@@ -1,13 +1,13 @@
 #include "rocket/shm/segment.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-
-#include <gtest/gtest.h>
+#include <vector>
 
 #include "shm/os.h"
 
@@ -26,6 +26,20 @@ TEST(Segment, CreateThenAttachSeesTheSameBytes) {
   ASSERT_TRUE(b.ok()) << b.status().to_string();
   std::memcpy(a->data(), "hello", 5);
   EXPECT_EQ(std::memcmp(b->data(), "hello", 5), 0);
+}
+
+TEST(Segment, PrefaultFaultsInEveryPage) {
+  // Large enough to be populated in slices on several threads, and an odd
+  // number of pages: every page of every slice is in memory on return.
+  const size_t bytes = (size_t{100} << 20) + 3 * 4096;
+  auto a = Segment::create("t", SegmentKind::kClientPool, bytes, 1, {.prefault = true});
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  const size_t pages = a->total_bytes() / 4096;
+  std::vector<unsigned char> resident(pages);
+  ASSERT_EQ(::mincore(a->data() - kSegmentDataOffset, a->total_bytes(), resident.data()), 0);
+  size_t missing = 0;
+  for (unsigned char r : resident) missing += (r & 1) == 0;
+  EXPECT_EQ(missing, 0u) << "of " << pages << " pages";
 }
 
 TEST(Segment, IsSealedAgainstResizing) {

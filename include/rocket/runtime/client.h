@@ -61,7 +61,12 @@ struct ClientOptions {
   uint32_t ring_entries = 0;
   // Spin this long for a response before sleeping on the futex.
   std::chrono::microseconds spin{50};
-  std::chrono::milliseconds connect_timeout{5000};
+  // How long to wait for the server's answer to the handshake. A server
+  // takes new sessions one at a time, and each costs faulting in its pools
+  // (two 192 MiB pools by default: ~0.5 s on a 2-core VM), so a burst of
+  // clients queues; this bounds a server that does not answer at all, not a
+  // busy one.
+  std::chrono::milliseconds connect_timeout{30000};
   bool prefault = true;
   // Offer the `kernel` single-copy path: the server may read requests from
   // and write responses into this process's private memory (it verifies
