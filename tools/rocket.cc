@@ -11,7 +11,8 @@
 //   rocket bench movers [--json]            every data mover, memcpy baseline
 //   rocket bench peers [--quick] [--json]   vs uds, zmq, grpc, a naive shm file per call
 //   rocket bench overlap                    caller work hidden behind call_async
-//   rocket bench lend [--quick] [--json]    a capped backend with and without CPU loans
+//   rocket bench lend [--quick] [--json]    a capped backend with and without CPU and memory loans
+//   rocket bench connect [--clients 1,4,8]  what opening a session costs, alone and in bursts
 //   rocket bench policy [--quick] [--json]  the learned choice vs the cost model vs fixed engines
 //   rocket run [--socket P] -- CMD ...      a frontend in namespaces that show only the socket
 //   rocket top [--socket P] [--count N]     a running server's counters, sampled
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "args.h"
+#include "bench_connect.h"
 #include "bench_echo.h"
 #include "bench_lend.h"
 #include "bench_movers.h"
@@ -393,6 +395,7 @@ int main(int argc, char** argv) {
   rocket::tools::add_bench_movers(*bench);
   rocket::tools::add_bench_peers(*bench);
   rocket::tools::add_bench_lend(*bench);
+  rocket::tools::add_bench_connect(*bench);
   rocket::tools::add_bench_policy(*bench);
   rocket::tools::add_calibrate(app);
   rocket::tools::add_profile(app);
