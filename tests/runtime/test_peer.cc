@@ -43,6 +43,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -248,22 +249,28 @@ static int serve_lend_memory(const char* path, const char* cpu_cgroup, const std
   for (;;) ::pause();
 }
 
-// A frontend in its own memory cgroup that lends the backend memory for one call.
-static int lend_memory(const char* path, const std::string& cgroup, uint64_t bytes, const char* op, uint32_t arg) {
-  auto cg = detail::memory_cgroup_at(cgroup);
+// A lender's session: joins cgroup `cg` (at directory `dir`), connects, says
+// "ready". Exits the process with 2 (no cgroup) or 1 (no session).
+static Client lender_session(const char* path, Result<detail::Cgroup> cg, const std::string& dir) {
   Status joined = cg.ok() ? detail::join_cgroup(*cg) : cg.status();
   if (!joined.ok()) {
-    std::fprintf(stderr, "peer: cannot join %s: %s\n", cgroup.c_str(), joined.to_string().c_str());
-    return 2;
+    std::fprintf(stderr, "peer: cannot join %s: %s\n", dir.c_str(), joined.to_string().c_str());
+    std::exit(2);
   }
   auto c = Client::connect(path, {.tenant = "lender", .client_pool_bytes = 1 << 20, .server_pool_bytes = 1 << 20});
   if (!c.ok()) {
     std::fprintf(stderr, "peer: %s\n", c.status().to_string().c_str());
-    return 1;
+    std::exit(1);
   }
   std::printf("ready\n");
   std::fflush(stdout);
-  auto r = c->call(op, std::as_bytes(std::span<const uint32_t>(&arg, 1)), {.policy = {.lend_memory_bytes = bytes}});
+  return std::move(*c);
+}
+
+// A frontend in its own memory cgroup that lends the backend memory for one call.
+static int lend_memory(const char* path, const std::string& cgroup, uint64_t bytes, const char* op, uint32_t arg) {
+  Client c = lender_session(path, detail::memory_cgroup_at(cgroup), cgroup);
+  auto r = c.call(op, std::as_bytes(std::span<const uint32_t>(&arg, 1)), {.policy = {.lend_memory_bytes = bytes}});
   if (r.ok()) {
     std::printf("lent-memory %llu", static_cast<unsigned long long>(r->lent_memory_bytes()));
     if (r->size() == 8) {
@@ -281,20 +288,8 @@ static int lend_memory(const char* path, const std::string& cgroup, uint64_t byt
 
 // A frontend in its own cgroup that lends the backend CPU for one call.
 static int lend(const char* path, const std::string& cgroup, uint32_t millicpus, const char* op, uint32_t ms) {
-  auto cg = detail::cpu_cgroup_at(cgroup);
-  Status joined = cg.ok() ? detail::join_cgroup(*cg) : cg.status();
-  if (!joined.ok()) {
-    std::fprintf(stderr, "peer: cannot join %s: %s\n", cgroup.c_str(), joined.to_string().c_str());
-    return 2;
-  }
-  auto c = Client::connect(path, {.tenant = "lender", .client_pool_bytes = 1 << 20, .server_pool_bytes = 1 << 20});
-  if (!c.ok()) {
-    std::fprintf(stderr, "peer: %s\n", c.status().to_string().c_str());
-    return 1;
-  }
-  std::printf("ready\n");
-  std::fflush(stdout);
-  auto r = c->call(op, std::as_bytes(std::span<const uint32_t>(&ms, 1)), {.policy = {.lend_millicpus = millicpus}});
+  Client c = lender_session(path, detail::cpu_cgroup_at(cgroup), cgroup);
+  auto r = c.call(op, std::as_bytes(std::span<const uint32_t>(&ms, 1)), {.policy = {.lend_millicpus = millicpus}});
   if (r.ok()) {
     std::printf("lent %u\n", r->lent_millicpus());
   } else {
