@@ -276,28 +276,48 @@ Amplifier::Lender Amplifier::lender_of(pid_t pid, int pidfd) const {
   return l;
 }
 
+namespace {
+// The books of `cg` in `held` (made, with its limit files opened, if it has
+// none), with its limit as `read` reads it through them now in `*limit`. A
+// cgroup removed since the files were opened, perhaps made anew under the
+// same name, is opened once more; where that fails too, the books are dropped.
+template <typename Entry, typename Limit, typename Read>
+Result<Entry*> open_and_read(std::map<std::string, Entry>& held, const Cgroup& cg, Read read, Limit* limit) {
+  using Files = decltype(Entry::files);
+  auto it = held.find(cg.dir);
+  if (it == held.end()) {
+    ROCKET_ASSIGN_OR_RETURN(Files files, Files::open(cg));
+    Entry fresh;
+    fresh.cgroup = cg;
+    fresh.files = std::move(files);
+    it = held.emplace(cg.dir, std::move(fresh)).first;
+  }
+  Entry& e = it->second;
+  Result<Limit> now = read(e.files);
+  if (!now.ok()) {
+    auto files = Files::open(cg);
+    if (files.ok()) {
+      e.files = std::move(*files);
+      now = read(e.files);
+    }
+    if (!now.ok()) {
+      held.erase(it);
+      return now.status();
+    }
+  }
+  *limit = *now;
+  return &e;
+}
+}  // namespace
+
 Result<Amplifier::Held*> Amplifier::hold(const CpuCgroup& cg) {
   auto it = held_.find(cg.dir);
   if (it != held_.end() && it->second.grants > 0) return &it->second;
-  if (it == held_.end()) {
-    ROCKET_ASSIGN_OR_RETURN(CpuLimitFiles files, CpuLimitFiles::open(cg));
-    it = held_.emplace(cg.dir, Held{cg, std::move(files), {}}).first;
-  }
-  Held& h = it->second;
-  auto base = h.files.read();
-  if (!base.ok()) {
-    // Removed since, and perhaps made anew under the same name.
-    auto files = CpuLimitFiles::open(cg);
-    if (files.ok()) {
-      h.files = std::move(*files);
-      base = h.files.read();
-    }
-    if (!base.ok()) {
-      held_.erase(it);
-      return base.status();
-    }
-  }
-  h.base = *base;
+  CpuLimit base;
+  ROCKET_ASSIGN_OR_RETURN(Held * held, open_and_read(
+                                           held_, cg, [](const CpuLimitFiles& f) { return f.read(); }, &base));
+  Held& h = *held;
+  h.base = base;
   h.delta_us = 0;
   if (journal_) {
     h.journal_slot = journal_->record(cg, h.base);
@@ -420,25 +440,11 @@ uint32_t Amplifier::lend_cpu_locked(const Lender& lender, uint32_t millicpus, Ou
 Result<Amplifier::MemHeld*> Amplifier::hold_memory(const MemoryCgroup& cg) {
   auto it = mem_held_.find(cg.dir);
   if (it != mem_held_.end() && it->second.busy()) return &it->second;
-  if (it == mem_held_.end()) {
-    ROCKET_ASSIGN_OR_RETURN(MemoryFiles files, MemoryFiles::open(cg));
-    it = mem_held_.emplace(cg.dir, MemHeld{cg, std::move(files)}).first;
-  }
-  MemHeld& h = it->second;
-  auto base = h.files.limit();
-  if (!base.ok()) {
-    // Removed since, and perhaps made anew under the same name.
-    auto files = MemoryFiles::open(cg);
-    if (files.ok()) {
-      h.files = std::move(*files);
-      base = h.files.limit();
-    }
-    if (!base.ok()) {
-      mem_held_.erase(it);
-      return base.status();
-    }
-  }
-  h.base = h.written = *base;
+  int64_t base = 0;
+  ROCKET_ASSIGN_OR_RETURN(MemHeld * held, open_and_read(
+                                              mem_held_, cg, [](const MemoryFiles& f) { return f.limit(); }, &base));
+  MemHeld& h = *held;
+  h.base = h.written = base;
   h.delta = 0;
   if (journal_) {
     h.journal_slot = journal_->record_memory(cg, h.base);
@@ -589,13 +595,11 @@ void Amplifier::give_back_locked(uint64_t id) noexcept {
       h.delta += o.memory_taken;
       --h.grants;
       Status st = h.files.set_limit(h.owed());
-      if (st.ok()) {
-        h.written = h.owed();
-      } else if (::access(h.cgroup.dir.c_str(), F_OK) == 0) {
+      if (!st.ok() && ::access(h.cgroup.dir.c_str(), F_OK) == 0) {
         std::fprintf(stderr, "rocket: lending: could not put back the memory limit of %s: %s\n", h.cgroup.dir.c_str(),
                      st.to_string().c_str());
       }
-      if (!st.ok()) h.written = h.owed();  // gone, or beyond repair: the books close anyway
+      h.written = h.owed();  // written, or gone, or beyond repair: the books close anyway
       release_memory_hold(o.memory_lender_dir);
     }
     if (!settle_backend_memory() && kick_fd_ >= 0) {
