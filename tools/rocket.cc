@@ -40,6 +40,7 @@
 #include "mover/cuda_mover.h"
 #include "pocket/cgroup.h"
 #include "profile.h"
+#include "rocket/shm/segment.h"
 #include "run.h"
 #include "serve_until_signal.h"
 #include "top.h"
@@ -57,6 +58,7 @@ struct ServeArgs {
   std::vector<gid_t> gids;
   size_t client_pool_mib = 192, server_pool_mib = 192, max_pool_mib = 2048;
   unsigned max_sessions = 256;
+  bool small_pages = false;
   bool lend = false;
   std::string lend_cgroup, lend_journal;
   std::vector<std::string> lend_factors;  // CGROUP=FACTOR
@@ -75,6 +77,7 @@ int serve(const ServeArgs& a) {
   o.allowed_gids = a.gids;
   o.default_client_pool_bytes = a.client_pool_mib << 20;
   o.default_server_pool_bytes = a.server_pool_mib << 20;
+  o.huge_pages = !a.small_pages;
   o.max_pool_bytes = a.max_pool_mib << 20;
   o.max_sessions = a.max_sessions;
   o.lending.enabled = a.lend;
@@ -231,6 +234,18 @@ std::string lending_here() {
   return "yes: " + where + ", limit " + limit;
 }
 
+// Whether session pools get 2 MiB pages here, and how to allow them if not.
+std::string huge_pages_here() {
+  const std::string setting = rocket::shm::shmem_huge_pages();
+  if (setting.empty()) return "no: this kernel has no shared-memory huge pages (4 KiB pages)";
+  if (rocket::shm::shmem_huge_pages_granted(setting)) {
+    return "yes: shmem_enabled is '" + setting + "', session pools use 2 MiB pages";
+  }
+  return "no: shmem_enabled is '" + setting +
+         "', session pools use 4 KiB pages; `echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled` "
+         "(root) opens sessions faster (`rocket bench connect`)";
+}
+
 // Whether a backend started here could take memory loans (LendingOptions::memory).
 std::string memory_lending_here() {
   auto cg = rocket::detail::memory_cgroup_of(0);
@@ -311,6 +326,7 @@ int doctor(bool json_out) {
                       {"learned_policy", learned_policy_here()},
                       {"cpu_lending", lending_here()},
                       {"memory_lending", memory_lending_here()},
+                      {"huge_pages", huge_pages_here()},
                       {"frontend_isolation", isolation_here()}}
                      .dump(1)
               << std::endl;
@@ -325,6 +341,7 @@ int doctor(bool json_out) {
   std::printf("learned policy (SkyRocket): %s\n", learned_policy_here().c_str());
   std::printf("cpu lending (Pocket): %s\n", lending_here().c_str());
   std::printf("memory lending (Pocket): %s\n", memory_lending_here().c_str());
+  std::printf("huge pages for session pools: %s\n", huge_pages_here().c_str());
   std::printf("frontend isolation (rocket run): %s\n", isolation_here().c_str());
   if (!h2h.empty()) {
     std::printf("cuda host-to-host under auto:");
@@ -352,6 +369,8 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--server-pool-mib", sa.server_pool_mib, "default server pool")->capture_default_str();
   serve_cmd->add_option("--max-pool-mib", sa.max_pool_mib, "largest pool a client may ask for")->capture_default_str();
   serve_cmd->add_option("--max-sessions", sa.max_sessions, "session limit")->capture_default_str();
+  serve_cmd->add_flag("--small-pages", sa.small_pages,
+                      "keep session pools to 4 KiB pages (they ask for 2 MiB pages where the system allows)");
   serve_cmd->add_flag("--lend", sa.lend, "take CPU loans from callers into this backend's cgroup (Pocket)");
   serve_cmd->add_option("--lend-cgroup", sa.lend_cgroup, "the backend's cpu cgroup directory (default: its own)");
   serve_cmd->add_option("--lend-journal", sa.lend_journal, "file recording loans, put back after a crash");

@@ -285,16 +285,18 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
     core->op_names_.emplace_back(name);
   }
 
+  const auto pages = opts.huge_pages ? shm::HugePages::kAsk : shm::HugePages::kRefuse;
   shm::SegmentOptions rw{.prefault = opts.prefault, .lock = false, .writable = true};
-  shm::SegmentOptions ro{.prefault = opts.prefault, .lock = false, .writable = false};
+  shm::SegmentOptions pool_rw{.prefault = opts.prefault, .lock = false, .writable = true, .huge_pages = pages};
+  shm::SegmentOptions pool_ro{.prefault = opts.prefault, .lock = false, .writable = false, .huge_pages = pages};
   // attach() takes ownership of each descriptor, success or failure.
   int cfd = fds[kFdControl], cpfd = fds[kFdClientPool], spfd = fds[kFdServerPool];
   core->server_wake_fd_ = fds[kFdServerWake];
   fds.clear();
   auto control = shm::Segment::attach(cfd, shm::SegmentKind::kControl,
                                       control_data_bytes(w->sub_ring_entries, w->comp_ring_entries), rw);
-  auto cpool = shm::Segment::attach(cpfd, shm::SegmentKind::kClientPool, w->client_pool_bytes, rw);
-  auto spool = shm::Segment::attach(spfd, shm::SegmentKind::kServerPool, w->server_pool_bytes, ro);
+  auto cpool = shm::Segment::attach(cpfd, shm::SegmentKind::kClientPool, w->client_pool_bytes, pool_rw);
+  auto spool = shm::Segment::attach(spfd, shm::SegmentKind::kServerPool, w->server_pool_bytes, pool_ro);
   if (!control.ok()) return control.status();
   if (!cpool.ok()) return cpool.status();
   if (!spool.ok()) return spool.status();

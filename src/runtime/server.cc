@@ -1114,12 +1114,14 @@ void Server::Impl::handshake(int fd) {
   }
   const uint64_t sid = next_session_id.fetch_add(1, std::memory_order_relaxed);
   shm::SegmentOptions so{.prefault = opts.prefault, .lock = false, .writable = true};
+  shm::SegmentOptions pool_so = so;
+  pool_so.huge_pages = opts.huge_pages ? shm::HugePages::kAsk : shm::HugePages::kRefuse;
   auto control = shm::Segment::create("rocket-control", shm::SegmentKind::kControl,
                                       detail::control_data_bytes(sub_n, comp_n), sid, so);
   if (!control.ok()) return refuse(fd, control.status());
-  auto cpool = shm::Segment::create("rocket-client-pool", shm::SegmentKind::kClientPool, cp, sid, so);
+  auto cpool = shm::Segment::create("rocket-client-pool", shm::SegmentKind::kClientPool, cp, sid, pool_so);
   if (!cpool.ok()) return refuse(fd, cpool.status());
-  auto spool = shm::Segment::create("rocket-server-pool", shm::SegmentKind::kServerPool, sp, sid, so);
+  auto spool = shm::Segment::create("rocket-server-pool", shm::SegmentKind::kServerPool, sp, sid, pool_so);
   if (!spool.ok()) return refuse(fd, spool.status());
   int wake = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake < 0) return refuse(fd, errno_status("eventfd", errno));

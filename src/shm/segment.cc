@@ -9,7 +9,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -18,6 +20,7 @@
 namespace rocket::shm {
 namespace {
 constexpr size_t kPage = 4096;
+constexpr size_t kPagesPerHuge = (size_t{2} << 20) / kPage;
 constexpr int kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 
 #ifndef MADV_POPULATE_READ
@@ -57,12 +60,16 @@ void touch_pages(void* p, size_t total, bool writable) noexcept {
 // in pages is the whole cost of a session's setup (two 192 MiB pools: ~0.6 s
 // on one core of the CI VM) and it scales with cores: the faults take the
 // mapping's lock shared.
+// Slices hold whole 2 MiB units, so that no two threads fault in the same
+// huge page.
 bool populate_parallel(void* p, size_t total, bool writable, unsigned threads) noexcept {
   auto* base = static_cast<uint8_t*>(p);
   const size_t pages = total / kPage;
+  const size_t units = (pages + kPagesPerHuge - 1) / kPagesPerHuge;
   std::atomic<bool> ok{true};
   auto slice = [&](unsigned i) {
-    const size_t first = pages * i / threads, last = pages * (i + 1) / threads;
+    const size_t first = std::min(pages, units * i / threads * kPagesPerHuge);
+    const size_t last = std::min(pages, units * (i + 1) / threads * kPagesPerHuge);
     if (last == first) return;
     if (!populate_now(base + first * kPage, (last - first) * kPage, writable)) {
       ok.store(false, std::memory_order_relaxed);
@@ -89,11 +96,16 @@ unsigned populate_threads(size_t total) noexcept {
   return static_cast<unsigned>(std::clamp<size_t>(by_size, 1, std::min(cores, 8u)));
 }
 
-// Maps `fd`, pre-faulted for the access it will get.
-void* map_populated(size_t total, int prot, int fd, bool prefault) noexcept {
+// Maps `fd` with the huge-page advice asked for, pre-faulted for the access
+// it will get. The advice comes before the faults: they decide the page size.
+void* map_populated(size_t total, int prot, int fd, const SegmentOptions& opts) noexcept {
   const bool writable = (prot & PROT_WRITE) != 0;
   void* p = detail::os().mmap(nullptr, total, prot, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED || !prefault) return p;
+  if (p == MAP_FAILED) return p;
+  // Advisory: a kernel without THP refuses it, and the mapping works as is.
+  if (opts.huge_pages == HugePages::kAsk) ::madvise(p, total, MADV_HUGEPAGE);
+  if (opts.huge_pages == HugePages::kRefuse) ::madvise(p, total, MADV_NOHUGEPAGE);
+  if (!opts.prefault) return p;
   if (populate_parallel(p, total, writable, populate_threads(total))) return p;
   // Old kernel: remap with MAP_POPULATE (read-populates; better than nothing).
   ::munmap(p, total);
@@ -103,6 +115,23 @@ void* map_populated(size_t total, int prot, int fd, bool prefault) noexcept {
   return p;
 }
 }  // namespace
+
+std::string shmem_huge_pages() {
+  FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "re");
+  if (f == nullptr) return "";
+  char line[256] = {};
+  const bool read = std::fgets(line, sizeof(line), f) != nullptr;
+  std::fclose(f);
+  if (!read) return "";
+  const char* open = std::strchr(line, '[');
+  const char* close = open != nullptr ? std::strchr(open, ']') : nullptr;
+  if (close == nullptr) return "";
+  return std::string(open + 1, close);
+}
+
+bool shmem_huge_pages_granted(const std::string& setting) noexcept {
+  return setting == "advise" || setting == "within_size" || setting == "always" || setting == "force";
+}
 
 size_t segment_total_bytes(size_t data_bytes) noexcept {
   return kSegmentDataOffset + ((data_bytes + kPage - 1) / kPage) * kPage;
@@ -124,7 +153,7 @@ Result<Segment> Segment::create(const char* debug_name, SegmentKind kind, size_t
     ::close(fd);
     return errno_status("fcntl(F_ADD_SEALS)", err);
   }
-  void* p = map_populated(total, PROT_READ | PROT_WRITE, fd, opts.prefault);
+  void* p = map_populated(total, PROT_READ | PROT_WRITE, fd, opts);
   if (p == MAP_FAILED) {
     int err = errno;
     ::close(fd);
@@ -169,7 +198,7 @@ Result<Segment> Segment::attach(int fd, SegmentKind kind, size_t data_bytes,
                          std::to_string(total)));
   }
   int prot = PROT_READ | (opts.writable ? PROT_WRITE : 0);
-  void* p = map_populated(total, prot, fd, opts.prefault);
+  void* p = map_populated(total, prot, fd, opts);
   if (p == MAP_FAILED) return fail(errno_status("mmap(segment)", errno));
   Segment seg(fd, static_cast<std::byte*>(p), total);
   SegmentHeader h;

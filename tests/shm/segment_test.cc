@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "shm/os.h"
@@ -40,6 +42,60 @@ TEST(Segment, PrefaultFaultsInEveryPage) {
   size_t missing = 0;
   for (unsigned char r : resident) missing += (r & 1) == 0;
   EXPECT_EQ(missing, 0u) << "of " << pages << " pages";
+}
+
+// kB of a mapping mapped with 2 MiB page-table entries, from /proc/self/smaps;
+// -1 where the mapping is not found.
+long pmd_mapped_kb(const void* addr) {
+  FILE* f = std::fopen("/proc/self/smaps", "re");
+  if (f == nullptr) return -1;
+  char line[512];
+  bool in_it = false;
+  long kb = -1;
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {  // a mapping's first line; no field name parses so
+      in_it = reinterpret_cast<uintptr_t>(addr) == lo;
+      continue;
+    }
+    if (in_it && std::sscanf(line, "ShmemPmdMapped: %ld kB", &kb) == 1) break;
+  }
+  std::fclose(f);
+  return kb;
+}
+
+TEST(Segment, HugePagesBackAPoolWhereTheSystemAllowsThem) {
+  const std::string setting = shmem_huge_pages();
+  if (!shmem_huge_pages_granted(setting)) {
+    GTEST_SKIP() << "shared-memory huge pages are '" << setting << "' here (shmem_enabled)";
+  }
+  const size_t bytes = size_t{16} << 20;
+  auto a = Segment::create("t", SegmentKind::kClientPool, bytes, 1, {.huge_pages = HugePages::kAsk});
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  auto b =
+      Segment::attach(dup_fd(*a), SegmentKind::kClientPool, bytes, {.writable = false, .huge_pages = HugePages::kAsk});
+  ASSERT_TRUE(b.ok()) << b.status().to_string();
+  // The first 2 MiB hold the header page; from there on, whole 2 MiB pages
+  // in both mappings.
+  EXPECT_GE(pmd_mapped_kb(a->base()), 14 * 1024);
+  EXPECT_GE(pmd_mapped_kb(b->base()), 14 * 1024);
+  std::memcpy(a->data() + bytes - 5, "hello", 5);
+  EXPECT_EQ(std::memcmp(b->data() + bytes - 5, "hello", 5), 0);
+}
+
+TEST(Segment, RefusedHugePagesStayAtSmallPages) {
+  if (shmem_huge_pages() == "force") GTEST_SKIP() << "shmem_enabled is 'force': every mapping gets huge pages";
+  auto a = Segment::create("t", SegmentKind::kClientPool, size_t{16} << 20, 1, {.huge_pages = HugePages::kRefuse});
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  EXPECT_EQ(pmd_mapped_kb(a->base()), 0);
+}
+
+TEST(Segment, HugePageSettingsThatGrantAnAskingMapping) {
+  for (const char* yes : {"advise", "within_size", "always", "force"})
+    EXPECT_TRUE(shmem_huge_pages_granted(yes)) << yes;
+  for (const char* no : {"never", "deny", "", "[advise]"}) EXPECT_FALSE(shmem_huge_pages_granted(no)) << no;
+  const std::string here = shmem_huge_pages();
+  for (char c : here) EXPECT_TRUE(c == '_' || (c >= 'a' && c <= 'z')) << "'" << here << "'";
 }
 
 TEST(Segment, IsSealedAgainstResizing) {

@@ -63,11 +63,15 @@ struct ClientOptions {
   std::chrono::microseconds spin{50};
   // How long to wait for the server's answer to the handshake. A server
   // takes new sessions one at a time, and each costs faulting in its pools
-  // (two 192 MiB pools by default: ~0.5 s on a 2-core VM), so a burst of
+  // (two 192 MiB pools by default: ~0.3 s on a 2-core VM with 4 KiB pages,
+  // ~40 ms with 2 MiB pages; see ServerOptions::huge_pages), so a burst of
   // clients queues; this bounds a server that does not answer at all, not a
   // busy one.
   std::chrono::milliseconds connect_timeout{30000};
   bool prefault = true;
+  // Map the pools with 2 MiB pages where the server made them so (see
+  // ServerOptions::huge_pages); false maps them with 4 KiB pages.
+  bool huge_pages = true;
   // Offer the `kernel` single-copy path: the server may read requests from
   // and write responses into this process's private memory (it verifies
   // access with a probe at the handshake). Grants the server process ptrace

@@ -198,6 +198,9 @@ struct ServerOptions {
   uint32_t default_ring_entries = 1024;
   unsigned max_sessions = 256;
   bool prefault = true;
+  // Back session pools with 2 MiB pages where the system allows shared-memory
+  // huge pages (shm::HugePages); false keeps them to 4 KiB pages.
+  bool huge_pages = true;
   std::chrono::milliseconds handshake_timeout{2000};
   // Pocket's resource amplification: callers lend the backend CPU for the
   // duration of their requests (rocket/pocket/lending.h). Off by default.
