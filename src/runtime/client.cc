@@ -244,16 +244,22 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
   hello.comp_ring_entries = opts.ring_entries;
   hello.probe_addr = probe_token != 0 ? reinterpret_cast<uint64_t>(&probe_token) : 0;
   hello.probe_value = probe_token;
-  ROCKET_RETURN_IF_ERROR(send_message(fd, &hello, sizeof(hello), {}));
+  // A server may refuse before it reads the hello (too many connections
+  // waiting): then the send fails, and its reason is already here to read.
+  const Status sent = send_message(fd, &hello, sizeof(hello), {});
 
   auto w = std::make_unique<Welcome>();
   std::vector<int> fds;
-  auto n = recv_message(fd, w.get(), sizeof(Welcome), &fds, kHandshakeFds, opts.connect_timeout);
-  if (!n.ok()) return n.status();
+  auto n = recv_message(fd, w.get(), sizeof(Welcome), &fds, kHandshakeFds,
+                        sent.ok() ? opts.connect_timeout : std::chrono::milliseconds(0));
   struct FdGuard {
     std::vector<int>& v;
     ~FdGuard() { close_all(v); }
   } guard{fds};
+  if (!sent.ok() && (!n.ok() || *n < kWelcomeHeaderBytes || w->magic != kProtocolMagic || w->status_code == 0)) {
+    return sent;
+  }
+  if (!n.ok()) return n.status();
   if (*n == 0) return unavailable("server closed the connection during the handshake");
   if (*n < kWelcomeHeaderBytes || w->magic != kProtocolMagic) return data_loss("server sent a malformed handshake reply");
   if (w->status_code != 0) {

@@ -145,8 +145,21 @@ struct Server::Impl {
   // outlives the dispatchers, which give their grants back before they exit.
   std::unique_ptr<detail::Amplifier> amplifier;
 
+  // A connection accepted whose hello has not arrived yet. The acceptor
+  // polls these beside the listening socket, so a peer that says nothing
+  // holds only its descriptor, never the door (acceptor thread only).
+  struct PendingHello {
+    int fd;
+    ucred cred;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  std::vector<PendingHello> pending;
+  static constexpr size_t kMaxPending = 1024;
+  static constexpr size_t kMaxPendingPerUid = 16;
+
   void accept_loop();
-  void handshake(int fd);
+  void accept_one();
+  void handshake(int fd, const ucred& cred);
   void refuse(int fd, const Status& why);
   void protocol_error(detail::ServerSession& s, const char* what);
 };
@@ -1049,17 +1062,22 @@ void Server::Impl::refuse(int fd, const Status& why) {
   w->status_code = static_cast<int32_t>(why.code());
   detail::set_fixed_string(w->message, sizeof(w->message), why.message());
   detail::send_message(fd, w.get(), detail::kWelcomeHeaderBytes, {}).ignore_error();
+  // Closing with the peer's hello unread would reset the connection, and the
+  // peer would read that instead of the reason: take what it has sent (and
+  // close any descriptors in it) first.
+  char sink[sizeof(detail::Hello)];
+  for (int i = 0; i < 4; ++i) {
+    auto n = detail::recv_message(fd, sink, sizeof(sink), nullptr, 0, std::chrono::milliseconds(0));
+    if (!n.ok() || *n == 0) break;
+  }
   ::close(fd);
 }
 
-void Server::Impl::handshake(int fd) {
-  ucred cred{};
-  socklen_t len = sizeof(cred);
-  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    return refuse(fd, errno_status("SO_PEERCRED", errno));
-  }
+// Called once the peer's hello is readable (or the peer hung up): takes it
+// without waiting.
+void Server::Impl::handshake(int fd, const ucred& cred) {
   detail::Hello hello{};
-  auto n = detail::recv_message(fd, &hello, sizeof(hello), nullptr, 0, opts.handshake_timeout);
+  auto n = detail::recv_message(fd, &hello, sizeof(hello), nullptr, 0, std::chrono::milliseconds(0));
   if (!n.ok()) return refuse(fd, n.status());
   if (*n != sizeof(hello) || hello.magic != detail::kProtocolMagic) {
     return refuse(fd, invalid_argument("not a Rocket handshake"));
@@ -1178,30 +1196,72 @@ void Server::Impl::handshake(int fd) {
   d.adopt(std::move(s));
 }
 
+// Accepts a connection and queues it for its hello. Bounds: a peer may keep
+// at most kMaxPendingPerUid connections waiting with nothing said, all peers
+// together kMaxPending; past either the new one is refused at once.
+void Server::Impl::accept_one() {
+  int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0) {
+    if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED) return;
+    if (errno == EMFILE || errno == ENFILE) {  // back off instead of spinning
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      return;
+    }
+    std::fprintf(stderr, "rocket: accept: %s\n", std::strerror(errno));
+    return;
+  }
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return refuse(fd, errno_status("SO_PEERCRED", errno));
+  }
+  const auto same_uid =
+      std::count_if(pending.begin(), pending.end(), [&](const PendingHello& h) { return h.cred.uid == cred.uid; });
+  if (pending.size() >= kMaxPending || same_uid >= static_cast<long>(kMaxPendingPerUid)) {
+    return refuse(fd, unavailable("too many connections from uid " + std::to_string(cred.uid) +
+                                  " have not said hello yet; try again"));
+  }
+  pending.push_back({fd, cred, std::chrono::steady_clock::now() + opts.handshake_timeout});
+}
+
 void Server::Impl::accept_loop() {
-  pollfd p[2] = {{listen_fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+  std::vector<pollfd> p;
   // acquire: pairs with the release store in stop().
   while (!stopping.load(std::memory_order_acquire)) {
-    int r = ::poll(p, 2, -1);
+    p.assign({{listen_fd, POLLIN, 0}, {stop_fd, POLLIN, 0}});
+    int wait_ms = -1;
+    const auto now = std::chrono::steady_clock::now();
+    for (const PendingHello& h : pending) {
+      p.push_back({h.fd, POLLIN, 0});
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(h.deadline - now).count();
+      const int ms = static_cast<int>(std::clamp<decltype(left)>(left, 0, INT32_MAX));
+      wait_ms = wait_ms < 0 ? ms : std::min(wait_ms, ms);
+    }
+    int r = ::poll(p.data(), p.size(), wait_ms);
     if (r < 0) {
       if (errno == EINTR) continue;
       std::fprintf(stderr, "rocket: accept loop: poll: %s\n", std::strerror(errno));
-      return;
+      break;
     }
-    if ((p[1].revents & POLLIN) != 0) return;
-    if ((p[0].revents & POLLIN) == 0) continue;
-    int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED) continue;
-      if (errno == EMFILE || errno == ENFILE) {  // back off instead of spinning
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        continue;
-      }
-      std::fprintf(stderr, "rocket: accept: %s\n", std::strerror(errno));
-      continue;
+    if ((p[1].revents & POLLIN) != 0) break;
+    // Hellos that arrived (or peers that hung up) in the order they
+    // connected; then those out of time. p[2 + i] is pending[i] as polled.
+    const auto after = std::chrono::steady_clock::now();
+    std::vector<PendingHello> ready, late, waiting;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      auto& to = p[2 + i].revents != 0 ? ready : pending[i].deadline <= after ? late : waiting;
+      to.push_back(pending[i]);
     }
-    handshake(fd);
+    pending = std::move(waiting);
+    for (const PendingHello& h : ready) handshake(h.fd, h.cred);
+    for (const PendingHello& h : late) {
+      refuse(h.fd,
+             deadline_exceeded("peer sent nothing within " + std::to_string(opts.handshake_timeout.count()) + " ms"));
+    }
+    if ((p[0].revents & POLLIN) != 0) accept_one();
   }
+  for (const PendingHello& h : pending) ::close(h.fd);
+  pending.clear();
 }
 
 // --- Server -----------------------------------------------------------------------

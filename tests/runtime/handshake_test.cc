@@ -1,6 +1,7 @@
 #include <sys/socket.h>
 
 #include <functional>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -123,6 +124,85 @@ TEST(Handshake, GarbageAndSilentPeersDoNotBlockOthers) {
   EXPECT_TRUE(srv.connect().call("echo", bytes_of("x")).ok());
   ::close(*junk);
   ::close(*silent);
+}
+
+// What the server answered a raw connection: the refusal's status code, or
+// kOk for a welcome; nothing if it has said nothing within `wait`.
+std::optional<StatusCode> answer_of(int fd, std::chrono::milliseconds wait) {
+  auto w = std::make_unique<detail::Welcome>();
+  std::vector<int> fds;
+  auto n = detail::recv_message(fd, w.get(), sizeof(*w), &fds, detail::kHandshakeFds, wait);
+  for (int f : fds) ::close(f);
+  if (!n.ok()) {
+    if (n.status().code() == StatusCode::kDeadlineExceeded) return std::nullopt;
+    return n.status().code();
+  }
+  if (*n < detail::kWelcomeHeaderBytes) return StatusCode::kDataLoss;
+  return static_cast<StatusCode>(w->status_code);
+}
+
+// Peers that connect and say nothing wait for their hello beside everyone
+// else: with a minute's handshake timeout, a client connecting behind four
+// of them is in at once (one at a time, it would have waited four minutes),
+// and they are still waiting when it is.
+TEST(Handshake, SilentPeersHoldUpNoOne) {
+  TestServer srv({.handshake_timeout = std::chrono::milliseconds(60000)});
+  std::vector<int> silent;
+  for (int i = 0; i < 4; ++i) {
+    auto fd = detail::connect_unix(srv.path);
+    ASSERT_TRUE(fd.ok()) << fd.status().to_string();
+    silent.push_back(*fd);
+  }
+  auto c = Client::connect(srv.path, {.connect_timeout = std::chrono::milliseconds(20000)});
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  EXPECT_TRUE(c->call("echo", bytes_of("x")).ok());
+  for (int fd : silent) {
+    EXPECT_EQ(answer_of(fd, std::chrono::milliseconds(0)), std::nullopt) << "answered already";
+    ::close(fd);
+  }
+}
+
+// One account cannot fill the server's door with silent connections: past
+// 16 waiting, its next is refused at once (UNAVAILABLE, saying why); once
+// they go, it connects again.
+TEST(Handshake, OneAccountKeepsAtMostSixteenConnectionsWaiting) {
+  TestServer srv({.handshake_timeout = std::chrono::milliseconds(60000)});
+  std::vector<int> silent;
+  for (int i = 0; i < 16; ++i) {
+    auto fd = detail::connect_unix(srv.path);
+    ASSERT_TRUE(fd.ok()) << fd.status().to_string();
+    silent.push_back(*fd);
+  }
+  // Connections are accepted in order: the seventeenth finds sixteen waiting.
+  auto extra = detail::connect_unix(srv.path);
+  ASSERT_TRUE(extra.ok());
+  EXPECT_EQ(answer_of(*extra, std::chrono::milliseconds(20000)), StatusCode::kUnavailable);
+  ::close(*extra);
+  auto refused = Client::connect(srv.path, {.connect_timeout = std::chrono::milliseconds(20000)});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(refused.status().message().find("have not said hello"), std::string::npos) << refused.status().to_string();
+  for (int fd : silent) ::close(fd);
+  // Hung-up peers leave the table as the server sees them go.
+  auto connect_again = [&]() -> Result<Client> {
+    for (int i = 0;; ++i) {
+      auto c = Client::connect(srv.path, {.connect_timeout = std::chrono::milliseconds(20000)});
+      if (c.ok() || i == 200) return c;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  };
+  auto back = connect_again();
+  ASSERT_TRUE(back.ok()) << back.status().to_string();
+  EXPECT_TRUE(back->call("echo", bytes_of("x")).ok());
+}
+
+// A peer that says nothing within the timeout is told so and let go.
+TEST(Handshake, SilentPeerIsRefusedAfterTheTimeout) {
+  TestServer srv({.handshake_timeout = std::chrono::milliseconds(100)});
+  auto fd = detail::connect_unix(srv.path);
+  ASSERT_TRUE(fd.ok());
+  EXPECT_EQ(answer_of(*fd, std::chrono::milliseconds(20000)), StatusCode::kDeadlineExceeded);
+  ::close(*fd);
 }
 
 TEST(Handshake, NoServerIsUnavailable) {

@@ -201,6 +201,10 @@ struct ServerOptions {
   // Back session pools with 2 MiB pages where the system allows shared-memory
   // huge pages (shm::HugePages); false keeps them to 4 KiB pages.
   bool huge_pages = true;
+  // How long a new connection may take to say hello before it is refused.
+  // Connections waiting to say hello hold up no one: the server takes each
+  // hello as it arrives, and keeps at most 16 connections per uid (1024 in
+  // all) waiting, refusing more at once.
   std::chrono::milliseconds handshake_timeout{2000};
   // Pocket's resource amplification: callers lend the backend CPU for the
   // duration of their requests (rocket/pocket/lending.h). Off by default.
