@@ -58,6 +58,7 @@ struct ServeArgs {
   std::vector<gid_t> gids;
   size_t client_pool_mib = 192, server_pool_mib = 192, max_pool_mib = 2048;
   unsigned max_sessions = 256;
+  uint64_t max_mapped_mib = 0;
   bool small_pages = false;
   bool lend = false;
   std::string lend_cgroup, lend_journal;
@@ -78,6 +79,7 @@ int serve(const ServeArgs& a) {
   o.default_client_pool_bytes = a.client_pool_mib << 20;
   o.default_server_pool_bytes = a.server_pool_mib << 20;
   o.huge_pages = !a.small_pages;
+  o.max_mapped_bytes = a.max_mapped_mib << 20;
   o.max_pool_bytes = a.max_pool_mib << 20;
   o.max_sessions = a.max_sessions;
   o.lending.enabled = a.lend;
@@ -369,6 +371,10 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--server-pool-mib", sa.server_pool_mib, "default server pool")->capture_default_str();
   serve_cmd->add_option("--max-pool-mib", sa.max_pool_mib, "largest pool a client may ask for")->capture_default_str();
   serve_cmd->add_option("--max-sessions", sa.max_sessions, "session limit")->capture_default_str();
+  serve_cmd
+      ->add_option("--max-mapped-mib", sa.max_mapped_mib,
+                   "memory all sessions' pools may take together (0: half of what the server may use)")
+      ->capture_default_str();
   serve_cmd->add_flag("--small-pages", sa.small_pages,
                       "keep session pools to 4 KiB pages (they ask for 2 MiB pages where the system allows)");
   serve_cmd->add_flag("--lend", sa.lend, "take CPU loans from callers into this backend's cgroup (Pocket)");

@@ -143,6 +143,7 @@ Status register_builtin_ops(Server& server) {
                                {"request_errors", st.request_errors},
                                {"protocol_errors", st.protocol_errors},
                                {"bytes_mapped", st.bytes_mapped},
+                               {"mapped_budget_bytes", st.mapped_budget_bytes},
                                {"requests_helped", st.requests_helped},
                                {"lends", st.lends},
                                {"lends_refused", st.lends_refused},

@@ -26,6 +26,7 @@
 
 #include "mover/kernel_copy.h"
 #include "pocket/amplifier.h"
+#include "pocket/cgroup.h"
 #include "rocket/mover/mover.h"
 #include "rocket/shm/pool.h"
 #include "rocket/shm/segment.h"
@@ -141,6 +142,7 @@ struct Server::Impl {
   bool helping = false;
 
   detail::ServerCounters counters;
+  uint64_t mapped_budget = 0;  // opts.max_mapped_bytes, or the default worked out by start()
   // Lending's cgroup writes (set by start() when opts.lending.enabled); it
   // outlives the dispatchers, which give their grants back before they exit.
   std::unique_ptr<detail::Amplifier> amplifier;
@@ -1112,6 +1114,19 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
   if (counters.sessions_open.load(std::memory_order_relaxed) >= opts.max_sessions) {
     return refuse(fd, unavailable("server has its maximum of " + std::to_string(opts.max_sessions) + " sessions"));
   }
+  // Only this thread adds to bytes_mapped (dispatchers take away as sessions
+  // end), so what is checked here is not overtaken before it is added.
+  const uint64_t need = shm::segment_total_bytes(detail::control_data_bytes(sub_n, comp_n)) +
+                        shm::segment_total_bytes(cp) + shm::segment_total_bytes(sp);
+  const uint64_t mapped = counters.bytes_mapped.load(std::memory_order_relaxed);
+  if (need > mapped_budget || mapped > mapped_budget - need) {
+    auto mib = [](uint64_t b) { return std::to_string((b + (1 << 20) - 1) >> 20); };
+    return refuse(fd, resource_exhausted("this session's pools (" + mib(need) +
+                                         " MiB) would take the server past its memory budget for sessions (" +
+                                         mib(mapped) + " of " + mib(mapped_budget) +
+                                         " MiB in use; ServerOptions::max_mapped_bytes): ask for smaller pools "
+                                         "or try again when sessions close"));
+  }
 
   // Kernel copy path: read the client's token to learn whether we may.
   bool kernel_copy = false;
@@ -1314,6 +1329,22 @@ Status Server::on_session_end(std::function<void(uint64_t)> hook) {
   return ok_status();
 }
 
+namespace {
+// Half of the memory this process may use: the machine's, or its memory
+// cgroup's limit where that is lower. Sessions' pools are the server's to
+// hold, and the other half is left to the work it does.
+uint64_t default_mapped_budget() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  uint64_t room = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+  if (auto cg = detail::memory_cgroup_of(0); cg.ok()) {
+    if (auto limit = detail::read_memory_limit(*cg); limit.ok() && *limit > 0) {
+      room = room == 0 ? static_cast<uint64_t>(*limit) : std::min(room, static_cast<uint64_t>(*limit));
+    }
+  }
+  return room == 0 ? UINT64_MAX : room / 2;  // nothing to go by: no budget
+}
+}  // namespace
+
 Status Server::start() {
   Impl& m = *impl_;
   if (m.started) return failed_precondition("server already started");
@@ -1342,6 +1373,7 @@ Status Server::start() {
     ROCKET_RETURN_IF_ERROR(d->init());
     dispatchers.push_back(std::move(d));
   }
+  m.mapped_budget = m.opts.max_mapped_bytes != 0 ? m.opts.max_mapped_bytes : default_mapped_budget();
   std::unique_ptr<detail::Amplifier> amplifier;
   if (m.opts.lending.memory.enabled && !m.opts.lending.enabled) {
     return invalid_argument("lending.memory.enabled needs lending.enabled (memory is lent beside the CPU)");
@@ -1419,6 +1451,7 @@ ServerStats Server::stats() const {
   s.request_errors = m.counters.request_errors.load(std::memory_order_relaxed);
   s.protocol_errors = m.counters.protocol_errors.load(std::memory_order_relaxed);
   s.bytes_mapped = m.counters.bytes_mapped.load(std::memory_order_relaxed);
+  s.mapped_budget_bytes = m.mapped_budget;
   s.gpu_handles_opened = m.counters.gpu_handles_opened.load(std::memory_order_relaxed);
   s.gpu_responses_shared = m.counters.gpu_responses_shared.load(std::memory_order_relaxed);
   s.gpu_responses_copied = m.counters.gpu_responses_copied.load(std::memory_order_relaxed);

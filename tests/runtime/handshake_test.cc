@@ -113,6 +113,42 @@ TEST(Handshake, SessionLimitIsUnavailable) {
   EXPECT_TRUE(Client::connect(srv.path).ok());
 }
 
+// Sessions' segments stay within the server's memory budget: with two 8 MiB
+// pools and a control segment each, 40 MiB holds two sessions; a third is
+// refused with the reason until one closes, and one larger than the whole
+// budget is refused outright.
+TEST(Handshake, SessionsStayWithinTheServersMemoryBudget) {
+  TestServer srv({.max_mapped_bytes = uint64_t{40} << 20});
+  EXPECT_EQ(srv.server->stats().mapped_budget_bytes, uint64_t{40} << 20);
+  Client a = srv.connect();
+  Client b = srv.connect();
+  auto c = Client::connect(srv.path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(c.status().message().find("memory budget"), std::string::npos) << c.status().to_string();
+  EXPECT_LE(srv.server->stats().bytes_mapped, uint64_t{40} << 20);
+  a.close();
+  ASSERT_TRUE(srv.wait_sessions(1));
+  auto again = Client::connect(srv.path);
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  EXPECT_TRUE(again->call("echo", bytes_of("x")).ok());
+  b.close();
+  again->close();
+  ASSERT_TRUE(srv.wait_sessions(0));
+  auto big = Client::connect(srv.path, {.client_pool_bytes = size_t{48} << 20});
+  EXPECT_EQ(big.status().code(), StatusCode::kResourceExhausted);
+}
+
+// Without a budget given, it is half of what the server may use.
+TEST(Handshake, TheDefaultMemoryBudgetIsHalfOfWhatTheServerMayUse) {
+  TestServer srv;
+  const uint64_t machine =
+      static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(::sysconf(_SC_PAGE_SIZE));
+  const uint64_t budget = srv.server->stats().mapped_budget_bytes;
+  EXPECT_GT(budget, 0u);
+  EXPECT_LE(budget, machine / 2);
+}
+
 TEST(Handshake, GarbageAndSilentPeersDoNotBlockOthers) {
   TestServer srv({.handshake_timeout = std::chrono::milliseconds(200)});
   auto junk = detail::connect_unix(srv.path);

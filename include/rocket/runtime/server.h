@@ -197,6 +197,13 @@ struct ServerOptions {
   size_t max_pool_bytes = size_t{2} << 30;
   uint32_t default_ring_entries = 1024;
   unsigned max_sessions = 256;
+  // The most memory all sessions' segments may take together. A session that
+  // would go past it is refused (RESOURCE_EXHAUSTED, saying why), where it
+  // would otherwise run the machine or the server's cgroup out of memory and
+  // have the server killed. 0: half of what the server may use (the smaller
+  // of the machine's memory and its memory cgroup's limit), read at start();
+  // ServerStats::mapped_budget_bytes says what it came to.
+  uint64_t max_mapped_bytes = 0;
   bool prefault = true;
   // Back session pools with 2 MiB pages where the system allows shared-memory
   // huge pages (shm::HugePages); false keeps them to 4 KiB pages.
@@ -219,6 +226,7 @@ struct ServerStats {
   uint64_t request_errors = 0;   // requests answered with a non-OK status
   uint64_t protocol_errors = 0;  // corrupt rings, forged frees, garbage descriptors
   uint64_t bytes_mapped = 0;     // segments currently mapped for sessions
+  uint64_t mapped_budget_bytes = 0;  // the most they may take (ServerOptions::max_mapped_bytes)
   uint64_t gpu_handles_opened = 0;  // CUDA IPC handles of GPU payloads opened (once per session each)
   uint64_t gpu_responses_shared = 0;  // GPU responses handed over by reference
   uint64_t gpu_responses_copied = 0;  // GPU responses copied into the pool for callers that did not accept them
