@@ -177,18 +177,25 @@ std::optional<StatusCode> answer_of(int fd, std::chrono::milliseconds wait) {
   return static_cast<StatusCode>(w->status_code);
 }
 
+// `n` raw connections to `path` that say nothing (fewer where one failed).
+std::vector<int> connect_silently(const std::string& path, int n) {
+  std::vector<int> fds;
+  for (int i = 0; i < n; ++i) {
+    auto fd = detail::connect_unix(path);
+    EXPECT_TRUE(fd.ok()) << fd.status().to_string();
+    if (fd.ok()) fds.push_back(*fd);
+  }
+  return fds;
+}
+
 // Peers that connect and say nothing wait for their hello beside everyone
 // else: with a minute's handshake timeout, a client connecting behind four
 // of them is in at once (one at a time, it would have waited four minutes),
 // and they are still waiting when it is.
 TEST(Handshake, SilentPeersHoldUpNoOne) {
   TestServer srv({.handshake_timeout = std::chrono::milliseconds(60000)});
-  std::vector<int> silent;
-  for (int i = 0; i < 4; ++i) {
-    auto fd = detail::connect_unix(srv.path);
-    ASSERT_TRUE(fd.ok()) << fd.status().to_string();
-    silent.push_back(*fd);
-  }
+  std::vector<int> silent = connect_silently(srv.path, 4);
+  ASSERT_EQ(silent.size(), 4u);
   auto c = Client::connect(srv.path, {.connect_timeout = std::chrono::milliseconds(20000)});
   ASSERT_TRUE(c.ok()) << c.status().to_string();
   EXPECT_TRUE(c->call("echo", bytes_of("x")).ok());
@@ -203,12 +210,8 @@ TEST(Handshake, SilentPeersHoldUpNoOne) {
 // they go, it connects again.
 TEST(Handshake, OneAccountKeepsAtMostSixteenConnectionsWaiting) {
   TestServer srv({.handshake_timeout = std::chrono::milliseconds(60000)});
-  std::vector<int> silent;
-  for (int i = 0; i < 16; ++i) {
-    auto fd = detail::connect_unix(srv.path);
-    ASSERT_TRUE(fd.ok()) << fd.status().to_string();
-    silent.push_back(*fd);
-  }
+  std::vector<int> silent = connect_silently(srv.path, 16);
+  ASSERT_EQ(silent.size(), 16u);
   // Connections are accepted in order: the seventeenth finds sixteen waiting.
   auto extra = detail::connect_unix(srv.path);
   ASSERT_TRUE(extra.ok());
