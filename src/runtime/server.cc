@@ -156,7 +156,9 @@ struct Server::Impl {
     std::chrono::steady_clock::time_point deadline;
   };
   std::vector<PendingHello> pending;
-  static constexpr size_t kMaxPending = 1024;
+  // Each waiting connection holds a descriptor: 256 leave room under the
+  // usual limit of 1024 for the sessions (six each) and the rest.
+  static constexpr size_t kMaxPending = 256;
   static constexpr size_t kMaxPendingPerUid = 16;
 
   void accept_loop();

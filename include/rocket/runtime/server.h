@@ -210,7 +210,7 @@ struct ServerOptions {
   bool huge_pages = true;
   // How long a new connection may take to say hello before it is refused.
   // Connections waiting to say hello hold up no one: the server takes each
-  // hello as it arrives, and keeps at most 16 connections per uid (1024 in
+  // hello as it arrives, and keeps at most 16 connections per uid (256 in
   // all) waiting, refusing more at once.
   std::chrono::milliseconds handshake_timeout{2000};
   // Pocket's resource amplification: callers lend the backend CPU for the
