@@ -59,6 +59,7 @@ struct ServeArgs {
   size_t client_pool_mib = 192, server_pool_mib = 192, max_pool_mib = 2048;
   unsigned max_sessions = 256;
   uint64_t max_mapped_mib = 0;
+  unsigned max_sessions_per_uid = 0;
   bool small_pages = false;
   bool lend = false;
   std::string lend_cgroup, lend_journal;
@@ -80,6 +81,7 @@ int serve(const ServeArgs& a) {
   o.default_server_pool_bytes = a.server_pool_mib << 20;
   o.huge_pages = !a.small_pages;
   o.max_mapped_bytes = a.max_mapped_mib << 20;
+  o.max_sessions_per_uid = a.max_sessions_per_uid;
   o.max_pool_bytes = a.max_pool_mib << 20;
   o.max_sessions = a.max_sessions;
   o.lending.enabled = a.lend;

@@ -54,6 +54,27 @@ struct ServerCounters {
   std::atomic<uint64_t> gpu_handles_opened{0}, gpu_responses_shared{0}, gpu_responses_copied{0};
   std::atomic<uint64_t> requests_helped{0};
   std::atomic<uint64_t> lends{0}, lends_refused{0}, memory_lent_bytes{0};
+
+  // Open sessions per uid (ServerOptions::max_sessions_per_uid). The acceptor
+  // adds, sessions take away as they end, on their dispatchers.
+  uint32_t sessions_of(uid_t uid) {
+    std::lock_guard<std::mutex> lock(uid_mu);
+    auto it = sessions_by_uid.find(uid);
+    return it == sessions_by_uid.end() ? 0 : it->second;
+  }
+  void add_session_of(uid_t uid) {
+    std::lock_guard<std::mutex> lock(uid_mu);
+    ++sessions_by_uid[uid];
+  }
+  void drop_session_of(uid_t uid) {
+    std::lock_guard<std::mutex> lock(uid_mu);
+    auto it = sessions_by_uid.find(uid);
+    if (it != sessions_by_uid.end() && --it->second == 0) sessions_by_uid.erase(it);
+  }
+
+ private:
+  std::mutex uid_mu;
+  std::unordered_map<uid_t, uint32_t> sessions_by_uid;
 };
 
 // Tags let one epoll set tell a session's socket from its eventfd.
@@ -79,6 +100,7 @@ struct ServerSession {
   int wake_fd = -1;  // the client writes here to wake our dispatcher
   std::string tenant;
   ucred cred{};
+  bool counted_for_uid = false;  // in counters' sessions of cred.uid
   shm::Segment control, client_pool, server_pool;
   ControlBlock* cb = nullptr;
   shm::RingConsumer<SubDesc> rx;
@@ -225,6 +247,7 @@ detail::ServerSession::~ServerSession() {
   client_pool = shm::Segment();
   server_pool = shm::Segment();
   counters->bytes_mapped.fetch_sub(mapped, std::memory_order_relaxed);
+  if (counted_for_uid) counters->drop_session_of(cred.uid);
   counters->sessions_open.fetch_sub(1, std::memory_order_relaxed);
 }
 
@@ -1116,6 +1139,11 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
   if (counters.sessions_open.load(std::memory_order_relaxed) >= opts.max_sessions) {
     return refuse(fd, unavailable("server has its maximum of " + std::to_string(opts.max_sessions) + " sessions"));
   }
+  if (opts.max_sessions_per_uid != 0 && counters.sessions_of(cred.uid) >= opts.max_sessions_per_uid) {
+    return refuse(fd, unavailable("uid " + std::to_string(cred.uid) + " has its maximum of " +
+                                  std::to_string(opts.max_sessions_per_uid) +
+                                  " sessions on this server (ServerOptions::max_sessions_per_uid)"));
+  }
   // Only this thread adds to bytes_mapped (dispatchers take away as sessions
   // end), so what is checked here is not overtaken before it is added.
   const uint64_t need = shm::segment_total_bytes(detail::control_data_bytes(sub_n, comp_n)) +
@@ -1168,6 +1196,8 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
   s->wake_fd = wake;
   s->tenant = std::string(tenant);
   s->cred = cred;
+  counters.add_session_of(cred.uid);
+  s->counted_for_uid = true;
   s->kernel_copy = kernel_copy;
   if (amplifier) s->lender = amplifier->lender_of(cred.pid, pidfd.fd);
   for (size_t i = 0; i < ops.size(); ++i) {

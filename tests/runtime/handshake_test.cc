@@ -113,6 +113,23 @@ TEST(Handshake, SessionLimitIsUnavailable) {
   EXPECT_TRUE(Client::connect(srv.path).ok());
 }
 
+// One account holds at most max_sessions_per_uid sessions; the next is
+// refused with the reason, and gets in once one of them closes.
+TEST(Handshake, OneAccountHoldsAtMostItsShareOfSessions) {
+  TestServer srv({.max_sessions_per_uid = 2});
+  Client a = srv.connect();
+  Client b = srv.connect();
+  auto c = Client::connect(srv.path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(c.status().message().find("max_sessions_per_uid"), std::string::npos) << c.status().to_string();
+  a.close();
+  ASSERT_TRUE(srv.wait_sessions(1));
+  auto again = Client::connect(srv.path);
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  EXPECT_TRUE(again->call("echo", bytes_of("x")).ok());
+}
+
 // Sessions' segments stay within the server's memory budget: with two 8 MiB
 // pools and a control segment each, 40 MiB holds two sessions; a third is
 // refused with the reason until one closes, and one larger than the whole

@@ -197,6 +197,10 @@ struct ServerOptions {
   size_t max_pool_bytes = size_t{2} << 30;
   uint32_t default_ring_entries = 1024;
   unsigned max_sessions = 256;
+  // Sessions one uid may hold open at once, so that one account cannot take
+  // every session or the whole memory budget from the others; 0: no limit
+  // but max_sessions. Past it, UNAVAILABLE saying why.
+  unsigned max_sessions_per_uid = 0;
   // The most memory all sessions' segments may take together. A session that
   // would go past it is refused (RESOURCE_EXHAUSTED, saying why), where it
   // would otherwise run the machine or the server's cgroup out of memory and
