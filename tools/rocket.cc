@@ -80,6 +80,11 @@ int serve(const ServeArgs& a) {
   o.default_client_pool_bytes = a.client_pool_mib << 20;
   o.default_server_pool_bytes = a.server_pool_mib << 20;
   o.huge_pages = !a.small_pages;
+  if (a.max_mapped_mib > (uint64_t{1} << 40)) {
+    std::fprintf(stderr, "rocket serve: --max-mapped-mib takes at most %llu\n",
+                 static_cast<unsigned long long>(uint64_t{1} << 40));
+    return 2;
+  }
   o.max_mapped_bytes = a.max_mapped_mib << 20;
   o.max_sessions_per_uid = a.max_sessions_per_uid;
   o.max_pool_bytes = a.max_pool_mib << 20;
@@ -160,13 +165,14 @@ int call(const CallArgs& a) {
     }
     std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     payload.resize(s.size());
-    std::memcpy(payload.data(), s.data(), s.size());
+    if (!s.empty()) std::memcpy(payload.data(), s.data(), s.size());
   } else if (a.size > 0) {
     payload.resize(a.size);
     for (size_t i = 0; i < a.size; ++i) payload[i] = static_cast<std::byte>(i * 131 + 7);
   } else {
     payload.resize(a.data.size());
-    std::memcpy(payload.data(), a.data.data(), a.data.size());
+    if (!a.data.empty())
+      std::memcpy(payload.data(), a.data.data(), a.data.size());  // an empty vector's data() may be null
   }
   rocket::ClientOptions co;
   co.tenant = a.tenant;
@@ -376,6 +382,8 @@ int main(int argc, char** argv) {
   serve_cmd
       ->add_option("--max-mapped-mib", sa.max_mapped_mib,
                    "memory all sessions' pools may take together (0: half of what the server may use)")
+      ->capture_default_str();
+  serve_cmd->add_option("--max-sessions-per-uid", sa.max_sessions_per_uid, "sessions one uid may hold (0: no limit)")
       ->capture_default_str();
   serve_cmd->add_flag("--small-pages", sa.small_pages,
                       "keep session pools to 4 KiB pages (they ask for 2 MiB pages where the system allows)");
