@@ -137,7 +137,7 @@ int run_bench_connect(const ConnectOptions& o) {
   for (int round = 1; round <= o.rounds && failed.ok(); ++round) {
     for (size_t k = 0; k < points.size() && failed.ok(); ++k) {
       Point& p = points[in_round_order(round, k, points.size())];
-      const size_t arm = p.huge && arms.front() != p.huge ? 1 : 0;
+      const size_t arm = static_cast<size_t>(std::find(arms.begin(), arms.end(), p.huge) - arms.begin());
       failed = run_burst(paths[arm], p.huge, *servers[arm], p);
       if (!failed.ok()) {
         std::fprintf(stderr, "rocket bench connect: %u clients at once, %s pages: %s\n", p.clients,

@@ -50,8 +50,9 @@ static_assert(sizeof(SegmentHeader) == 64);
 inline constexpr size_t kSegmentDataOffset = 4096;
 
 // Transparent huge pages for a mapping. Pools ask for them: 2 MiB pages
-// make opening a session ~5x faster (one fault per 2 MiB, not per 4 KiB)
-// and spare the data path TLB misses. Shared memory gets them only where the
+// make opening a session ~9x faster (one fault per 2 MiB, not per 4 KiB;
+// `rocket bench connect`); copies were no faster in our runs, the pages being
+// populated at connect either way. Shared memory gets them only where the
 // system allows it (/sys/kernel/mm/transparent_hugepage/shmem_enabled:
 // "advise" or above; Debian's default is "never"); see shmem_huge_pages().
 enum class HugePages : uint8_t {
