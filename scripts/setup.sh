@@ -12,6 +12,7 @@ packages=(
   libzmq3-dev cppzmq-dev                         # rocket bench peers: ZeroMQ
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev  # ... and gRPC
   gnuplot-nox                                    # the demo's plots
+  pybind11-dev python3-dev python3-numpy         # the Python module and its tests
 )
 
 missing=()
