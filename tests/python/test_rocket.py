@@ -375,6 +375,23 @@ class PythonServer(unittest.TestCase):
                 c.call("realloc_held", b"")
             self.assertEqual(bytes(c.call("realloc", b"")), b"new")
 
+    def test_a_dispatcher_keeps_its_python_thread_state(self):
+        # threading.local lives in the thread's Python state: what a handler
+        # keeps per thread (a model instance, a scratch buffer) must survive
+        # from one request to the next.
+        local = threading.local()
+
+        def count(req):
+            local.n = getattr(local, "n", 0) + 1
+            return str(local.n).encode()
+
+        server = rocket.Server(os.path.join(self.dir.name, "one.sock"), dispatchers=1)
+        server.handle("count", count)
+        with server:
+            server.start()
+            with rocket.Client(os.path.join(self.dir.name, "one.sock")) as c:
+                self.assertEqual([bytes(c.call("count")) for _ in range(3)], [b"1", b"2", b"3"])
+
     def test_registration_is_checked(self):
         with self.assertRaises(rocket.InvalidArgument):
             self.server.handle("x", "not callable")
