@@ -278,6 +278,23 @@ class PyClient {
     return take(std::move(r));
   }
 
+  std::vector<JobId> submit_batch(const std::string& op, const py::sequence& requests, const CallOptions& o) {
+    std::vector<std::unique_ptr<BytesView>> views;
+    std::vector<std::span<const std::byte>> spans;
+    views.reserve(requests.size());
+    spans.reserve(requests.size());
+    for (const py::handle& r : requests) {
+      views.push_back(std::make_unique<BytesView>(r, false));
+      spans.push_back(views.back()->bytes());
+    }
+    Result<std::vector<JobId>> ids = Status(StatusCode::kInternal, "");
+    {
+      py::gil_scoped_release nogil;
+      ids = client_.submit_batch(op, spans, o);  // copied in on return
+    }
+    return take(std::move(ids));
+  }
+
   py::object query(JobId id, std::optional<double> timeout) {
     Result<Reply> r = Status(StatusCode::kInternal, "");
     const auto t = timeout_of(timeout);
@@ -815,6 +832,15 @@ PYBIND11_MODULE(rocket, m) {
           py::arg("lend_millicpus") = 0, py::arg("lend_memory_bytes") = 0,
           "Pipelined: posts the request and returns its job id (Unavailable while the completion ring is full: "
           "query some first).")
+      .def(
+          "submit_batch",
+          [](PyClient& c, const std::string& op, const py::sequence& requests, const std::string& mover,
+             const std::string& cache) {
+            return c.submit_batch(op, requests, call_options(mover, cache, std::nullopt, 0, 0));
+          },
+          py::arg("op"), py::arg("requests"), py::kw_only(), py::arg("mover") = "auto", py::arg("cache") = "auto",
+          "Pipelined, batched: copies every request into the pool with one mover submission and posts them all; "
+          "returns their job ids. All or nothing.")
       .def("query", &PyClient::query, py::arg("job_id"), py::arg("timeout") = py::none(),
            "The Reply of a submitted job, waiting for it (NotFound for an id this session did not issue or "
            "already collected).")

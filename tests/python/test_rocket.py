@@ -167,6 +167,14 @@ class ClientAgainstRocketServe(unittest.TestCase):
         with self.assertRaises(rocket.NotFound):
             self.client.query(jobs[0])
 
+        batch = [payload(100 + s, seed=s) for s in range(10)]
+        jobs = self.client.submit_batch("echo_copy", batch)
+        self.assertEqual(len(jobs), 10)
+        self.assertEqual([bytes(self.client.query(j)) for j in jobs], batch)
+        with self.assertRaises(TypeError):
+            self.client.submit_batch("echo", [b"ok", "not bytes"])
+        self.assertEqual(self.client.stats()["inflight"], 0, "a refused batch posts nothing")
+
     def test_call_into_a_buffer_of_ours(self):
         out = bytearray(100)
         self.assertEqual(self.client.call_into("echo", b"abc", out), 3)
