@@ -489,11 +489,27 @@ class KeptThreadState {
   bool kept_ = false;
 };
 thread_local KeptThreadState t_thread_state;
+// True on a server thread while it runs Python code of ours (a handler or a
+// session-end hook): such code must not wait for the server's threads.
+thread_local bool t_on_server_thread = false;
+
+// Sets t_on_server_thread for a scope.
+class OnServerThread {
+ public:
+  OnServerThread() : was_(std::exchange(t_on_server_thread, true)) {}
+  OnServerThread(const OnServerThread&) = delete;
+  OnServerThread& operator=(const OnServerThread&) = delete;
+  ~OnServerThread() { t_on_server_thread = was_; }
+
+ private:
+  bool was_;
+};
 
 Status run_handler(const PyCallable& fn, bool with_response, const std::string& op, const Request& req,
                    Response& resp) {
   py::gil_scoped_acquire gil;
   t_thread_state.keep();
+  OnServerThread on_server;
   HandlerViews views;
   auto preq = std::make_shared<PyRequest>(req, &views);
   auto presp = std::make_shared<PyResponse>(resp, &views);
@@ -572,6 +588,7 @@ class PyServer {
     PyCallable f = share(fn);
     check(server_->on_session_end([f](uint64_t sid) {
       py::gil_scoped_acquire gil;
+      OnServerThread on_server;
       try {
         (*f)(sid);
       } catch (py::error_already_set& e) {
@@ -619,7 +636,13 @@ class PyServer {
   }
 
   // Joins the server's threads; they may need the GIL to finish a handler.
+  // Not from a handler: it would wait for its own thread.
   void wait() {
+    if (t_on_server_thread) {
+      raise(
+          failed_precondition("a handler cannot wait for the server to stop (it would wait for itself); "
+                              "call stop(), and wait() on another thread"));
+    }
     py::gil_scoped_release nogil;
     server_->wait();
   }

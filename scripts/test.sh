@@ -4,8 +4,8 @@
 # concurrency-labelled tests under TSan, then builds the release configuration,
 # runs the whole suite once more there (optimised code, and the few tests that
 # need glibc's own allocator), a short benchmark smoke test (correctness of the
-# bench path, not a timing), `rocket bench lend --quick`, `rocket demo --quick` and
-# `rocket bench peers --quick`.
+# bench path, not a timing), `rocket bench lend --quick`, `rocket demo --quick`,
+# `rocket bench peers --quick` and a short bench/python/peers.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -38,6 +38,10 @@ echo "== rocket demo --quick (the main job, small sizes)"
 ./build/release/rocket demo --quick --out build/release/demo-report
 echo "== rocket bench peers --quick"
 ./build/release/rocket bench peers --quick --workload pagerank --scale 0.05
+if ls build/release/python/rocket.*.so >/dev/null 2>&1; then
+  echo "== bench/python/peers.py (the Python module against a socket and multiprocessing; short)"
+  PYTHONPATH=build/release/python /usr/bin/python3 bench/python/peers.py --sizes 64,1M,16M --budget 0.2
+fi
 
 # One summary over the three runs (ctest prints "... N tests failed out of M").
 awk '/tests failed out of/ { failed += $(NF-4); total += $NF }

@@ -400,6 +400,23 @@ class PythonServer(unittest.TestCase):
             with rocket.Client(os.path.join(self.dir.name, "one.sock")) as c:
                 self.assertEqual([bytes(c.call("count")) for _ in range(3)], [b"1", b"2", b"3"])
 
+    def test_a_handler_may_stop_the_server_but_not_wait_for_it(self):
+        def wait(req):
+            self.server.wait()
+
+        def stop(req):
+            self.server.stop()
+            return b"stopping"
+
+        self.server.handle("wait", wait)
+        self.server.handle("stop", stop)
+        self.server.start()
+        with self.connect() as c:
+            with self.assertRaisesRegex(rocket.FailedPrecondition, "wait for itself"):
+                c.call("wait", b"", timeout=30)
+            self.assertEqual(bytes(c.call("stop", b"", timeout=30)), b"stopping")
+        self.server.wait()  # returns: the server stopped
+
     def test_registration_is_checked(self):
         with self.assertRaises(rocket.InvalidArgument):
             self.server.handle("x", "not callable")
