@@ -49,6 +49,7 @@
 #include "rocket/runtime/builtin_ops.h"
 #include "rocket/runtime/client.h"
 #include "rocket/runtime/server.h"
+#include "sys/fork.h"
 
 namespace py = pybind11;
 
@@ -567,7 +568,23 @@ class PyServer {
       std::lock_guard<std::mutex> lock(g_servers_mu);
       g_servers.erase(this);
     }
+    if (in_forked_child()) {
+      // Its threads stayed in the parent: there is nothing here to stop or
+      // join, and destroying the server would try. Let it go unrun.
+      (void)server_.release();
+      return;
+    }
     shut_down();
+  }
+
+  // A child forked after the server was made: its threads are the parent's.
+  bool in_forked_child() const noexcept { return detail::fork_generation() != made_in_; }
+  void owner_check() const {
+    if (in_forked_child()) {
+      raise(
+          failed_precondition("this server belongs to the process that made it, before it forked; "
+                              "a forked child must make a server of its own"));
+    }
   }
 
   void handle(const std::string& op, const py::object& fn, bool concurrent) {
@@ -600,6 +617,7 @@ class PyServer {
   void builtin_ops() { check(register_builtin_ops(*server_)); }
 
   void start() {
+    owner_check();
     Status st;
     {
       py::gil_scoped_release nogil;
@@ -629,6 +647,7 @@ class PyServer {
   }
 
   void stop() {
+    owner_check();
     server_->stop();
     std::lock_guard<std::mutex> lock(mu_);
     stop_asked_ = true;
@@ -638,6 +657,7 @@ class PyServer {
   // Joins the server's threads; they may need the GIL to finish a handler.
   // Not from a handler: it would wait for its own thread.
   void wait() {
+    owner_check();
     if (t_on_server_thread) {
       raise(
           failed_precondition("a handler cannot wait for the server to stop (it would wait for itself); "
@@ -656,6 +676,7 @@ class PyServer {
 
  private:
   std::unique_ptr<Server> server_;
+  uint64_t made_in_ = detail::fork_generation();
   bool started_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -684,7 +705,9 @@ void stop_all_servers() {
     std::lock_guard<std::mutex> lock(g_servers_mu);
     live.assign(g_servers.begin(), g_servers.end());
   }
-  for (PyServer* s : live) s->shut_down();
+  for (PyServer* s : live) {
+    if (!s->in_forked_child()) s->shut_down();
+  }
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "rocket/mover/mover.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +23,7 @@
 #include "mover/kernel_copy.h"
 #include "mover/threads_mover.h"
 #include "sys/files.h"
+#include "sys/fork.h"
 
 namespace rocket {
 
@@ -276,12 +278,30 @@ Result<std::unique_ptr<Mover>> make_mover(MoverKind kind, const MoverConfig& con
   return invalid_argument("unknown mover kind");
 }
 
+namespace {
+// The shared engines and the lock over them. Held across fork() (the
+// handlers below), so that a child never finds it locked by a thread it does
+// not have.
+std::mutex g_engines_mu;
+void lock_engines() noexcept { g_engines_mu.lock(); }
+void unlock_engines() noexcept { g_engines_mu.unlock(); }
+}  // namespace
+
 Result<Mover*> shared_mover(MoverKind kind) {
   if (kind == MoverKind::kAuto) kind = MoverKind::kCpu;
-  static std::mutex mu;
   static std::unique_ptr<Mover> engines[8];
   static bool profile_tried = false;
-  std::lock_guard<std::mutex> lock(mu);
+  static const int fork_handlers = ::pthread_atfork(&lock_engines, &unlock_engines, &unlock_engines);
+  (void)fork_handlers;
+  static uint64_t made_in = detail::fork_generation();
+  std::lock_guard<std::mutex> lock(g_engines_mu);
+  if (made_in != detail::fork_generation()) {
+    // A forked child: the engines' worker threads stayed in the parent, so
+    // they can neither run copies nor be joined. Let them go unrun (their
+    // memory stays allocated) and make fresh ones here.
+    for (auto& e : engines) (void)e.release();
+    made_in = detail::fork_generation();
+  }
   if (!profile_tried) {
     // The runtime uses this machine's calibrated costs when `rocket
     // calibrate` has written them; built-in estimates otherwise.

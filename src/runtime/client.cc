@@ -18,6 +18,7 @@
 #include "runtime/gpu_payload.h"
 #include "runtime/protocol.h"
 #include "runtime/socket.h"
+#include "sys/fork.h"
 #include "sys/futex.h"
 
 namespace rocket {
@@ -121,6 +122,11 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   void abandon(JobId id) noexcept;
   Result<Mover*> mover(MoverKind kind);
   void close() noexcept;
+  // True in a child forked after connect(): nothing of the session may be
+  // touched there but this process's own copies of its memory.
+  bool in_forked_child() const noexcept { return fork_generation() != fork_generation_; }
+  // FAILED_PRECONDITION in a forked child, saying what to do instead.
+  Status owner_check() const;
 
   std::byte* client_data() const noexcept { return cpool_.data(); }
   const std::byte* server_data() const noexcept { return spool_.data(); }
@@ -175,6 +181,11 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   int server_wake_fd_ = -1;
   uint64_t session_id_ = 0;
   bool kernel_copy_ = false;
+  // The process that connected, and how far down the fork line it is: a
+  // forked child shares the session's mappings and socket but must not use
+  // them (sys/fork.h).
+  pid_t owner_pid_ = 0;
+  uint64_t fork_generation_ = 0;
   shm::Segment control_, cpool_, spool_;
   ControlBlock* cb_ = nullptr;
   std::vector<std::string> op_names_;
@@ -221,6 +232,8 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
   std::shared_ptr<ClientCore> core(new ClientCore());
   core->sock_ = fd;  // closed by ~ClientCore on every failure below
   core->opts_ = opts;
+  core->owner_pid_ = ::getpid();
+  core->fork_generation_ = fork_generation();
 
   // The kernel path: let the server (our peer) read our memory where Yama
   // restricts ptrace to ancestors, and give it a token to prove it can.
@@ -324,7 +337,8 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
 }
 
 ClientCore::~ClientCore() {
-  if (registered_with_ != nullptr) {
+  // In a forked child the engine is the parent's (sys/fork.h): leave it be.
+  if (registered_with_ != nullptr && !in_forked_child()) {
     registered_with_->unregister_memory(cpool_.base());
     registered_with_->unregister_memory(spool_.base());
   }
@@ -332,7 +346,17 @@ ClientCore::~ClientCore() {
   if (server_wake_fd_ >= 0) ::close(server_wake_fd_);
 }
 
+Status ClientCore::owner_check() const {
+  if (!in_forked_child()) return ok_status();
+  return failed_precondition("this session was opened by process " + std::to_string(owner_pid_) +
+                             " before it forked; a forked child must connect a session of its own");
+}
+
 void ClientCore::close() noexcept {
+  // A forked child's copy: shutting the socket down would end the parent's
+  // session too (the socket is shared, not copied). Its descriptors close
+  // with this object.
+  if (in_forked_child()) return;
   std::vector<Mover*> movers;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -409,6 +433,7 @@ void ClientCore::free_block(uint64_t offset) noexcept {
 }
 
 void ClientCore::free_reply(uint64_t offset) noexcept {
+  if (in_forked_child()) return;  // the block is the parent's to free
   std::lock_guard<std::mutex> lock(mu_);
   if (!failure_.ok()) return;
   pending_frees_.push_back(offset);
@@ -839,6 +864,7 @@ Result<Reply> ClientCore::wait_job(JobId id, std::chrono::milliseconds timeout) 
 }
 
 bool ClientCore::job_done(JobId id) {
+  if (in_forked_child()) return true;  // get() says why; the completions are the parent's
   std::lock_guard<std::mutex> lock(mu_);
   drain_locked();
   auto it = jobs_.find(id);
@@ -846,6 +872,7 @@ bool ClientCore::job_done(JobId id) {
 }
 
 void ClientCore::abandon(JobId id) noexcept {
+  if (in_forked_child()) return;
   std::unique_lock<std::mutex> lock(mu_);
   drain_locked();  // responses already in: their jobs (this one too) free their blocks now
   auto it = jobs_.find(id);
@@ -1042,6 +1069,7 @@ Result<std::vector<std::byte>> Reply::to_vector() const {
 Result<Reply> Future::get(std::chrono::milliseconds timeout) {
   if (!early_.ok()) return early_;
   if (!core_) return failed_precondition("future has no job (default-constructed or already consumed)");
+  ROCKET_RETURN_IF_ERROR(core_->owner_check());
   auto core = std::move(core_);
   auto r = core->wait_job(id_, timeout);
   if (!r.ok() && r.status().code() == StatusCode::kDeadlineExceeded) core_ = std::move(core);  // may retry
@@ -1079,6 +1107,7 @@ Client::~Client() {
 
 Result<Buffer> Client::alloc(size_t bytes) {
   if (bytes == 0) return invalid_argument("alloc of zero bytes");
+  ROCKET_RETURN_IF_ERROR(core_->owner_check());
   ROCKET_ASSIGN_OR_RETURN(auto block, core_->alloc_block(bytes));
   return Buffer(std::move(block));
 }
@@ -1091,6 +1120,7 @@ detail::ReqTags tags_of(const CallOptions& o, uint16_t flags = 0) {
 
 // The op's id, once the options are valid.
 Result<uint32_t> op_for(const detail::ClientCore& core, std::string_view op, const CallOptions& o) {
+  ROCKET_RETURN_IF_ERROR(core.owner_check());
   if (o.policy.lend_millicpus > kMaxLendMillicpus) {
     return invalid_argument("a call lends at most " + std::to_string(kMaxLendMillicpus) + " millicpus, not " +
                             std::to_string(o.policy.lend_millicpus));
@@ -1193,7 +1223,10 @@ Result<std::vector<JobId>> Client::submit_batch(std::string_view op,
   return core_->submit_batch(id, requests, options.policy, tags_of(options));
 }
 
-Result<Reply> Client::query(JobId id, std::chrono::milliseconds timeout) { return core_->wait_job(id, timeout); }
+Result<Reply> Client::query(JobId id, std::chrono::milliseconds timeout) {
+  ROCKET_RETURN_IF_ERROR(core_->owner_check());
+  return core_->wait_job(id, timeout);
+}
 
 std::vector<std::string> Client::ops() const { return core_->ops(); }
 uint64_t Client::session_id() const noexcept { return core_->session_id(); }

@@ -498,6 +498,54 @@ class ServerProcess(unittest.TestCase):
             self.assertNotEqual(proc.returncode, 0)
             self.assertIn("KeyboardInterrupt", err)
 
+    def test_a_forked_child_leaves_the_parents_session_and_server_alone(self):
+        # multiprocessing forks by default here: a child inherits the parent's
+        # client and server objects, but not their sessions or threads.
+        with tempfile.TemporaryDirectory() as d:
+            sock = os.path.join(d, "s.sock")
+            proc = run_python(f"""
+                import os, sys
+                import rocket
+                big = bytes(range(256)) * 16384  # 4 MiB
+                srv = rocket.Server({sock!r}, dispatchers=2)
+                srv.add_builtin_ops()
+                srv.start()
+                c = rocket.Client({sock!r})
+                assert bytes(c.call_async("echo_copy", big, mover="threads").result()) == big
+                kept = c.call("echo_copy", b"kept by the parent")
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        c.call("echo", b"x")
+                        sys.exit("the parent's session answered in the child")
+                    except rocket.FailedPrecondition as e:
+                        assert "forked" in str(e), e
+                    try:
+                        srv.stop()
+                        sys.exit("the parent's server stopped in the child")
+                    except rocket.FailedPrecondition:
+                        pass
+                    del kept
+                    c.close()
+                    own = rocket.Client({sock!r})
+                    assert bytes(own.call_async("echo_copy", big, mover="threads").result(timeout=20)) == big
+                    print("child ok", flush=True)
+                    sys.exit(0)  # through atexit: the parent's server is not joined here
+                _, status = os.waitpid(pid, 0)
+                assert os.waitstatus_to_exitcode(status) == 0, status
+                assert bytes(c.call("echo_copy", big)) == big
+                assert bytes(kept) == b"kept by the parent"
+                assert srv.stats()["protocol_errors"] == 0
+                print("parent ok", flush=True)
+            """)
+            try:
+                out, err = proc.communicate(timeout=120)
+            finally:
+                proc.kill()
+            self.assertEqual(proc.returncode, 0, err)
+            self.assertIn("child ok", out)
+            self.assertIn("parent ok", out)
+
     def test_exiting_without_stop_is_clean(self):
         # The script ends while a client in another process keeps its
         # handlers busy: the server must stop before the interpreter goes.

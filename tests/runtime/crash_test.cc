@@ -104,5 +104,56 @@ TEST(Crash, ServerStoppedWhileClientsWait) {
   EXPECT_EQ(c.call("echo", bytes_of("x")).status().code(), StatusCode::kUnavailable);
 }
 
+// fork() copies the session (its mappings and socket) into the child, but
+// the session stays the parent's: the child gets a clear error from it and
+// connects its own, engines included, and the parent notices nothing. Before,
+// the child's dropped replies were freed on the parent's ring, its close()
+// shut the shared socket, and its asynchronous copies waited for worker
+// threads that stayed in the parent.
+TEST(Fork, AChildUsesASessionOfItsOwnAndLeavesTheParentsAlone) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "ThreadSanitizer does not support starting threads after a multi-threaded fork";
+#endif
+  TestServer srv({.dispatchers = 2});
+  Client parent = srv.connect();
+  const auto big = pattern(4 << 20, 9);
+  const CallOptions on_threads{.policy = {.mover = MoverKind::kThreads}};
+  ASSERT_TRUE(parent.call_async("echo_copy", big, on_threads).get().ok());  // the engine's workers start
+  auto held = parent.call("echo_copy", bytes_of("kept by the parent"));
+  ASSERT_TRUE(held.ok());
+
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // the child reports by exit code; a hang is killed
+    ::alarm(60);
+    int code = 0;
+    auto r = parent.call("echo", bytes_of("x"));
+    if (r.ok() || r.status().code() != StatusCode::kFailedPrecondition) code |= 1;
+    if (parent.alloc(16).ok()) code |= 2;
+    { Reply dropped = std::move(*held); }  // the last reference here: no free may reach the ring
+    parent.close();                        // nor a shutdown of the shared socket
+    auto own = Client::connect(srv.path);
+    if (!own.ok()) {
+      code |= 4;
+    } else {
+      auto echoed = own->call_async("echo_copy", big, on_threads).get(std::chrono::milliseconds(20000));
+      if (!echoed.ok() || echoed->to_vector().value() != big) code |= 8;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child was killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "failed in the child: 1 the parent's call, 2 its alloc, 4 connect, "
+                                       "8 an asynchronous call on the threads engine";
+  // The parent's session goes on, and the reply it kept was not freed under it.
+  auto again = parent.call("echo_copy", big);
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  EXPECT_EQ(again->to_vector().value(), big);
+  const std::string kept = "kept by the parent";
+  EXPECT_EQ(held->to_vector().value(), std::vector<std::byte>(bytes_of(kept).begin(), bytes_of(kept).end()));
+  EXPECT_EQ(srv.server->stats().protocol_errors, 0u);
+}
+
 }  // namespace
 }  // namespace rocket::testing

@@ -25,6 +25,11 @@
 // When the server dies, blocked calls return kUnavailable within about 20 ms
 // and the session stays failed; connect again.
 //
+// A session belongs to the process that connected it: in a child forked
+// after connect(), calls return kFailedPrecondition, and dropping or closing
+// the parent's objects there does not touch the parent's session. The child
+// connects its own.
+//
 // Thread safety: a Client is safe for concurrent use from multiple threads.
 // Buffer, Reply and Future are values owned by one thread at a time.
 #pragma once
