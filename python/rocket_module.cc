@@ -38,6 +38,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -925,12 +926,18 @@ PYBIND11_MODULE(rocket, m) {
   py::class_<PyServer>(m, "Server",
                        "A backend serving Rocket clients. Register handlers, then run() (or start()/stop()). A "
                        "handler is called as handler(request) and returns a bytes-like object or None, or as "
-                       "handler(request, response) and fills the response.")
+                       "handler(request, response) and fills the response. Keywords as ServerOptions; lend=True "
+                       "takes callers' CPU loans into this backend's cgroup for their requests (Pocket: "
+                       "lend_cgroup, lend_factors {cgroup: factor}, lend_journal; lend_memory=True for memory "
+                       "loans too), and request.lent_millicpus says what a request brought.")
       .def(py::init([](const std::string& path, unsigned dispatchers, std::vector<uid_t> allowed_uids,
                        std::vector<gid_t> allowed_gids, size_t default_client_pool_bytes,
                        size_t default_server_pool_bytes, size_t max_pool_bytes, unsigned max_sessions,
                        unsigned max_sessions_per_uid, uint64_t max_mapped_bytes, bool huge_pages,
-                       double handshake_timeout) {
+                       double handshake_timeout, bool lend, const std::string& lend_cgroup,
+                       const std::string& lend_journal, std::map<std::string, double> lend_factors,
+                       double lend_default_factor, bool lend_memory, const std::string& lend_memory_cgroup,
+                       uint64_t lend_memory_reserve_bytes) {
              ServerOptions o;
              o.socket_path = path;
              o.dispatchers = dispatchers;
@@ -944,13 +951,26 @@ PYBIND11_MODULE(rocket, m) {
              o.max_mapped_bytes = max_mapped_bytes;
              o.huge_pages = huge_pages;
              o.handshake_timeout = timeout_of(handshake_timeout);
+             if (lend_memory && !lend) raise(invalid_argument("lend_memory=True goes with lend=True"));
+             o.lending.enabled = lend;
+             o.lending.backend_cgroup = lend_cgroup;
+             o.lending.journal_path = lend_journal;
+             o.lending.factors = std::move(lend_factors);
+             o.lending.default_factor = lend_default_factor;
+             o.lending.memory.enabled = lend_memory;
+             o.lending.memory.backend_cgroup = lend_memory_cgroup;
+             o.lending.memory.reserve_bytes = lend_memory_reserve_bytes;
              return std::make_unique<PyServer>(std::move(o));
            }),
            py::arg("socket_path"), py::kw_only(), py::arg("dispatchers") = 1,
            py::arg("allowed_uids") = std::vector<uid_t>{}, py::arg("allowed_gids") = std::vector<gid_t>{},
            py::arg("default_client_pool_bytes") = 0, py::arg("default_server_pool_bytes") = 0,
            py::arg("max_pool_bytes") = 0, py::arg("max_sessions") = 0, py::arg("max_sessions_per_uid") = 0,
-           py::arg("max_mapped_bytes") = 0, py::arg("huge_pages") = true, py::arg("handshake_timeout") = 2.0)
+           py::arg("max_mapped_bytes") = 0, py::arg("huge_pages") = true, py::arg("handshake_timeout") = 2.0,
+           py::arg("lend") = false, py::arg("lend_cgroup") = "", py::arg("lend_journal") = "",
+           py::arg("lend_factors") = std::map<std::string, double>{}, py::arg("lend_default_factor") = 1.0,
+           py::arg("lend_memory") = false, py::arg("lend_memory_cgroup") = "",
+           py::arg("lend_memory_reserve_bytes") = uint64_t{64} << 20)
       .def("handle", &PyServer::handle, py::arg("op"), py::arg("handler"), py::kw_only(), py::arg("concurrent") = false,
            "Registers `handler` for `op` (before start). concurrent=True lets several dispatchers run one "
            "session's requests to this op at once.")

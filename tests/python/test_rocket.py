@@ -477,6 +477,95 @@ class PythonServer(unittest.TestCase):
             self.assertEqual(bytes(c.call("echo", b"still here")), b"still here")
 
 
+def cgroup_v1_root(controller):
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if fields[2] == "cgroup" and controller in fields[3].split(","):
+                return fields[1]
+    return None
+
+
+class Lending(unittest.TestCase):
+    """Pocket from Python: a caller in a capped cgroup lends the Python
+    backend CPU for its request (scratch cgroup v1 groups; needs root)."""
+
+    def setUp(self):
+        root = cgroup_v1_root("cpu")
+        if os.getuid() != 0 or root is None:
+            self.skipTest("needs root and a cgroup v1 cpu hierarchy")
+        self.top = os.path.join(root, f"rocket-py-test-{os.getpid()}")
+        self.backend = os.path.join(self.top, "backend")
+        self.frontend = os.path.join(self.top, "fe")
+        try:
+            os.makedirs(self.backend)
+            os.makedirs(self.frontend)
+        except OSError as e:
+            self.skipTest(f"cannot make cgroups here: {e}")
+        self.write(self.backend, "cpu.cfs_quota_us", 50000)   # half a CPU
+        self.write(self.frontend, "cpu.cfs_quota_us", 100000)  # one CPU
+        self.dir = tempfile.TemporaryDirectory()
+
+    def tearDown(self):
+        for d in (self.backend, self.frontend, self.top):
+            for _ in range(100):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+        self.dir.cleanup()
+
+    @staticmethod
+    def write(group, name, value):
+        with open(os.path.join(group, name), "w") as f:
+            f.write(str(value))
+
+    @staticmethod
+    def read(group, name):
+        with open(os.path.join(group, name)) as f:
+            return int(f.read())
+
+    def test_a_call_lends_the_python_backend_cpu(self):
+        sock = os.path.join(self.dir.name, "lend.sock")
+        seen = {}
+
+        def work(req):
+            seen["lent"] = req.lent_millicpus
+            seen["quota"] = self.read(self.backend, "cpu.cfs_quota_us")
+            return b"done"
+
+        server = rocket.Server(sock, lend=True, lend_cgroup=self.backend)
+        server.handle("work", work)
+        with server:
+            server.start()
+            caller = run_python(f"""
+                import os, rocket
+                with open({os.path.join(self.frontend, "cgroup.procs")!r}, "w") as f:
+                    f.write(str(os.getpid()))
+                with rocket.Client({sock!r}) as c:
+                    r = c.call("work", b"", lend_millicpus=500)
+                    print(bytes(r).decode(), r.lent_millicpus)
+            """)
+            out, err = caller.communicate(timeout=60)
+            self.assertEqual(caller.returncode, 0, err)
+            self.assertEqual(out.split(), ["done", "500"])
+            self.assertEqual(seen, {"lent": 500, "quota": 100000}, "the backend ran with its quota raised")
+            self.assertEqual(self.read(self.backend, "cpu.cfs_quota_us"), 50000, "the backend's quota is back")
+            self.assertEqual(self.read(self.frontend, "cpu.cfs_quota_us"), 100000, "the caller's quota is back")
+            self.assertEqual(server.stats()["lends"], 1)
+
+    def test_lending_options_are_checked(self):
+        with self.assertRaisesRegex(ValueError, "lend_memory=True goes with lend=True"):
+            rocket.Server(os.path.join(self.dir.name, "x.sock"), lend_memory=True)
+        server = rocket.Server(os.path.join(self.dir.name, "y.sock"), lend=True,
+                               lend_cgroup=os.path.join(self.top, "no-such-group"))
+        with self.assertRaisesRegex(rocket.FailedPrecondition, "not a cgroup with a cpu controller"):
+            server.start()
+
+
 class ServerProcess(unittest.TestCase):
     def test_ctrl_c_stops_run(self):
         with tempfile.TemporaryDirectory() as d:
