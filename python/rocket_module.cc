@@ -176,53 +176,63 @@ std::byte g_empty[1];
 
 // A job of call_async(): the future and the request bytes it copies from,
 // which must outlive the copy-in.
+//
+// Thread safety: any Python thread may call result() and done(); the C++
+// future is only touched under mu_, which is taken with the GIL released.
 class PyFuture {
  public:
-  PyFuture(Future f, std::unique_ptr<BytesView> request) : future_(std::move(f)), request_(std::move(request)) {}
+  PyFuture(Future f, std::unique_ptr<BytesView> request)
+      : job_id_(f.id()), future_(std::move(f)), request_(std::move(request)) {}
   PyFuture(const PyFuture&) = delete;
   PyFuture& operator=(const PyFuture&) = delete;
-  ~PyFuture() { drop(); }
-
-  // The reply, once; later calls return the same reply or raise the same
-  // error (as concurrent.futures does).
-  py::object result(std::optional<double> timeout) {
-    if (!taken_) {
-      Result<Reply> r = Status(StatusCode::kInternal, "");
-      const auto t = timeout_of(timeout);
-      {
-        py::gil_scoped_release nogil;
-        r = future_.get(t);
-      }
-      if (!r.ok() && r.status().code() == StatusCode::kDeadlineExceeded) raise(r.status());  // may try again
-      taken_ = true;
-      if (r.ok()) {
-        reply_ = py::cast(std::move(*r));
-      } else {
-        error_ = r.status();
-      }
-      drop();
-    }
-    if (!error_.ok()) raise(error_);
-    return reply_;
-  }
-  bool done() const { return taken_ || future_.ready(); }
-  JobId job_id() const { return future_.id(); }
-
- private:
-  // The future first (a future dropped early waits for its copy-in), then
-  // the request's export.
-  void drop() {
+  ~PyFuture() {
     {
       py::gil_scoped_release nogil;
-      future_ = Future();
+      std::lock_guard<std::mutex> lock(mu_);
+      future_ = Future();  // a future dropped early waits for its copy-in...
     }
-    request_.reset();
+    request_.reset();  // ...before the request's export goes
   }
-  Future future_;
-  std::unique_ptr<BytesView> request_;
-  bool taken_ = false;
-  py::object reply_ = py::none();
-  Status error_;
+
+  // The reply, once it arrives; later calls return the same reply or raise
+  // the same error (as concurrent.futures does). A timeout may be retried.
+  py::object result(std::optional<double> timeout) {
+    const auto t = timeout_of(timeout);
+    Status timed_out;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!outcome_) {
+        Result<Reply> r = future_.get(t);
+        if (!r.ok() && r.status().code() == StatusCode::kDeadlineExceeded) {
+          timed_out = r.status();
+        } else {
+          outcome_ = std::move(r);  // set once, read after taking mu_
+          future_ = Future();
+        }
+      }
+    }
+    if (!timed_out.ok()) raise(timed_out);
+    request_.reset();  // the copy-in is over
+    if (!outcome_->ok()) raise(outcome_->status());
+    if (reply_.is_none()) reply_ = py::cast(**outcome_);
+    return reply_;
+  }
+
+  bool done() {
+    std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+    if (!lock.owns_lock()) return false;  // another thread is waiting for it
+    return outcome_.has_value() || future_.ready();
+  }
+  JobId job_id() const noexcept { return job_id_; }
+
+ private:
+  const JobId job_id_;
+  std::mutex mu_;
+  Future future_;                         // guarded by mu_
+  std::optional<Result<Reply>> outcome_;  // guarded by mu_; never changes once set
+  std::unique_ptr<BytesView> request_;    // under the GIL
+  py::object reply_ = py::none();         // under the GIL
 };
 
 // Thread safety: as rocket::Client, safe for concurrent use (the GIL is

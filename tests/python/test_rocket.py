@@ -161,6 +161,18 @@ class ClientAgainstRocketServe(unittest.TestCase):
         self.assertIs(fut.result(), reply, "result() answers the same reply again")
         self.assertEqual(bytes(reply), data)
 
+        # Threads waiting on one future all get its one reply.
+        fut = self.client.call_async("echo_copy", data)
+        got = []
+        waiters = [threading.Thread(target=lambda: got.append(fut.result(timeout=30))) for _ in range(4)]
+        for w in waiters:
+            w.start()
+        for w in waiters:
+            w.join()
+        self.assertEqual(len(got), 4)
+        self.assertTrue(all(r is got[0] for r in got))
+        self.assertEqual(bytes(got[0]), data)
+
         jobs = [self.client.submit("echo", payload(1000, seed=s)) for s in range(20)]
         for s, job in enumerate(jobs):
             self.assertEqual(bytes(self.client.query(job)), payload(1000, seed=s))
