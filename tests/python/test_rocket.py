@@ -73,6 +73,15 @@ def run_python(code, **kwargs):
     )
 
 
+def finish(proc, seconds):
+    """Waits for a run_python process; (returncode, stdout, stderr)."""
+    try:
+        out, err = proc.communicate(timeout=seconds)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
 def payload(n, seed=1):
     """n bytes that differ from position to position and from seed to seed."""
     return bytes((i * 131 + seed * 7 + (i >> 8)) & 0xFF for i in range(n))
@@ -561,8 +570,8 @@ class Lending(unittest.TestCase):
                     r = c.call("work", b"", lend_millicpus=500)
                     print(bytes(r).decode(), r.lent_millicpus)
             """)
-            out, err = caller.communicate(timeout=60)
-            self.assertEqual(caller.returncode, 0, err)
+            code, out, err = finish(caller, 60)
+            self.assertEqual(code, 0, err)
             self.assertEqual(out.split(), ["done", "500"])
             self.assertEqual(seen, {"lent": 500, "quota": 100000}, "the backend ran with its quota raised")
             self.assertEqual(self.read(self.backend, "cpu.cfs_quota_us"), 50000, "the backend's quota is back")
@@ -639,11 +648,8 @@ class ServerProcess(unittest.TestCase):
                 assert srv.stats()["protocol_errors"] == 0
                 print("parent ok", flush=True)
             """)
-            try:
-                out, err = proc.communicate(timeout=120)
-            finally:
-                proc.kill()
-            self.assertEqual(proc.returncode, 0, err)
+            code, out, err = finish(proc, 120)
+            self.assertEqual(code, 0, err)
             self.assertIn("child ok", out)
             self.assertIn("parent ok", out)
 
@@ -676,11 +682,8 @@ class ServerProcess(unittest.TestCase):
                 time.sleep(0.3)
                 print("served", flush=True)
             """)
-            try:
-                out, err = proc.communicate(timeout=60)
-            finally:
-                proc.kill()
-            self.assertEqual(proc.returncode, 0, err)
+            code, out, err = finish(proc, 60)
+            self.assertEqual(code, 0, err)
             self.assertIn("served", out)
 
 
