@@ -33,6 +33,7 @@
 #include "runtime/gpu_payload.h"
 #include "runtime/protocol.h"
 #include "runtime/socket.h"
+#include "sys/fork.h"
 #include "sys/futex.h"
 
 namespace rocket {
@@ -152,6 +153,10 @@ struct Server::Impl {
   std::vector<std::function<void(uint64_t)>> session_end_hooks;
   bool started = false;
   bool joined = false;
+  // How far down the fork line start() ran (sys/fork.h): a child forked after
+  // it has the parent's sockets and eventfds but not its threads.
+  uint64_t fork_generation = 0;
+  bool in_forked_child() const noexcept { return started && detail::fork_generation() != fork_generation; }
   int listen_fd = -1;
   int stop_fd = -1;
   std::atomic<bool> stopping{false};
@@ -1320,6 +1325,12 @@ Server::Server(std::string socket_path, ServerOptions options) : Server([&] {
   }()) {}
 
 Server::~Server() {
+  if (impl_->in_forked_child()) {
+    // The threads are the parent's (destroying them would end the child),
+    // and the sessions' sockets and memory too: let it all go unrun.
+    (void)impl_.release();
+    return;
+  }
   stop();
   wait();
 }
@@ -1436,6 +1447,7 @@ Status Server::start() {
               std::any_of(m.ops.begin(), m.ops.end(), [](const detail::OpSpec& op) { return op.options.concurrent; });
   m.dispatchers = std::move(dispatchers);
   m.amplifier = std::move(amplifier);
+  m.fork_generation = detail::fork_generation();
   m.started = true;
   for (auto& d : m.dispatchers) d->start();
   m.acceptor = std::thread([&m] { m.accept_loop(); });
@@ -1451,6 +1463,9 @@ Status Server::run() {
 
 void Server::stop() noexcept {
   Impl& m = *impl_;
+  // A forked child's copy: its stop_fd and the dispatchers' eventfds are the
+  // parent's, and writing them would stop the parent's server.
+  if (m.in_forked_child()) return;
   // release: pairs with the acquire loads in the thread loops.
   m.stopping.store(true, std::memory_order_release);
   if (!m.started) return;
@@ -1462,7 +1477,9 @@ void Server::stop() noexcept {
 
 void Server::wait() {
   Impl& m = *impl_;
-  if (!m.started || m.joined) return;
+  // A forked child has no threads to join, and the socket file is the
+  // parent's.
+  if (!m.started || m.joined || m.in_forked_child()) return;
   // Returns once stop() woke the acceptor; run() may have joined it already.
   if (m.acceptor.joinable()) m.acceptor.join();
   for (auto& d : m.dispatchers) d->join();

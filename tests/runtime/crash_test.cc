@@ -104,12 +104,13 @@ TEST(Crash, ServerStoppedWhileClientsWait) {
   EXPECT_EQ(c.call("echo", bytes_of("x")).status().code(), StatusCode::kUnavailable);
 }
 
-// fork() copies the session (its mappings and socket) into the child, but
-// the session stays the parent's: the child gets a clear error from it and
-// connects its own, engines included, and the parent notices nothing. Before,
-// the child's dropped replies were freed on the parent's ring, its close()
-// shut the shared socket, and its asynchronous copies waited for worker
-// threads that stayed in the parent.
+// fork() copies the session (its mappings and socket) and the server object
+// into the child, but both stay the parent's: the child gets a clear error
+// from the session and connects its own, engines included, and the parent
+// notices nothing. Before, the child's dropped replies were freed on the
+// parent's ring, its close() shut the shared socket, its asynchronous copies
+// waited for worker threads that stayed in the parent, and its server's end
+// stopped the parent's acceptor and unlinked its socket file.
 TEST(Fork, AChildUsesASessionOfItsOwnAndLeavesTheParentsAlone) {
 #if defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "ThreadSanitizer does not support starting threads after a multi-threaded fork";
@@ -139,6 +140,10 @@ TEST(Fork, AChildUsesASessionOfItsOwnAndLeavesTheParentsAlone) {
       auto echoed = own->call_async("echo_copy", big, on_threads).get(std::chrono::milliseconds(20000));
       if (!echoed.ok() || echoed->to_vector().value() != big) code |= 8;
     }
+    // The server object is the parent's too: neither its stop nor its end
+    // may reach the parent's threads, sockets or socket file.
+    srv.server->stop();
+    srv.server.reset();
     ::_exit(code);
   }
   int status = 0;
@@ -150,6 +155,10 @@ TEST(Fork, AChildUsesASessionOfItsOwnAndLeavesTheParentsAlone) {
   auto again = parent.call("echo_copy", big);
   ASSERT_TRUE(again.ok()) << again.status().to_string();
   EXPECT_EQ(again->to_vector().value(), big);
+  // The parent's server still takes sessions: its acceptor and socket file.
+  auto newcomer = Client::connect(srv.path);
+  ASSERT_TRUE(newcomer.ok()) << newcomer.status().to_string();
+  EXPECT_TRUE(newcomer->call("echo", bytes_of("x")).ok());
   const std::string kept = "kept by the parent";
   EXPECT_EQ(held->to_vector().value(), std::vector<std::byte>(bytes_of(kept).begin(), bytes_of(kept).end()));
   EXPECT_EQ(srv.server->stats().protocol_errors, 0u);

@@ -28,6 +28,11 @@
 // op, so one client's pipeline (Client::submit) can use several of the
 // server's threads.
 //
+// A started server belongs to the process that started it: in a child forked
+// after start(), stop() and wait() do nothing and the destructor leaves the
+// parent's threads, sessions and socket file alone (the memory stays
+// allocated in the child).
+//
 // Thread safety: handle*() before start()/run(); stop() and stats() from any
 // thread (stop() is also async-signal-safe).
 #pragma once
