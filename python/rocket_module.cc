@@ -772,7 +772,8 @@ PYBIND11_MODULE(rocket, m) {
         return py::buffer_info(b.size() == 0 ? g_empty : b.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
                                {static_cast<ssize_t>(b.size())}, {ssize_t{1}}, /*readonly=*/false);
       })
-      .def("__len__", &Buffer::size);
+      .def("__len__", &Buffer::size)
+      .def("__repr__", [](const Buffer& b) { return "<rocket.Buffer of " + std::to_string(b.size()) + " bytes>"; });
 
   py::class_<Reply>(m, "Reply", py::buffer_protocol(),
                     "A response. Read-only bytes through the buffer protocol, viewing the server pool in place: "
@@ -785,6 +786,12 @@ PYBIND11_MODULE(rocket, m) {
                                {ssize_t{1}}, /*readonly=*/true);
       })
       .def("__len__", [](const Reply& r) { return r.data().size(); })
+      .def("__repr__",
+           [](const Reply& r) {
+             return "<rocket.Reply of " + std::to_string(r.data().size()) + " bytes, handler " +
+                    std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(r.service_time()).count()) +
+                    " us>";
+           })
       .def_property_readonly(
           "service_time", [](const Reply& r) { return std::chrono::duration<double>(r.service_time()).count(); },
           "seconds the server's handler took")
@@ -909,7 +916,9 @@ PYBIND11_MODULE(rocket, m) {
       .def(
           "close", [](PyClient& c) { c.client().close(); }, "Ends the session; replies and buffers stay readable.")
       .def("__enter__", [](py::object self) { return self; })
-      .def("__exit__", [](PyClient& c, const py::args&) { c.client().close(); });
+      .def("__exit__", [](PyClient& c, const py::args&) { c.client().close(); })
+      .def("__repr__",
+           [](PyClient& c) { return "<rocket.Client session " + std::to_string(c.client().session_id()) + ">"; });
 
   py::class_<PyRequest, std::shared_ptr<PyRequest>>(m, "Request", "What a handler is given; valid during the handler.")
       .def_property_readonly("data", &PyRequest::data,
@@ -994,6 +1003,22 @@ PYBIND11_MODULE(rocket, m) {
       .def("stats", [](PyServer& s) { return server_stats(s.server().stats()); })
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](PyServer& s, const py::args&) { s.shut_down(); });
+
+  m.def(
+      "movers",
+      [] {
+        py::list out;
+        for (const MoverInfo& info : probe_movers()) {
+          py::dict d;
+          d["name"] = std::string(mover_kind_name(info.kind));
+          d["usable"] = info.usable;
+          d["reason"] = info.reason;
+          out.append(d);
+        }
+        return out;
+      },
+      "The data movers on this machine, as `rocket doctor` lists them: [{'name', 'usable', 'reason'}]; a "
+      "usable name goes in a call's mover= keyword.");
 
   m.def(
       "checksum64",

@@ -118,6 +118,17 @@ class ClientAgainstRocketServe(unittest.TestCase):
         self.assertEqual(bytes(self.client.call("echo", b"")), b"")
         self.assertIn("checksum", self.client.ops)
         self.assertGreater(self.client.session_id, 0)
+        self.assertRegex(repr(reply), r"^<rocket.Reply of 1000 bytes, handler \d+ us>$")
+        self.assertEqual(repr(self.client), f"<rocket.Client session {self.client.session_id}>")
+
+    def test_movers_are_listed_and_named_in_calls(self):
+        movers = {m["name"]: m for m in rocket.movers()}
+        self.assertTrue(movers["cpu"]["usable"])
+        self.assertIn("dsa", movers)
+        for name, m in movers.items():
+            self.assertTrue(m["reason"], name)
+            if m["usable"] and name not in ("kernel", "cuda", "dsa"):
+                self.assertEqual(bytes(self.client.call("echo_copy", b"moved", mover=name)), b"moved")
 
     def test_every_mover_carries_16_mib_intact(self):
         data = payload(16 * MiB, seed=3)
