@@ -241,7 +241,7 @@ class PyClient {
  public:
   explicit PyClient(Client c) : client_(std::move(c)) {}
 
-  py::object call(const std::string& op, const py::object& request, const CallOptions& o) {
+  Reply call(const std::string& op, const py::object& request, const CallOptions& o) {
     Result<Reply> r = Status(StatusCode::kInternal, "");
     if (py::isinstance<Buffer>(request)) {
       const Buffer& b = request.cast<const Buffer&>();
@@ -252,7 +252,7 @@ class PyClient {
       py::gil_scoped_release nogil;
       r = client_.call(op, v.bytes(), o);
     }
-    return py::cast(take(std::move(r)));
+    return take(std::move(r));
   }
 
   size_t call_into(const std::string& op, const py::object& request, const py::object& response, const CallOptions& o) {
@@ -307,14 +307,14 @@ class PyClient {
     return take(std::move(ids));
   }
 
-  py::object query(JobId id, std::optional<double> timeout) {
+  Reply query(JobId id, std::optional<double> timeout) {
     Result<Reply> r = Status(StatusCode::kInternal, "");
     const auto t = timeout_of(timeout);
     {
       py::gil_scoped_release nogil;
       r = client_.query(id, t);
     }
-    return py::cast(take(std::move(r)));
+    return take(std::move(r));
   }
 
   Buffer alloc(size_t bytes) {
