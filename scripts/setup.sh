@@ -13,6 +13,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev  # ... and gRPC
   gnuplot-nox                                    # the demo's plots
   pybind11-dev python3-dev python3-numpy         # the Python module and its tests
+  python3-zmq python3-grpcio                     # ... and bench/python/peers.py's ZeroMQ and gRPC
 )
 
 missing=()

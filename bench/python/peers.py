@@ -7,12 +7,16 @@ Python) and back into the client's own numpy array, through:
 
   uds          a Unix stream socket, length-prefixed, sendall / recv_into
   pipe         multiprocessing.Connection (a socketpair): send_bytes / recv_bytes_into
+  zmq          ZeroMQ REQ/REP on ipc:// (pyzmq), frames sent without copying
+  grpc         gRPC unary call on a unix: address (grpcio), raw bytes, limits raised
   rocket       rocket.Client.call_into: copy-in by a mover, the Python handler
                answers in place (Response.reply_in_place), copy-out into the array
   rocket_view  rocket.Client.call: the reply read where it lies (numpy.frombuffer
                over the server pool), no copy-out
 
-Every transport's server runs for the whole run; each point alternates the
+zmq and grpc are left out, saying so, where their Python packages are
+missing (Debian: python3-zmq, python3-grpcio). Every transport's server runs
+for the whole run; each point alternates the
 transports, in rounds whose order is reversed every other round, and pools
 the samples, so the machine's drift hits all alike. Reports p50 and p99 in
 microseconds and, per size, each transport's p50 over Rocket's.
@@ -33,7 +37,17 @@ import numpy as np
 
 import rocket
 
-TRANSPORTS = ("uds", "pipe", "rocket", "rocket_view")
+try:
+    import zmq
+except ImportError:
+    zmq = None
+try:
+    import grpc
+except ImportError:
+    grpc = None
+
+TRANSPORTS = ("uds", "pipe", "zmq", "grpc", "rocket", "rocket_view")
+GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
 def parse_size(text):
@@ -88,6 +102,27 @@ def serve_pipe(path, max_bytes):
             pass
 
 
+def serve_zmq(path, max_bytes):
+    del max_bytes
+    sock = zmq.Context().socket(zmq.REP)
+    sock.bind("ipc://" + path)
+    while True:
+        frame = sock.recv(copy=False)
+        sock.send(frame, copy=False)
+
+
+def serve_grpc(path, max_bytes):
+    del max_bytes
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), options=GRPC_OPTIONS)
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)  # bytes in, bytes out
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("rocket.bench.Echo", {"Echo": echo}),))
+    server.add_insecure_port("unix:" + path)
+    server.start()
+    server.wait_for_termination()
+
+
 def serve_rocket(path, max_bytes):
     del max_bytes
     server = rocket.Server(path)
@@ -95,7 +130,7 @@ def serve_rocket(path, max_bytes):
     server.run()
 
 
-SERVERS = {"uds": serve_uds, "pipe": serve_pipe, "rocket": serve_rocket}
+SERVERS = {"uds": serve_uds, "pipe": serve_pipe, "zmq": serve_zmq, "grpc": serve_grpc, "rocket": serve_rocket}
 
 
 # --- clients ------------------------------------------------------------------
@@ -122,6 +157,27 @@ class PipeClient:
     def echo(self, src, dst):
         self.conn.send_bytes(src)
         self.conn.recv_bytes_into(dst)
+
+
+class ZmqClient:
+    def __init__(self, path):
+        self.sock = zmq.Context().socket(zmq.REQ)
+        self.sock.connect("ipc://" + path)
+
+    def echo(self, src, dst):
+        self.sock.send(src, copy=False)
+        frame = self.sock.recv(copy=False)
+        dst[: len(frame)] = np.frombuffer(frame.buffer, dtype=np.uint8)
+
+
+class GrpcClient:
+    def __init__(self, path):
+        self.channel = grpc.insecure_channel("unix:" + path, options=GRPC_OPTIONS)
+        self.echo_rpc = self.channel.unary_unary("/rocket.bench.Echo/Echo")
+
+    def echo(self, src, dst):
+        reply = self.echo_rpc(src.tobytes())  # gRPC takes bytes objects
+        dst[: len(reply)] = np.frombuffer(reply, dtype=np.uint8)
 
 
 class RocketClient:
@@ -168,16 +224,27 @@ def main():
 
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     max_bytes = max(sizes)
+    missing = {"zmq": zmq is None, "grpc": grpc is None}
+    transports = tuple(t for t in TRANSPORTS if not missing.get(t, False))
+    for t, gone in missing.items():
+        if gone:
+            print(f"({t}: left out, its Python package is not installed)", file=sys.stderr)
     with tempfile.TemporaryDirectory() as d:
         procs = {}
         clients = {}
         try:
             for kind in SERVERS:
+                if missing.get(kind, False):
+                    continue
                 path = os.path.join(d, kind + ".sock")
                 procs[kind] = subprocess.Popen([sys.executable, __file__, "--serve", kind, path, str(max_bytes)])
                 wait_for(path, procs[kind])
             clients["uds"] = UdsClient(os.path.join(d, "uds.sock"))
             clients["pipe"] = PipeClient(os.path.join(d, "pipe.sock"))
+            if zmq is not None:
+                clients["zmq"] = ZmqClient(os.path.join(d, "zmq.sock"))
+            if grpc is not None:
+                clients["grpc"] = GrpcClient(os.path.join(d, "grpc.sock"))
             clients["rocket"] = RocketClient(os.path.join(d, "rocket.sock"), max_bytes)
             clients["rocket_view"] = RocketViewClient(os.path.join(d, "rocket.sock"), max_bytes)
 
@@ -186,9 +253,9 @@ def main():
             for size in sizes:
                 src = rng.integers(0, 255, size, dtype=np.uint8)
                 dst = np.zeros(size, dtype=np.uint8)
-                samples = {t: [] for t in TRANSPORTS}
+                samples = {t: [] for t in transports}
                 for rnd in range(args.rounds):
-                    order = TRANSPORTS if rnd % 2 == 0 else tuple(reversed(TRANSPORTS))
+                    order = transports if rnd % 2 == 0 else tuple(reversed(transports))
                     for t in order:
                         c = clients[t]
                         for _ in range(3):  # warm up
@@ -202,7 +269,7 @@ def main():
                             raise RuntimeError(f"{t}: the echo at {size} bytes differs")
                         dst[:] = 0
                 p50_rocket = percentile(sorted(samples["rocket"]), 0.5)
-                for t in TRANSPORTS:
+                for t in transports:
                     s = sorted(samples[t])
                     p50 = percentile(s, 0.5)
                     results.append({"transport": t, "bytes": size, "samples": len(s), "p50_us": p50,
@@ -211,6 +278,8 @@ def main():
             for c in clients.values():
                 if isinstance(c, RocketClient):
                     c.client.close()
+                elif isinstance(c, GrpcClient):
+                    c.channel.close()
             for p in procs.values():
                 p.terminate()
                 p.wait()
