@@ -39,7 +39,7 @@ echo "== rocket demo --quick (the main job, small sizes)"
 echo "== rocket bench peers --quick"
 ./build/release/rocket bench peers --quick --workload pagerank --scale 0.05
 if ls build/release/python/rocket.*.so >/dev/null 2>&1; then
-  echo "== bench/python/peers.py (the Python module against a socket and multiprocessing; short)"
+  echo "== bench/python/peers.py (the Python module against a socket, multiprocessing, ZeroMQ and gRPC; short)"
   PYTHONPATH=build/release/python /usr/bin/python3 bench/python/peers.py --sizes 64,1M,16M --budget 0.2
 fi
 
