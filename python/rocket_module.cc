@@ -635,7 +635,6 @@ class PyServer {
       st = server_->start();
     }
     check(st);
-    started_ = true;
   }
 
   // start(), then waits for stop() -- from another thread, a handler, or
@@ -688,7 +687,6 @@ class PyServer {
  private:
   std::unique_ptr<Server> server_;
   uint64_t made_in_ = detail::fork_generation();
-  bool started_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_asked_ = false;
@@ -731,7 +729,6 @@ PYBIND11_MODULE(rocket, m) {
 
   // Errors: rocket.Error(code, message) and a subclass per code; the codes a
   // Python programmer already catches also derive from the built-in kind.
-  py::dict attrs;
   g_errors.base = PyErr_NewExceptionWithDoc("rocket.Error",
                                             "A Rocket status other than OK; `code` is its number, `code_name` its "
                                             "name (UNAVAILABLE: retry; RESOURCE_EXHAUSTED: free and retry; ...).",
