@@ -579,13 +579,9 @@ class PyServer {
       std::lock_guard<std::mutex> lock(g_servers_mu);
       g_servers.erase(this);
     }
-    if (in_forked_child()) {
-      // Its threads stayed in the parent: there is nothing here to stop or
-      // join, and destroying the server would try. Let it go unrun.
-      (void)server_.release();
-      return;
-    }
-    shut_down();
+    // In a forked child the server is the parent's: rocket::Server's own
+    // destructor leaves it alone there.
+    if (!in_forked_child()) shut_down();
   }
 
   // A child forked after the server was made: its threads are the parent's.
