@@ -100,20 +100,31 @@ T take(Result<T> r) {
   return std::move(*r);
 }
 
+// str(obj), or a stand-in where its __str__ raises: what a handler raised
+// must become a status whatever it is.
+std::string text_of(const py::handle& obj) noexcept {
+  try {
+    return py::str(obj).cast<std::string>();
+  } catch (const std::exception&) {
+    return "(an object whose str() raised)";
+  }
+}
+
 // The status a handler's exception answers with: a rocket.Error's own code,
-// INTERNAL (with the traceback on stderr) for anything else.
-Status status_of(py::error_already_set& e, std::string_view op) {
+// INTERNAL (with the traceback on stderr) for anything else. Never throws.
+Status status_of(py::error_already_set& e, std::string_view op) noexcept {
   if (e.matches(g_errors.base)) {
     int32_t code = static_cast<int32_t>(StatusCode::kInternal);
     try {
       code = e.value().attr("code").cast<int32_t>();
-    } catch (const py::error_already_set&) {
+    } catch (const std::exception&) {  // a subclass that set `code` to something else
     }
     if (code <= 0 || code > kMaxStatusCode) code = static_cast<int32_t>(StatusCode::kInternal);
-    return {static_cast<StatusCode>(code), py::str(e.value()).cast<std::string>()};
+    return {static_cast<StatusCode>(code), text_of(e.value())};
   }
-  std::string text = std::string(py::str(e.type().attr("__name__"))) + ": " + std::string(py::str(e.value()));
+  std::string name = "exception";
   try {
+    name = e.type().attr("__name__").cast<std::string>();
     py::object trace = e.trace() ? py::reinterpret_borrow<py::object>(e.trace()) : py::none();
     py::object lines = py::module_::import("traceback").attr("format_exception")(e.type(), e.value(), trace);
     std::string tb = py::str("").attr("join")(lines).cast<std::string>();
@@ -121,7 +132,7 @@ Status status_of(py::error_already_set& e, std::string_view op) {
                  tb.c_str());
   } catch (const std::exception&) {  // no traceback then; the status still says what was raised
   }
-  return internal_error(text);
+  return internal_error(name + ": " + text_of(e.value()));
 }
 
 // --- Arguments -------------------------------------------------------------------
@@ -539,6 +550,8 @@ Status run_handler(const PyCallable& fn, bool with_response, const std::string& 
     }
   } catch (py::error_already_set& e) {
     st = status_of(e, op);
+  } catch (const std::exception& e) {  // pybind11's own (a cast that failed, say)
+    st = internal_error("the handler of op '" + op + "': " + e.what());
   }
   preq->end();
   presp->end();

@@ -351,6 +351,22 @@ class PythonServer(unittest.TestCase):
         self.server.handle("denied", denied)
         self.server.handle("boom", boom)
         self.server.handle("not_bytes", lambda req: 42)
+
+        class OddCode(rocket.Error):
+            code = "not a number"
+
+        class Unprintable(Exception):
+            def __str__(self):
+                raise RuntimeError("no words")
+
+        def odd(req):
+            raise OddCode("odd")
+
+        def unprintable(req):
+            raise Unprintable()
+
+        self.server.handle("odd", odd)
+        self.server.handle("unprintable", unprintable)
         self.server.start()
         with self.connect() as c:
             with self.assertRaisesRegex(rocket.InvalidArgument, "shape must be 3x224x224"):
@@ -361,10 +377,14 @@ class PythonServer(unittest.TestCase):
                 c.call("boom", b"")
             with self.assertRaisesRegex(rocket.Internal, "TypeError"):
                 c.call("not_bytes", b"")
+            with self.assertRaisesRegex(rocket.Internal, "^odd$"):
+                c.call("odd", b"")
+            with self.assertRaisesRegex(rocket.Internal, "Unprintable: .*str.. raised"):
+                c.call("unprintable", b"")
             # The session goes on.
             with self.assertRaises(rocket.NotFound):
                 c.call("missing", b"")
-        self.assertEqual(self.server.stats()["request_errors"], 4)
+        self.assertEqual(self.server.stats()["request_errors"], 6)
 
     def test_views_end_with_the_handler(self):
         kept = []
