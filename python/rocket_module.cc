@@ -502,7 +502,12 @@ class KeptThreadState {
   // Server threads end in Server::wait(), which the module calls with the GIL
   // released, and at the latest at exit, before the interpreter finalises.
   ~KeptThreadState() {
-    if (!kept_ || Py_IsInitialized() == 0 || _Py_IsFinalizing()) return;
+#if PY_VERSION_HEX >= 0x030D0000
+    const bool finalizing = Py_IsFinalizing() != 0;
+#else
+    const bool finalizing = _Py_IsFinalizing() != 0;  // public as Py_IsFinalizing from 3.13
+#endif
+    if (!kept_ || Py_IsInitialized() == 0 || finalizing) return;
     PyGILState_Ensure();                      // one more hold, and the GIL
     PyGILState_Release(PyGILState_LOCKED);    // back to the kept hold, GIL still held
     PyGILState_Release(PyGILState_UNLOCKED);  // the last: clears the state, releases the GIL
