@@ -351,7 +351,9 @@ py::dict client_stats(const ClientStats& s) {
   d["server_wakeups"] = s.server_wakeups;
   d["client_pool_bytes"] = s.client_pool_bytes;
   d["client_pool_in_use"] = s.client_pool_in_use;
-  d["server_pool_bytes"] = s.server_pool_bytes;
+  d["client_pool_max_bytes"] = s.client_pool_max_bytes;
+  d["server_pool_max_bytes"] = s.server_pool_max_bytes;
+  d["client_pool_grows"] = s.client_pool_grows;
   return d;
 }
 
@@ -716,6 +718,7 @@ py::dict server_stats(const ServerStats& s) {
   d["protocol_errors"] = s.protocol_errors;
   d["bytes_mapped"] = s.bytes_mapped;
   d["mapped_budget_bytes"] = s.mapped_budget_bytes;
+  d["pool_grows"] = s.pool_grows;
   d["requests_helped"] = s.requests_helped;
   d["lends"] = s.lends;
   d["lends_refused"] = s.lends_refused;
@@ -840,12 +843,15 @@ PYBIND11_MODULE(rocket, m) {
                        "('auto', 'inject', 'bypass'), timeout (seconds or None), lend_millicpus, "
                        "lend_memory_bytes.")
       .def(py::init([](const std::string& path, const std::string& tenant, size_t client_pool_bytes,
-                       size_t server_pool_bytes, uint32_t ring_entries, double connect_timeout, bool allow_kernel_copy,
-                       const std::string& mover, bool huge_pages) {
+                       size_t server_pool_bytes, size_t max_client_pool_bytes, size_t max_server_pool_bytes,
+                       uint32_t ring_entries, double connect_timeout, bool allow_kernel_copy, const std::string& mover,
+                       bool huge_pages) {
              ClientOptions o;
              o.tenant = tenant;
              o.client_pool_bytes = client_pool_bytes;
              o.server_pool_bytes = server_pool_bytes;
+             o.max_client_pool_bytes = max_client_pool_bytes;
+             o.max_server_pool_bytes = max_server_pool_bytes;
              o.ring_entries = ring_entries;
              o.connect_timeout = timeout_of(connect_timeout);
              o.allow_kernel_copy = allow_kernel_copy;
@@ -859,8 +865,9 @@ PYBIND11_MODULE(rocket, m) {
              return std::make_unique<PyClient>(take(std::move(c)));
            }),
            py::arg("socket_path"), py::kw_only(), py::arg("tenant") = "default", py::arg("client_pool_bytes") = 0,
-           py::arg("server_pool_bytes") = 0, py::arg("ring_entries") = 0, py::arg("connect_timeout") = 30.0,
-           py::arg("allow_kernel_copy") = false, py::arg("mover") = "auto", py::arg("huge_pages") = true)
+           py::arg("server_pool_bytes") = 0, py::arg("max_client_pool_bytes") = 0, py::arg("max_server_pool_bytes") = 0,
+           py::arg("ring_entries") = 0, py::arg("connect_timeout") = 30.0, py::arg("allow_kernel_copy") = false,
+           py::arg("mover") = "auto", py::arg("huge_pages") = true)
       .def(
           "call",
           [](PyClient& c, const std::string& op, const py::object& request, const std::string& mover,

@@ -26,7 +26,7 @@ using json = nlohmann::json;
 
 struct ConnectOptions {
   std::string clients = "1,4,8";
-  std::string pool = "192M";  // each of the two pools, as the server's default
+  std::string pool = "32M";  // each of the two pools' starting size, as the server's default
   std::string pages = "both";
   int rounds = 3;
   bool json_out = false;

@@ -56,7 +56,7 @@ struct ServeArgs {
   long spin_us = 50;
   std::vector<uid_t> uids;
   std::vector<gid_t> gids;
-  size_t client_pool_mib = 192, server_pool_mib = 192, max_pool_mib = 2048;
+  size_t client_pool_mib = 32, server_pool_mib = 32, max_pool_mib = 2048;
   unsigned max_sessions = 256;
   uint64_t max_mapped_mib = 0;
   unsigned max_sessions_per_uid = 0;
@@ -375,9 +375,12 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--spin-us", sa.spin_us, "idle polling before a dispatcher sleeps")->capture_default_str();
   serve_cmd->add_option("--allow-uid", sa.uids, "also admit this uid (repeatable)");
   serve_cmd->add_option("--allow-gid", sa.gids, "also admit this gid (repeatable)");
-  serve_cmd->add_option("--client-pool-mib", sa.client_pool_mib, "default client pool")->capture_default_str();
-  serve_cmd->add_option("--server-pool-mib", sa.server_pool_mib, "default server pool")->capture_default_str();
-  serve_cmd->add_option("--max-pool-mib", sa.max_pool_mib, "largest pool a client may ask for")->capture_default_str();
+  serve_cmd->add_option("--client-pool-mib", sa.client_pool_mib, "client pools' starting size, unless a client asks")
+      ->capture_default_str();
+  serve_cmd->add_option("--server-pool-mib", sa.server_pool_mib, "server pools' starting size, unless a client asks")
+      ->capture_default_str();
+  serve_cmd->add_option("--max-pool-mib", sa.max_pool_mib, "the most a pool may start at or grow to")
+      ->capture_default_str();
   serve_cmd->add_option("--max-sessions", sa.max_sessions, "session limit")->capture_default_str();
   serve_cmd
       ->add_option("--max-mapped-mib", sa.max_mapped_mib,

@@ -144,6 +144,7 @@ Status register_builtin_ops(Server& server) {
                                {"protocol_errors", st.protocol_errors},
                                {"bytes_mapped", st.bytes_mapped},
                                {"mapped_budget_bytes", st.mapped_budget_bytes},
+                               {"pool_grows", st.pool_grows},
                                {"requests_helped", st.requests_helped},
                                {"lends", st.lends},
                                {"lends_refused", st.lends_refused},

@@ -212,7 +212,17 @@ class ClientCore : public std::enable_shared_from_this<ClientCore> {
   // before the mappings go.
   std::mutex registered_mu_;
   Mover* registered_with_ = nullptr;             // guarded by registered_mu_
+  std::vector<std::byte*> registered_starts_;    // guarded by registered_mu_
+  uint64_t registered_client_bytes_ = 0;         // guarded by registered_mu_
   Status ensure_registered(Mover* m);
+  // The client pool grows on demand (ClientOptions::max_client_pool_bytes):
+  // asks the server to let requests reach `bytes` into it, then faults the
+  // new part in and hands it to the allocator. One at a time (grow_mu_).
+  Status grow_pool(uint64_t bytes);
+  std::mutex grow_mu_;
+  uint64_t grow_seq_ = 0;           // guarded by grow_mu_
+  uint64_t server_pool_start_ = 0;  // the server pool's part in use at connect
+  std::atomic<uint64_t> pool_grows_{0};
 
   // Statistics; relaxed: reported only.
   std::atomic<uint64_t> requests_{0}, futex_sleeps_{0}, server_wakeups_{0};
@@ -253,6 +263,8 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
   set_fixed_string(hello.tenant, sizeof(hello.tenant), opts.tenant);
   hello.client_pool_bytes = opts.client_pool_bytes;
   hello.server_pool_bytes = opts.server_pool_bytes;
+  hello.client_pool_max_bytes = opts.max_client_pool_bytes;
+  hello.server_pool_max_bytes = opts.max_server_pool_bytes;
   hello.sub_ring_entries = opts.ring_entries;
   hello.comp_ring_entries = opts.ring_entries;
   hello.probe_addr = probe_token != 0 ? reinterpret_cast<uint64_t>(&probe_token) : 0;
@@ -294,9 +306,11 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
     return data_loss("server sent invalid ring sizes");
   }
   constexpr uint64_t kMaxPool = uint64_t{1} << 40;
-  if (w->client_pool_bytes == 0 || w->server_pool_bytes == 0 || w->client_pool_bytes > kMaxPool ||
-      w->server_pool_bytes > kMaxPool || w->client_pool_bytes % 4096 != 0 || w->server_pool_bytes % 4096 != 0) {
-    return data_loss("server sent invalid pool sizes");
+  for (auto [in_use, most] : {std::pair{w->client_pool_bytes, w->client_pool_max_bytes},
+                              std::pair{w->server_pool_bytes, w->server_pool_max_bytes}}) {
+    if (in_use == 0 || most > kMaxPool || in_use > most || in_use % 4096 != 0 || most % 4096 != 0) {
+      return data_loss("server sent invalid pool sizes");
+    }
   }
   for (uint32_t i = 0; i < w->op_count; ++i) {
     std::string_view name = fixed_string(w->ops[i].name, sizeof(w->ops[i].name));
@@ -306,16 +320,25 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
 
   const auto pages = opts.huge_pages ? shm::HugePages::kAsk : shm::HugePages::kRefuse;
   shm::SegmentOptions rw{.prefault = opts.prefault, .lock = false, .writable = true};
-  shm::SegmentOptions pool_rw{.prefault = opts.prefault, .lock = false, .writable = true, .huge_pages = pages};
-  shm::SegmentOptions pool_ro{.prefault = opts.prefault, .lock = false, .writable = false, .huge_pages = pages};
+  // The pools are mapped at their most, populated as far as they are in use.
+  shm::SegmentOptions pool_rw{.prefault = opts.prefault,
+                              .prefault_data_bytes = w->client_pool_bytes,
+                              .lock = false,
+                              .writable = true,
+                              .huge_pages = pages};
+  shm::SegmentOptions pool_ro{.prefault = opts.prefault,
+                              .prefault_data_bytes = w->server_pool_bytes,
+                              .lock = false,
+                              .writable = false,
+                              .huge_pages = pages};
   // attach() takes ownership of each descriptor, success or failure.
   int cfd = fds[kFdControl], cpfd = fds[kFdClientPool], spfd = fds[kFdServerPool];
   core->server_wake_fd_ = fds[kFdServerWake];
   fds.clear();
   auto control = shm::Segment::attach(cfd, shm::SegmentKind::kControl,
                                       control_data_bytes(w->sub_ring_entries, w->comp_ring_entries), rw);
-  auto cpool = shm::Segment::attach(cpfd, shm::SegmentKind::kClientPool, w->client_pool_bytes, pool_rw);
-  auto spool = shm::Segment::attach(spfd, shm::SegmentKind::kServerPool, w->server_pool_bytes, pool_ro);
+  auto cpool = shm::Segment::attach(cpfd, shm::SegmentKind::kClientPool, w->client_pool_max_bytes, pool_rw);
+  auto spool = shm::Segment::attach(spfd, shm::SegmentKind::kServerPool, w->server_pool_max_bytes, pool_ro);
   if (!control.ok()) return control.status();
   if (!cpool.ok()) return cpool.status();
   if (!spool.ok()) return spool.status();
@@ -331,7 +354,8 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
   core->cb_ = view.block;
   core->tx_ = shm::RingProducer<SubDesc>(&core->cb_->sub, view.sub_slots, w->sub_ring_entries);
   core->rx_ = shm::RingConsumer<CompDesc>(&core->cb_->comp, view.comp_slots, w->comp_ring_entries);
-  core->alloc_ = shm::PoolAllocator(core->cpool_.data_bytes());
+  core->alloc_ = shm::PoolAllocator(w->client_pool_bytes);
+  core->server_pool_start_ = w->server_pool_bytes;
   ROCKET_ASSIGN_OR_RETURN(core->cpu_, shared_mover(MoverKind::kCpu));
   return core;
 }
@@ -339,8 +363,7 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
 ClientCore::~ClientCore() {
   // In a forked child the engine is the parent's (sys/fork.h): leave it be.
   if (registered_with_ != nullptr && !in_forked_child()) {
-    registered_with_->unregister_memory(cpool_.base());
-    registered_with_->unregister_memory(spool_.base());
+    for (std::byte* p : registered_starts_) registered_with_->unregister_memory(p);
   }
   if (sock_ >= 0) ::close(sock_);
   if (server_wake_fd_ >= 0) ::close(server_wake_fd_);
@@ -388,9 +411,16 @@ Result<std::shared_ptr<PoolBlock>> ClientCore::alloc_block(size_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
     return failure_;
   }
+  if (bytes > cpool_.data_bytes()) {
+    return invalid_argument("request of " + std::to_string(bytes) + " bytes exceeds the client pool's most of " +
+                            std::to_string(cpool_.data_bytes()) +
+                            " bytes; connect with ClientOptions::max_client_pool_bytes larger (at most the "
+                            "server's ServerOptions::max_pool_bytes)");
+  }
   uint64_t off;
   for (;;) {
     Status full;
+    uint64_t grow_to = 0;
     {
       std::lock_guard<std::mutex> lock(alloc_mu_);
       auto r = alloc_.allocate(bytes);
@@ -398,19 +428,84 @@ Result<std::shared_ptr<PoolBlock>> ClientCore::alloc_block(size_t bytes) {
         off = *r;
         break;
       }
-      if (r.status().code() == StatusCode::kInvalidArgument) {
-        return invalid_argument("request of " + std::to_string(bytes) + " bytes exceeds the client pool of " +
-                                std::to_string(alloc_.capacity()) +
-                                " bytes; connect with ClientOptions::client_pool_bytes larger");
-      }
       full = r.status();
+      grow_to = pool_growth_target(alloc_.capacity(), alloc_.capacity_for(bytes), cpool_.data_bytes());
     }
-    // Full now. Requests of dropped futures hold their blocks until their
-    // responses arrive, and no caller can collect those: wait for them rather
-    // than fail. Space held by the caller's own buffers and jobs is theirs.
+    // No room now. The pool grows while it may; past its most, requests of
+    // dropped futures hold their blocks until their responses arrive, and no
+    // caller can collect those: wait for them rather than fail. Space held by
+    // the caller's own buffers and jobs is theirs.
+    if (grow_to != 0) {
+      ROCKET_RETURN_IF_ERROR(grow_pool(grow_to));
+      continue;
+    }
     if (!reclaim_abandoned()) return full;
   }
   return std::make_shared<PoolBlock>(shared_from_this(), off, bytes);
+}
+
+Status ClientCore::grow_pool(uint64_t bytes) {
+  std::lock_guard<std::mutex> grow(grow_mu_);
+  uint64_t from;
+  {
+    std::lock_guard<std::mutex> lock(alloc_mu_);
+    from = alloc_.capacity();
+  }
+  if (bytes <= from) return ok_status();  // another thread grew it meanwhile
+  // acquire: pairs with the release store in fail_locked().
+  if (failed_.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return failure_;
+  }
+  GrowRequest g{};
+  g.magic = kGrowMagic;
+  g.seq = ++grow_seq_;
+  g.bytes = bytes;
+  ROCKET_RETURN_IF_ERROR(send_message(sock_, &g, sizeof(g), {}));
+  // The answer to this request; older ones (a request that timed out) are
+  // passed over.
+  GrowReply reply{};
+  const auto deadline = std::chrono::steady_clock::now() + opts_.connect_timeout;
+  for (;;) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    ROCKET_ASSIGN_OR_RETURN(
+        size_t n, recv_message(sock_, &reply, sizeof(reply), nullptr, 0, std::max(left, std::chrono::milliseconds(0))));
+    if (n == 0) return unavailable("server closed the session while the client pool grew");
+    if (n != sizeof(reply) || reply.magic != kGrowMagic || reply.seq > g.seq) {
+      return data_loss("server sent a malformed answer to a request to grow the client pool");
+    }
+    if (reply.seq == g.seq) break;
+  }
+  if (reply.status_code != 0) {
+    int32_t code = reply.status_code;
+    if (code < 0 || code > kMaxStatusCode) code = static_cast<int32_t>(StatusCode::kUnknown);
+    return Status(static_cast<StatusCode>(code), "server refused to grow the client pool: " +
+                                                     std::string(fixed_string(reply.message, sizeof(reply.message))));
+  }
+  // At least what was asked; more where an earlier request, whose answer
+  // came too late, was granted.
+  if (reply.bytes < bytes || reply.bytes > cpool_.data_bytes() || reply.bytes % 4096 != 0) {
+    return data_loss("server granted a client pool of " + std::to_string(reply.bytes) + " bytes, asked for " +
+                     std::to_string(bytes));
+  }
+  bytes = reply.bytes;
+  // Ours to fault in (charged to this process): the data path then takes no
+  // first-touch faults, as for the pool's starting part.
+  if (opts_.prefault) cpool_.populate(from, bytes - from, /*writable=*/true);
+  {
+    std::lock_guard<std::mutex> lock(registered_mu_);
+    if (registered_with_ != nullptr && registered_client_bytes_ < bytes) {
+      std::byte* at = cpool_.data() + registered_client_bytes_;
+      if (registered_with_->register_memory(at, bytes - registered_client_bytes_, false).ok()) {
+        registered_starts_.push_back(at);
+        registered_client_bytes_ = bytes;
+      }
+    }
+  }
+  std::lock_guard<std::mutex> lock(alloc_mu_);
+  alloc_.grow(bytes);
+  pool_grows_.fetch_add(1, std::memory_order_relaxed);
+  return ok_status();
 }
 
 bool ClientCore::reclaim_abandoned() {
@@ -903,14 +998,24 @@ Status ClientCore::ensure_registered(Mover* m) {
   std::lock_guard<std::mutex> lock(registered_mu_);
   if (registered_with_ == m) return ok_status();
   if (registered_with_ != nullptr) return failed_precondition("session pools are registered with another engine");
-  // Both pools, whole segments (page-aligned): the GPU reads requests from the
-  // client pool and response payloads from the (read-only here) server pool.
-  ROCKET_RETURN_IF_ERROR(m->register_memory(cpool_.base(), cpool_.total_bytes(), false));
-  Status s = m->register_memory(spool_.base(), spool_.total_bytes(), true);
+  // Both pools as far as they are in use (registering pins pages; a pool's
+  // most would be pinned whole): the GPU reads requests from the client pool
+  // and response payloads from the (read-only here) server pool. The client
+  // pool's growth is registered as it comes (grow_pool); responses in a part
+  // of the server pool it grew into after this are copied by the CPU.
+  uint64_t client_bytes;
+  {
+    std::lock_guard<std::mutex> alloc_lock(alloc_mu_);
+    client_bytes = alloc_.capacity();
+  }
+  ROCKET_RETURN_IF_ERROR(m->register_memory(cpool_.data(), client_bytes, false));
+  Status s = m->register_memory(spool_.data(), server_pool_start_, true);
   if (!s.ok()) {
-    m->unregister_memory(cpool_.base());
+    m->unregister_memory(cpool_.data());
     return s;
   }
+  registered_starts_ = {cpool_.data(), spool_.data()};
+  registered_client_bytes_ = client_bytes;
   registered_with_ = m;
   return ok_status();
 }
@@ -996,7 +1101,9 @@ ClientStats ClientCore::stats() {
   std::lock_guard<std::mutex> alloc_lock(alloc_mu_);
   s.client_pool_bytes = alloc_.capacity();
   s.client_pool_in_use = alloc_.bytes_in_use();
-  s.server_pool_bytes = spool_.data_bytes();
+  s.client_pool_max_bytes = cpool_.data_bytes();
+  s.server_pool_max_bytes = spool_.data_bytes();
+  s.client_pool_grows = pool_grows_.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -16,7 +16,7 @@
 namespace rocket::detail {
 
 inline constexpr uint32_t kProtocolMagic = 0x31544b52;  // "RKT1"
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;         // 2: pools that grow on demand
 inline constexpr size_t kTenantNameBytes = 64;   // NUL-terminated
 inline constexpr size_t kOpNameBytes = 48;       // NUL-terminated
 inline constexpr uint32_t kMaxOps = 256;
@@ -34,6 +34,10 @@ struct Hello {
   char tenant[kTenantNameBytes];
   uint64_t client_pool_bytes;  // 0: server default
   uint64_t server_pool_bytes;  // 0: server default
+  // The most each pool may grow to (ClientOptions::max_*_pool_bytes); 0: the
+  // server's limit. Below the starting size: the starting size (no growth).
+  uint64_t client_pool_max_bytes;
+  uint64_t server_pool_max_bytes;
   uint32_t sub_ring_entries;   // 0: server default
   uint32_t comp_ring_entries;  // 0: server default
   // Kernel single-copy path: the address of an 8-byte token in the client's
@@ -56,8 +60,14 @@ struct Welcome {
   int32_t status_code;
   char message[kMessageBytes];
   uint64_t session_id;
+  // Each pool's segment holds its most (`*_max_bytes` data bytes, mapped
+  // whole); the first `*_bytes` are in use from the start. The server pool
+  // grows as the server needs; the client pool when the client asks
+  // (GrowRequest below).
   uint64_t client_pool_bytes;
   uint64_t server_pool_bytes;
+  uint64_t client_pool_max_bytes;
+  uint64_t server_pool_max_bytes;
   uint32_t sub_ring_entries;
   uint32_t comp_ring_entries;
   uint32_t op_count;
@@ -69,6 +79,39 @@ enum WelcomeFlags : uint32_t {
   kWelcomeKernelCopy = 1,  // the server can read and write this client's memory
 };
 inline constexpr size_t kWelcomeHeaderBytes = offsetof(Welcome, ops);
+
+// After the handshake, client -> server on the session socket: let the
+// client pool's in-use part reach `bytes` (a multiple of 4096, above what it
+// is, at most the pool's most). The server answers with a GrowReply of the
+// same `seq`; until then the client uses nothing past the old end. Pages
+// past that end are the client's to fault in: the server reads only what it
+// agreed to, so a client cannot make the server commit memory it was not
+// granted. Anything else a client sends on the socket ends its session.
+// The in-use size a pool of in-use size `in_use` and most `most` grows to
+// when it needs `need` (PoolAllocator::capacity_for): at least double, in
+// whole 2 MiB units (huge pages), at most `most`; 0 when `need` cannot fit.
+inline uint64_t pool_growth_target(uint64_t in_use, uint64_t need, uint64_t most) noexcept {
+  constexpr uint64_t kUnit = uint64_t{2} << 20;
+  if (need > most || in_use >= most) return 0;
+  uint64_t want = need > in_use * 2 ? need : in_use * 2;
+  want = want > most - kUnit ? most : (want + kUnit - 1) / kUnit * kUnit;
+  return want < most ? want : most;
+}
+
+inline constexpr uint32_t kGrowMagic = 0x57524752;  // "RGRW"
+struct GrowRequest {
+  uint32_t magic;
+  uint32_t reserved;
+  uint64_t seq;
+  uint64_t bytes;
+};
+struct GrowReply {
+  uint32_t magic;
+  int32_t status_code;  // 0: granted
+  uint64_t seq;
+  uint64_t bytes;  // the client pool's in-use size now
+  char message[kMessageBytes];
+};
 
 // --- ring descriptors --------------------------------------------------------
 

@@ -55,6 +55,18 @@ struct ServerCounters {
   std::atomic<uint64_t> gpu_handles_opened{0}, gpu_responses_shared{0}, gpu_responses_copied{0};
   std::atomic<uint64_t> requests_helped{0};
   std::atomic<uint64_t> lends{0}, lends_refused{0}, memory_lent_bytes{0};
+  std::atomic<uint64_t> pool_grows{0};
+  // The most all sessions' segments may take (set by start(), before any
+  // session); bytes_mapped is what they take now. Sessions' setup and their
+  // pools' growth reserve against it, possibly on several threads at once.
+  uint64_t mapped_budget = 0;
+  bool reserve_mapped(uint64_t bytes) {
+    uint64_t now = bytes_mapped.load(std::memory_order_relaxed);
+    do {
+      if (bytes > mapped_budget || now > mapped_budget - bytes) return false;
+    } while (!bytes_mapped.compare_exchange_weak(now, now + bytes, std::memory_order_relaxed));
+    return true;
+  }
 
   // Open sessions per uid (ServerOptions::max_sessions_per_uid). The acceptor
   // adds, sessions take away as they end, on their dispatchers.
@@ -106,7 +118,15 @@ struct ServerSession {
   ControlBlock* cb = nullptr;
   shm::RingConsumer<SubDesc> rx;
   shm::RingProducer<CompDesc> tx;
-  shm::PoolAllocator alloc;  // the server pool's allocator
+  shm::PoolAllocator alloc;  // the server pool's allocator; its capacity is the pool's in-use part
+  // How much of the client pool the client may use now (GrowRequest): the
+  // most any request may reach. Set by the owner; read by whoever runs a
+  // request.
+  std::atomic<uint64_t> client_in_use{0};
+  // What this session takes from the server's budget (ServerCounters::
+  // bytes_mapped): given back when it ends.
+  std::atomic<uint64_t> mapped_bytes{0};
+  bool prefault = true;  // ServerOptions::prefault: populate the pools' parts as they come into use
   // Completions the full ring could not take, oldest first: at most one per
   // dispatcher, since nobody takes another request while it is not empty.
   std::deque<CompDesc> backlog;
@@ -133,7 +153,12 @@ struct ServerSession {
   // GPU backends: the cuda engine, once this session's pools are registered
   // with it (Request::copy_to_device, Response::write_from_device).
   Mover* gpu_mover = nullptr;
-  bool gpu_client_pool = false, gpu_server_pool = false;
+  // The parts of each pool registered with it: a pool that grew is
+  // registered piece by piece, as far as it is in use.
+  struct GpuRegistered {
+    std::vector<std::byte*> starts;
+    uint64_t bytes = 0;
+  } gpu_client_pool, gpu_server_pool;
   // GPU responses shared by reference and not yet freed by the client: the
   // handler's release for each, by the server-pool block of its reference.
   std::unordered_map<uint64_t, std::function<void()>> gpu_replies;
@@ -169,7 +194,6 @@ struct Server::Impl {
   bool helping = false;
 
   detail::ServerCounters counters;
-  uint64_t mapped_budget = 0;  // opts.max_mapped_bytes, or the default worked out by start()
   // Lending's cgroup writes (set by start() when opts.lending.enabled); it
   // outlives the dispatchers, which give their grants back before they exit.
   std::unique_ptr<detail::Amplifier> amplifier;
@@ -243,9 +267,10 @@ detail::ServerSession::~ServerSession() {
   if (sock >= 0) ::close(sock);
   if (wake_fd >= 0) ::close(wake_fd);
   // The GPU must let go of the pools before they are unmapped.
-  if (gpu_client_pool) gpu_mover->unregister_memory(client_pool.data());
-  if (gpu_server_pool) gpu_mover->unregister_memory(server_pool.data());
-  uint64_t mapped = control.total_bytes() + client_pool.total_bytes() + server_pool.total_bytes();
+  for (const GpuRegistered* r : {&gpu_client_pool, &gpu_server_pool}) {
+    for (std::byte* p : r->starts) gpu_mover->unregister_memory(p);
+  }
+  const uint64_t mapped = mapped_bytes.load(std::memory_order_relaxed);
   // Unmap before the counters drop, so whoever watches them (tests, `rocket
   // top`) never sees a closed session that still holds memory.
   control = shm::Segment();
@@ -255,6 +280,33 @@ detail::ServerSession::~ServerSession() {
   if (counted_for_uid) counters->drop_session_of(cred.uid);
   counters->sessions_open.fetch_sub(1, std::memory_order_relaxed);
 }
+
+// --- the server pool -----------------------------------------------------------
+
+namespace detail {
+// Allocates `bytes` in session `s`'s server pool, growing the pool's in-use
+// part toward its most where it has no room; the caller holds s.mu where the
+// session is shared. Growth takes from the server's memory budget and
+// populates the new part here, so that the handler's writes take no faults.
+Result<uint64_t> server_pool_allocate(ServerSession& s, uint64_t bytes) {
+  Result<uint64_t> r = s.alloc.allocate(bytes);
+  if (r.ok() || bytes == 0) return r;
+  const uint64_t in_use = s.alloc.capacity();
+  const uint64_t want = pool_growth_target(in_use, s.alloc.capacity_for(bytes), s.server_pool.data_bytes());
+  if (want == 0) return r;
+  if (!s.counters->reserve_mapped(want - in_use)) {
+    return resource_exhausted("the server pool (" + std::to_string(in_use) + " bytes in use) cannot grow to " +
+                              std::to_string(want) + " bytes for a " + std::to_string(bytes) +
+                              "-byte response: the server's memory budget for sessions is taken "
+                              "(ServerOptions::max_mapped_bytes)");
+  }
+  if (s.prefault) s.server_pool.populate(in_use, want - in_use, /*writable=*/true);
+  s.mapped_bytes.fetch_add(want - in_use, std::memory_order_relaxed);
+  s.counters->pool_grows.fetch_add(1, std::memory_order_relaxed);
+  s.alloc.grow(want);
+  return s.alloc.allocate(bytes);
+}
+}  // namespace detail
 
 // --- GPU backends -------------------------------------------------------------
 
@@ -269,10 +321,14 @@ Result<Mover*> session_gpu(ServerSession& s, bool server_pool) {
     if (!m.ok()) return unavailable("this server has no usable GPU: " + m.status().message());
     s.gpu_mover = *m;
   }
-  bool& registered = server_pool ? s.gpu_server_pool : s.gpu_client_pool;
-  if (!registered) {
-    shm::Segment& seg = server_pool ? s.server_pool : s.client_pool;
-    registered = s.gpu_mover->register_memory(seg.data(), seg.data_bytes(), /*read_only=*/!server_pool).ok();
+  ServerSession::GpuRegistered& r = server_pool ? s.gpu_server_pool : s.gpu_client_pool;
+  const uint64_t in_use = server_pool ? s.alloc.capacity() : s.client_in_use.load(std::memory_order_acquire);
+  if (r.bytes < in_use) {
+    std::byte* at = (server_pool ? s.server_pool : s.client_pool).data() + r.bytes;
+    if (s.gpu_mover->register_memory(at, in_use - r.bytes, /*read_only=*/!server_pool).ok()) {
+      r.starts.push_back(at);
+      r.bytes = in_use;
+    }
   }
   return s.gpu_mover;
 }
@@ -331,7 +387,7 @@ Result<std::span<std::byte>> Response::alloc(size_t bytes) {
   if (bytes == 0) return std::span<std::byte>{};
   Result<uint64_t> block = [&] {
     detail::SessionLock lock(session_->mu, session_->shared);
-    return session_->alloc.allocate(bytes);
+    return detail::server_pool_allocate(*session_, bytes);
   }();
   ROCKET_ASSIGN_OR_RETURN(uint64_t off, std::move(block));
   kind_ = Kind::kPool;
@@ -429,6 +485,7 @@ class Server::Impl::Dispatcher {
   void run();
   void take_incoming();
   bool poll_events(int timeout_ms);
+  void grow_client_pool(detail::ServerSession& s, const detail::GrowRequest& g);
   void reap();
   // Runs waiting descriptors of `s`. A helper (`helping`: not the session's
   // own dispatcher) takes only requests to concurrent ops, and frees.
@@ -540,13 +597,55 @@ bool Server::Impl::Dispatcher::poll_events(int timeout_ms) {
     if ((evs[i].events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) != 0) {
       s.dead = true;
     } else if ((evs[i].events & EPOLLIN) != 0) {
-      // After the handshake the only message a client sends is "close".
-      char buf[64];
-      ssize_t r = ::recv(s.sock, buf, sizeof(buf), MSG_DONTWAIT);
-      if (r >= 0 || (errno != EAGAIN && errno != EINTR)) s.dead = true;
+      // After the handshake a client sends only GrowRequests; anything else
+      // (or the end of the stream) closes its session.
+      detail::GrowRequest g{};
+      ssize_t r = ::recv(s.sock, &g, sizeof(g), MSG_DONTWAIT | MSG_TRUNC);
+      if (r == static_cast<ssize_t>(sizeof(g)) && g.magic == detail::kGrowMagic) {
+        grow_client_pool(s, g);
+      } else if (r >= 0 || (errno != EAGAIN && errno != EINTR)) {
+        s.dead = true;
+      }
     }
   }
   return n > 0;
+}
+
+// A client asks for more of its pool: granted while the pool's most and
+// the server's budget allow. The server commits no memory for it (the pages
+// are the client's to fault in); it only lets requests reach further.
+void Server::Impl::Dispatcher::grow_client_pool(detail::ServerSession& s, const detail::GrowRequest& g) {
+  detail::GrowReply reply{};
+  reply.magic = detail::kGrowMagic;
+  reply.seq = g.seq;
+  const uint64_t in_use = s.client_in_use.load(std::memory_order_relaxed), most = s.client_pool.data_bytes();
+  Status st;
+  if (g.bytes == 0 || g.bytes > most || g.bytes % 4096 != 0) {
+    server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
+    st = invalid_argument("the client pool can grow from " + std::to_string(in_use) + " bytes to at most " +
+                          std::to_string(most) + " in whole pages, not to " + std::to_string(g.bytes));
+  } else if (g.bytes <= in_use) {
+    // Granted before (the client gave up waiting for that answer): say so again.
+  } else if (!server_->counters.reserve_mapped(g.bytes - in_use)) {
+    st = resource_exhausted("the client pool cannot grow to " + std::to_string(g.bytes) +
+                            " bytes: the server's memory budget for sessions is taken "
+                            "(ServerOptions::max_mapped_bytes); free buffers and replies, or try again later");
+  } else {
+    s.mapped_bytes.fetch_add(g.bytes - in_use, std::memory_order_relaxed);
+    server_->counters.pool_grows.fetch_add(1, std::memory_order_relaxed);
+    // release: a request that reaches the new part is validated after this.
+    s.client_in_use.store(g.bytes, std::memory_order_release);
+  }
+  reply.status_code = static_cast<int32_t>(st.code());
+  reply.bytes = s.client_in_use.load(std::memory_order_relaxed);
+  detail::set_fixed_string(reply.message, sizeof(reply.message), st.message());
+  // Never wait on the client: one that does not read its answers loses its
+  // session rather than stall the dispatcher.
+  ssize_t n;
+  do {
+    n = ::send(s.sock, &reply, sizeof(reply), MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(sizeof(reply))) s.dead = true;
 }
 
 void Server::Impl::Dispatcher::reap() {
@@ -789,7 +888,10 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
     fail_request(s, d.job_id, invalid_argument("unknown op id " + std::to_string(d.op_id)));
     return;
   }
+  // The client pool's most bounds a remote payload; its part in use now
+  // bounds a pooled one (acquire: pairs with the grant's release store).
   const uint64_t cap = s.client_pool.data_bytes();
+  const uint64_t in_use = s.client_in_use.load(std::memory_order_acquire);
   const bool remote_req = (d.flags & detail::kSubRemoteRequest) != 0;
   const bool remote_resp = (d.flags & detail::kSubRemoteResponse) != 0;
   const bool gpu_req = (d.flags & detail::kSubGpuRequest) != 0;
@@ -843,12 +945,11 @@ void Server::Impl::Dispatcher::handle_request(detail::ServerSession& s, const de
     }
     payload = {buf, d.length};
   } else {
-    if (d.offset > cap || d.length > cap - d.offset) {
+    if (d.offset > in_use || d.length > in_use - d.offset) {
       server_->counters.protocol_errors.fetch_add(1, std::memory_order_relaxed);
       fail_request(s, d.job_id,
-                   invalid_argument("request range [" + std::to_string(d.offset) + ", +" +
-                                    std::to_string(d.length) + ") lies outside the client pool of " +
-                                    std::to_string(cap) + " bytes"));
+                   invalid_argument("request range [" + std::to_string(d.offset) + ", +" + std::to_string(d.length) +
+                                    ") lies outside the client pool of " + std::to_string(in_use) + " bytes"));
       return;
     }
     payload = {s.client_pool.data() + d.offset, d.length};
@@ -1034,7 +1135,7 @@ void Server::Impl::Dispatcher::fail_request(detail::ServerSession& s, uint64_t j
   if (len > 0) {
     Result<uint64_t> off = [&] {
       detail::SessionLock lock(s.mu, s.shared);
-      return s.alloc.allocate(len);
+      return detail::server_pool_allocate(s, len);
     }();
     if (off.ok()) {
       std::memcpy(s.server_pool.data() + *off, st.message().data(), len);
@@ -1129,12 +1230,20 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
   if (tenant.empty() || !std::all_of(tenant.begin(), tenant.end(), [](char c) { return c > ' ' && c < 127; })) {
     return refuse(fd, invalid_argument("tenant name must be 1..63 printable characters"));
   }
-  uint64_t cp = hello.client_pool_bytes != 0 ? hello.client_pool_bytes : opts.default_client_pool_bytes;
-  uint64_t sp = hello.server_pool_bytes != 0 ? hello.server_pool_bytes : opts.default_server_pool_bytes;
+  // Each pool starts at its size and may grow to its most: both are the
+  // client's ask or the server's defaults, within max_pool_bytes.
+  const uint64_t cp = hello.client_pool_bytes != 0 ? hello.client_pool_bytes : opts.default_client_pool_bytes;
+  const uint64_t sp = hello.server_pool_bytes != 0 ? hello.server_pool_bytes : opts.default_server_pool_bytes;
   if (cp > opts.max_pool_bytes || sp > opts.max_pool_bytes) {
     return refuse(fd, resource_exhausted("requested pool exceeds the server's limit of " +
                                          std::to_string(opts.max_pool_bytes) + " bytes"));
   }
+  auto most = [&](uint64_t asked, uint64_t start) {
+    const uint64_t m =
+        asked == 0 ? std::max<uint64_t>(opts.max_pool_bytes, start) : std::min(asked, opts.max_pool_bytes);
+    return std::max(m, start);
+  };
+  const uint64_t cp_max = most(hello.client_pool_max_bytes, cp), sp_max = most(hello.server_pool_max_bytes, sp);
   uint32_t sub_n = hello.sub_ring_entries != 0 ? hello.sub_ring_entries : opts.default_ring_entries;
   uint32_t comp_n = hello.comp_ring_entries != 0 ? hello.comp_ring_entries : opts.default_ring_entries;
   if (!shm::valid_ring_capacity(sub_n) || !shm::valid_ring_capacity(comp_n) ||
@@ -1149,19 +1258,26 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
                                   std::to_string(opts.max_sessions_per_uid) +
                                   " sessions on this server (ServerOptions::max_sessions_per_uid)"));
   }
-  // Only this thread adds to bytes_mapped (dispatchers take away as sessions
-  // end), so what is checked here is not overtaken before it is added.
+  // What the session takes from the budget: the control segment and each
+  // pool's header page and starting size (segment_total_bytes); growth
+  // reserves more as it comes.
   const uint64_t need = shm::segment_total_bytes(detail::control_data_bytes(sub_n, comp_n)) +
                         shm::segment_total_bytes(cp) + shm::segment_total_bytes(sp);
-  const uint64_t mapped = counters.bytes_mapped.load(std::memory_order_relaxed);
-  if (need > mapped_budget || mapped > mapped_budget - need) {
+  if (!counters.reserve_mapped(need)) {
     auto mib = [](uint64_t b) { return std::to_string((b + (1 << 20) - 1) >> 20); };
     return refuse(fd, resource_exhausted("this session's pools (" + mib(need) +
                                          " MiB) would take the server past its memory budget for sessions (" +
-                                         mib(mapped) + " of " + mib(mapped_budget) +
+                                         mib(counters.bytes_mapped.load(std::memory_order_relaxed)) + " of " +
+                                         mib(counters.mapped_budget) +
                                          " MiB in use; ServerOptions::max_mapped_bytes): ask for smaller pools "
                                          "or try again when sessions close"));
   }
+  // Given back on every refusal below; handed to the session on success.
+  struct Reserved {
+    detail::ServerCounters& c;
+    uint64_t bytes;
+    ~Reserved() { c.bytes_mapped.fetch_sub(bytes, std::memory_order_relaxed); }
+  } reserved{counters, need};
 
   // Kernel copy path: read the client's token to learn whether we may.
   bool kernel_copy = false;
@@ -1187,9 +1303,12 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
   auto control = shm::Segment::create("rocket-control", shm::SegmentKind::kControl,
                                       detail::control_data_bytes(sub_n, comp_n), sid, so);
   if (!control.ok()) return refuse(fd, control.status());
-  auto cpool = shm::Segment::create("rocket-client-pool", shm::SegmentKind::kClientPool, cp, sid, pool_so);
+  // Each pool is mapped at its most and populated as far as it starts.
+  pool_so.prefault_data_bytes = cp;
+  auto cpool = shm::Segment::create("rocket-client-pool", shm::SegmentKind::kClientPool, cp_max, sid, pool_so);
   if (!cpool.ok()) return refuse(fd, cpool.status());
-  auto spool = shm::Segment::create("rocket-server-pool", shm::SegmentKind::kServerPool, sp, sid, pool_so);
+  pool_so.prefault_data_bytes = sp;
+  auto spool = shm::Segment::create("rocket-server-pool", shm::SegmentKind::kServerPool, sp_max, sid, pool_so);
   if (!spool.ok()) return refuse(fd, spool.status());
   int wake = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake < 0) return refuse(fd, errno_status("eventfd", errno));
@@ -1217,21 +1336,24 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
   s->control = std::move(*control);
   s->client_pool = std::move(*cpool);
   s->server_pool = std::move(*spool);
-  counters.bytes_mapped.fetch_add(s->control.total_bytes() + s->client_pool.total_bytes() + s->server_pool.total_bytes(),
-                         std::memory_order_relaxed);
+  s->mapped_bytes.store(std::exchange(reserved.bytes, 0), std::memory_order_relaxed);
+  s->prefault = opts.prefault;
+  s->client_in_use.store(shm::segment_total_bytes(cp) - shm::kSegmentDataOffset, std::memory_order_relaxed);
   auto view = detail::control_view(s->control.data(), sub_n);
   s->cb = new (view.block) detail::ControlBlock();  // the memfd is zeroed; this starts the atomics' lifetime
   s->rx = shm::RingConsumer<detail::SubDesc>(&s->cb->sub, view.sub_slots, sub_n);
   s->tx = shm::RingProducer<detail::CompDesc>(&s->cb->comp, view.comp_slots, comp_n);
-  s->alloc = shm::PoolAllocator(s->server_pool.data_bytes());
+  s->alloc = shm::PoolAllocator(shm::segment_total_bytes(sp) - shm::kSegmentDataOffset);
 
   auto w = std::make_unique<detail::Welcome>();
   std::memset(w.get(), 0, sizeof(*w));
   w->magic = detail::kProtocolMagic;
   w->version = detail::kProtocolVersion;
   w->session_id = sid;
-  w->client_pool_bytes = s->client_pool.data_bytes();
-  w->server_pool_bytes = s->server_pool.data_bytes();
+  w->client_pool_bytes = s->client_in_use.load(std::memory_order_relaxed);
+  w->server_pool_bytes = s->alloc.capacity();
+  w->client_pool_max_bytes = s->client_pool.data_bytes();
+  w->server_pool_max_bytes = s->server_pool.data_bytes();
   w->sub_ring_entries = sub_n;
   w->comp_ring_entries = comp_n;
   w->op_count = static_cast<uint32_t>(ops.size());
@@ -1416,7 +1538,7 @@ Status Server::start() {
     ROCKET_RETURN_IF_ERROR(d->init());
     dispatchers.push_back(std::move(d));
   }
-  m.mapped_budget = m.opts.max_mapped_bytes != 0 ? m.opts.max_mapped_bytes : default_mapped_budget();
+  m.counters.mapped_budget = m.opts.max_mapped_bytes != 0 ? m.opts.max_mapped_bytes : default_mapped_budget();
   std::unique_ptr<detail::Amplifier> amplifier;
   if (m.opts.lending.memory.enabled && !m.opts.lending.enabled) {
     return invalid_argument("lending.memory.enabled needs lending.enabled (memory is lent beside the CPU)");
@@ -1500,7 +1622,8 @@ ServerStats Server::stats() const {
   s.request_errors = m.counters.request_errors.load(std::memory_order_relaxed);
   s.protocol_errors = m.counters.protocol_errors.load(std::memory_order_relaxed);
   s.bytes_mapped = m.counters.bytes_mapped.load(std::memory_order_relaxed);
-  s.mapped_budget_bytes = m.mapped_budget;
+  s.mapped_budget_bytes = m.counters.mapped_budget;
+  s.pool_grows = m.counters.pool_grows.load(std::memory_order_relaxed);
   s.gpu_handles_opened = m.counters.gpu_handles_opened.load(std::memory_order_relaxed);
   s.gpu_responses_shared = m.counters.gpu_responses_shared.load(std::memory_order_relaxed);
   s.gpu_responses_copied = m.counters.gpu_responses_copied.load(std::memory_order_relaxed);

@@ -1,5 +1,6 @@
 #include "rocket/shm/pool.h"
 
+#include <iterator>
 #include <string>
 
 namespace rocket::shm {
@@ -79,6 +80,34 @@ Status PoolAllocator::free(uint64_t offset) {
   }
   insert_free(off, len);
   return ok_status();
+}
+
+void PoolAllocator::grow(uint64_t capacity) {
+  capacity = capacity / kMinAlign * kMinAlign;
+  if (capacity <= capacity_) return;
+  uint64_t off = capacity_, len = capacity - capacity_;
+  auto last = free_by_offset_.empty() ? free_by_offset_.end() : std::prev(free_by_offset_.end());
+  if (last != free_by_offset_.end() && last->first + last->second == capacity_) {
+    off = last->first;
+    len += last->second;
+    erase_free(last);
+  }
+  insert_free(off, len);
+  capacity_ = capacity;
+}
+
+uint64_t PoolAllocator::capacity_for(uint64_t size) const noexcept {
+  if (size == 0) return capacity_;
+  const uint64_t align = size >= kPageAlignFrom ? kPageAlign : kMinAlign;
+  const uint64_t need = RoundUp(size, kMinAlign);
+  if (largest_free() >= need + align - kMinAlign) return capacity_;
+  // Where the free extent at the end starts (the end itself if none).
+  uint64_t tail = capacity_;
+  if (!free_by_offset_.empty()) {
+    auto last = std::prev(free_by_offset_.end());
+    if (last->first + last->second == capacity_) tail = last->first;
+  }
+  return RoundUp(tail, align) + need;
 }
 
 uint64_t PoolAllocator::block_size(uint64_t offset) const {

@@ -106,12 +106,17 @@ void* map_populated(size_t total, int prot, int fd, const SegmentOptions& opts) 
   if (opts.huge_pages == HugePages::kAsk) ::madvise(p, total, MADV_HUGEPAGE);
   if (opts.huge_pages == HugePages::kRefuse) ::madvise(p, total, MADV_NOHUGEPAGE);
   if (!opts.prefault) return p;
-  if (populate_parallel(p, total, writable, populate_threads(total))) return p;
+  // The header page and the data bytes asked for, in whole pages.
+  const size_t want = opts.prefault_data_bytes >= total - kSegmentDataOffset
+                          ? total
+                          : kSegmentDataOffset + (opts.prefault_data_bytes + kPage - 1) / kPage * kPage;
+  if (populate_parallel(p, want, writable, populate_threads(want))) return p;
   // Old kernel: remap with MAP_POPULATE (read-populates; better than nothing).
+  // It populates the whole mapping: this kernel offers no range.
   ::munmap(p, total);
-  p = detail::os().mmap(nullptr, total, prot, MAP_SHARED | MAP_POPULATE, fd, 0);
+  p = detail::os().mmap(nullptr, total, prot, MAP_SHARED | (want == total ? MAP_POPULATE : 0), fd, 0);
   if (p == MAP_FAILED) return p;
-  touch_pages(p, total, writable);
+  touch_pages(p, want, writable);
   return p;
 }
 }  // namespace
@@ -215,6 +220,19 @@ Result<Segment> Segment::attach(int fd, SegmentKind kind, size_t data_bytes,
   }
   if (opts.lock && ::mlock(p, total) != 0) return errno_status("mlock(segment)", errno);
   return seg;
+}
+
+void Segment::populate(size_t offset, size_t bytes, bool writable) const noexcept {
+  const size_t data = data_bytes();
+  if (base_ == nullptr || offset >= data || bytes == 0) return;
+  const size_t first = kSegmentDataOffset + offset / kPage * kPage;
+  const size_t last =
+      kSegmentDataOffset + std::min(data, (offset + std::min(bytes, data - offset) + kPage - 1) / kPage * kPage);
+  void* p = base_ + first;
+  if (!populate_parallel(p, last - first, writable, populate_threads(last - first))) {
+    // No MADV_POPULATE_*: touching faults the pages in one by one.
+    touch_pages(p, last - first, writable);
+  }
 }
 
 Segment::Segment(Segment&& o) noexcept : fd_(o.fd_), base_(o.base_), total_(o.total_) {

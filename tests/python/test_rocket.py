@@ -229,14 +229,27 @@ class ClientAgainstRocketServe(unittest.TestCase):
         self.assertIsInstance(e.exception, ValueError)
         with self.assertRaises(ValueError):
             self.client.call("echo", b"", timeout=0)
+        capped = rocket.Client(self.sock, client_pool_bytes=4 * MiB, max_client_pool_bytes=64 * MiB)
         with self.assertRaises(rocket.InvalidArgument) as e:
-            self.client.call("echo", bytes(65 * MiB))  # larger than the 64 MiB pool
-        self.assertIn("pool", str(e.exception))
+            capped.call("echo", bytes(65 * MiB))  # larger than the pool's most
+        self.assertIn("max_client_pool_bytes", str(e.exception))
+        capped.close()
         with self.assertRaises(rocket.Unavailable):
             rocket.Client(os.path.join(self.dir.name, "nobody-listens.sock"))
         if np is not None:
             with self.assertRaisesRegex((BufferError, ValueError), "contiguous"):
                 self.client.call("echo", np.arange(100)[::2])
+
+    def test_pools_grow_for_a_payload_larger_than_they_start(self):
+        small = rocket.Client(self.sock, client_pool_bytes=1 * MiB, server_pool_bytes=1 * MiB)
+        data = payload(40 * MiB)
+        reply = small.call("echo_copy", data)  # a request and a response of 40 MiB
+        self.assertEqual(bytes(reply), data)
+        del reply
+        stats = small.stats()
+        self.assertGreaterEqual(stats["client_pool_bytes"], 40 * MiB)
+        self.assertEqual(stats["client_pool_grows"], 1)
+        small.close()
 
     def test_threads_share_one_client(self):
         errors = []

@@ -102,12 +102,13 @@ TEST(ClientServer, StatsOpReportsTheServersCounters) {
   EXPECT_GE(j["requests"].get<uint64_t>(), 6u);  // five echoes and this call
   EXPECT_EQ(j["sessions_open"].get<uint64_t>(), 1u);
   EXPECT_EQ(j["bytes_mapped"].get<uint64_t>(), srv.server->stats().bytes_mapped);
+  EXPECT_EQ(j["pool_grows"].get<uint64_t>(), srv.server->stats().pool_grows);
   EXPECT_TRUE(j.contains("lends_refused"));
 }
 
 TEST(ClientServer, ClientPoolExhaustionIsResourceExhausted) {
   TestServer srv;
-  Client c = srv.connect({.client_pool_bytes = 1 << 20});
+  Client c = srv.connect({.client_pool_bytes = 1 << 20, .max_client_pool_bytes = 1 << 20});
   auto a = c.alloc(600 << 10);
   ASSERT_TRUE(a.ok());
   auto b = c.alloc(600 << 10);
@@ -121,17 +122,17 @@ TEST(ClientServer, ClientPoolExhaustionIsResourceExhausted) {
 
 TEST(ClientServer, OversizePayloadIsAClearInvalidArgument) {
   TestServer srv;
-  Client c = srv.connect({.client_pool_bytes = 1 << 20});
+  Client c = srv.connect({.client_pool_bytes = 1 << 20, .max_client_pool_bytes = 1 << 20});
   auto data = pattern(2 << 20, 4);
   auto r = c.call("echo", std::span<const std::byte>(data));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(r.status().message().find("client_pool_bytes"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("max_client_pool_bytes"), std::string::npos) << r.status().message();
 }
 
 TEST(ClientServer, ServerPoolExhaustionFailsTheRequestNotTheSession) {
   TestServer srv;
-  Client c = srv.connect({.server_pool_bytes = 1 << 20});
+  Client c = srv.connect({.server_pool_bytes = 1 << 20, .max_server_pool_bytes = 1 << 20});
   auto data = pattern(700 << 10, 5);
   auto r1 = c.call("echo_copy", std::span<const std::byte>(data));
   ASSERT_TRUE(r1.ok());
@@ -143,9 +144,87 @@ TEST(ClientServer, ServerPoolExhaustionFailsTheRequestNotTheSession) {
   EXPECT_TRUE(r3.ok()) << r3.status().to_string();
 }
 
+// Pools start small and grow on demand: a request and a response five times
+// the starting pools go through, the pools' growth counts against the
+// server's budget while the session lasts, and all of it is given back when
+// the session ends.
+TEST(ClientServer, PoolsGrowForPayloadsLargerThanTheyStart) {
+  TestServer srv;  // 8 MiB pools to start with
+  const uint64_t before = srv.server->stats().bytes_mapped;
+  Client c = srv.connect();
+  const uint64_t at_connect = srv.server->stats().bytes_mapped;
+  EXPECT_LT(at_connect - before, uint64_t{17} << 20);
+  auto data = pattern(size_t{40} << 20, 11);
+  auto r = c.call("echo_copy", std::span<const std::byte>(data));
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  ASSERT_EQ(r->size(), data.size());
+  EXPECT_EQ(std::memcmp(r->data().data(), data.data(), data.size()), 0);
+  const ClientStats cs = c.stats();
+  EXPECT_GE(cs.client_pool_bytes, data.size());
+  EXPECT_LT(cs.client_pool_bytes, data.size() + (size_t{4} << 20));  // grown to fit, not to its most
+  EXPECT_EQ(cs.client_pool_grows, 1u);
+  EXPECT_EQ(cs.client_pool_max_bytes, ServerOptions{}.max_pool_bytes);
+  const ServerStats ss = srv.server->stats();
+  EXPECT_EQ(ss.pool_grows, 2u);  // the client pool for the request, the server pool for the response
+  EXPECT_GE(ss.bytes_mapped - at_connect, 2 * data.size() - (size_t{16} << 20));
+  // Grown pools stay grown: the next call of that size needs no growth.
+  r = Reply();
+  ASSERT_TRUE(c.call("echo_copy", std::span<const std::byte>(data)).ok());
+  EXPECT_EQ(srv.server->stats().pool_grows, 2u);
+  c.close();
+  ASSERT_TRUE(srv.wait_sessions(0));
+  EXPECT_EQ(srv.server->stats().bytes_mapped, before);
+}
+
+// Each pool grows only to its most: the client's own (ClientOptions::max_*)
+// or the server's max_pool_bytes.
+TEST(ClientServer, PoolsGrowNoFurtherThanTheirMost) {
+  TestServer srv({.max_pool_bytes = size_t{24} << 20});
+  Client c = srv.connect({.max_server_pool_bytes = size_t{12} << 20});
+  EXPECT_EQ(c.stats().client_pool_max_bytes, size_t{24} << 20);
+  EXPECT_EQ(c.stats().server_pool_max_bytes, size_t{12} << 20);
+  auto big = pattern(size_t{25} << 20, 12);
+  auto r = c.call("echo", std::span<const std::byte>(big));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("max_client_pool_bytes"), std::string::npos) << r.status().message();
+  // 20 MiB fits the client pool's most but not the server pool's: the
+  // response cannot be made, and the session goes on.
+  auto mid = pattern(size_t{20} << 20, 13);
+  r = c.call("echo_copy", std::span<const std::byte>(mid));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().to_string();
+  r = c.call("echo", std::span<const std::byte>(mid));  // answered in place
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  EXPECT_EQ(std::memcmp(r->data().data(), mid.data(), mid.size()), 0);
+}
+
+// Many threads outgrowing the pools at once: each grows it or finds it grown.
+TEST(ClientServer, ThreadsOutgrowingThePoolsAtOnceAllGetTheirBytes) {
+  TestServer srv({.dispatchers = 2});
+  Client c = srv.connect({.client_pool_bytes = 1 << 20, .server_pool_bytes = 1 << 20});
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 6; ++i) {
+        auto data =
+            pattern((size_t{1} << 20) * static_cast<size_t>(1 + i + t), static_cast<uint32_t>(100 + t * 10 + i));
+        auto r = c.call("echo_copy", std::span<const std::byte>(data));
+        if (!r.ok() || r->size() != data.size() || std::memcmp(r->data().data(), data.data(), data.size()) != 0) {
+          ++bad;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_GE(c.stats().client_pool_grows, 1u);
+}
+
 TEST(ClientServer, RepliesAreFreedOnTheServer) {
   TestServer srv;
-  Client c = srv.connect({.server_pool_bytes = 1 << 20});
+  Client c = srv.connect({.server_pool_bytes = 1 << 20, .max_server_pool_bytes = 1 << 20});
   auto data = pattern(300 << 10, 6);
   for (int i = 0; i < 200; ++i) {  // 60 MB through a 1 MiB pool: leaks would exhaust it
     auto r = c.call("echo_copy", std::span<const std::byte>(data));
@@ -339,7 +418,7 @@ TEST(ClientServer, SubmitBatchCopiesInParallelAndPostsTogether) {
 
 TEST(ClientServer, SubmitBatchIsAllOrNothing) {
   TestServer srv;
-  Client c = srv.connect({.client_pool_bytes = 1 << 20});
+  Client c = srv.connect({.client_pool_bytes = 1 << 20, .max_client_pool_bytes = 1 << 20});
   std::vector<std::vector<std::byte>> data{pattern(600 << 10, 1), pattern(600 << 10, 2)};  // 1.2 MiB > pool
   std::vector<std::span<const std::byte>> spans(data.begin(), data.end());
   auto ids = c.submit_batch("echo", spans);

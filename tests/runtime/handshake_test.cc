@@ -156,6 +156,35 @@ TEST(Handshake, SessionsStayWithinTheServersMemoryBudget) {
   EXPECT_EQ(big.status().code(), StatusCode::kResourceExhausted);
 }
 
+// A pool's growth takes from the same budget: past it, the request that
+// needed the room fails with the reason, and the session goes on.
+TEST(Handshake, PoolsGrowWithinTheServersMemoryBudget) {
+  TestServer srv({.max_mapped_bytes = uint64_t{40} << 20});
+  Client c = srv.connect();  // two 8 MiB pools: ~17 MiB of the 40
+  auto twelve = pattern(size_t{12} << 20, 21);
+  auto r = c.call("echo_copy", std::span<const std::byte>(twelve));  // both pools to 16 MiB: ~33 MiB
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  r = Reply();
+  auto thirty = pattern(size_t{30} << 20, 22);
+  r = c.call("echo", std::span<const std::byte>(thirty));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("memory budget"), std::string::npos) << r.status().to_string();
+  EXPECT_LE(srv.server->stats().bytes_mapped, uint64_t{40} << 20);
+  // The response side: room in the client pool, none to grow the server pool into.
+  auto held = c.call("echo_copy", std::span<const std::byte>(twelve));  // 12 of the server pool's 16 MiB
+  ASSERT_TRUE(held.ok()) << held.status().to_string();
+  auto fourteen = pattern(size_t{14} << 20, 23);
+  auto buf = c.alloc(fourteen.size());  // 14 of the client pool's 16 MiB
+  ASSERT_TRUE(buf.ok()) << buf.status().to_string();
+  std::memcpy(buf->data(), fourteen.data(), fourteen.size());
+  r = c.call("echo_copy", *buf);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("memory budget"), std::string::npos) << r.status().to_string();
+  EXPECT_TRUE(c.call("echo", bytes_of("still here")).ok());
+}
+
 // Without a budget given, it is half of what the server may use.
 TEST(Handshake, TheDefaultMemoryBudgetIsHalfOfWhatTheServerMayUse) {
   TestServer srv;
@@ -285,6 +314,7 @@ void send_welcome(int fd, bool corrupt_header, bool unsealed) {
   w->magic = detail::kProtocolMagic;
   w->version = detail::kProtocolVersion;
   w->client_pool_bytes = w->server_pool_bytes = 1 << 20;
+  w->client_pool_max_bytes = w->server_pool_max_bytes = 1 << 20;
   w->sub_ring_entries = w->comp_ring_entries = 64;
   int fds[4] = {control->fd(), pool_fd, spool->fd(), efd};
   ASSERT_TRUE(detail::send_message(fd, w.get(), detail::kWelcomeHeaderBytes, fds).ok());
@@ -316,6 +346,79 @@ TEST(Handshake, ClientRejectsServerThatHangsUp) {
   FakeServer fake([](int) {});
   auto c = Client::connect(fake.path);
   EXPECT_EQ(c.status().code(), StatusCode::kUnavailable);
+}
+
+// A server whose answer to a request to grow the client pool is wrong, late
+// or missing: the call that needed the room fails with the reason, in
+// bounded time, and the client never uses what was not granted.
+TEST(Handshake, ClientSurvivesBadAnswersToGrowingItsPool) {
+  enum class Answer { kNone, kHangUp, kWrongSize, kMalformed, kRefused, kStaleThenRight };
+  struct Case {
+    Answer answer;
+    StatusCode want;
+  };
+  for (const Case& k :
+       {Case{Answer::kNone, StatusCode::kDeadlineExceeded}, Case{Answer::kHangUp, StatusCode::kUnavailable},
+        Case{Answer::kWrongSize, StatusCode::kDataLoss}, Case{Answer::kMalformed, StatusCode::kDataLoss},
+        Case{Answer::kRefused, StatusCode::kResourceExhausted}, Case{Answer::kStaleThenRight, StatusCode::kOk}}) {
+    SCOPED_TRACE(static_cast<int>(k.answer));
+    auto control = shm::Segment::create("c", shm::SegmentKind::kControl, detail::control_data_bytes(64, 64), 1, {});
+    auto cpool = shm::Segment::create("p", shm::SegmentKind::kClientPool, 4 << 20, 1, {.prefault = false});
+    auto spool = shm::Segment::create("s", shm::SegmentKind::kServerPool, 1 << 20, 1, {});
+    ASSERT_TRUE(control.ok() && cpool.ok() && spool.ok());
+    FakeServer fake([&](int fd) {
+      int efd = ::eventfd(0, EFD_CLOEXEC);
+      auto w = std::make_unique<detail::Welcome>();
+      std::memset(w.get(), 0, sizeof(*w));
+      w->magic = detail::kProtocolMagic;
+      w->version = detail::kProtocolVersion;
+      w->client_pool_bytes = w->server_pool_bytes = w->server_pool_max_bytes = 1 << 20;
+      w->client_pool_max_bytes = 4 << 20;
+      w->session_id = 1;
+      w->sub_ring_entries = w->comp_ring_entries = 64;
+      int fds[4] = {control->fd(), cpool->fd(), spool->fd(), efd};
+      EXPECT_TRUE(detail::send_message(fd, w.get(), detail::kWelcomeHeaderBytes, fds).ok());
+      ::close(efd);
+      detail::GrowRequest g{};
+      auto n = detail::recv_message(fd, &g, sizeof(g), nullptr, 0, std::chrono::milliseconds(5000));
+      if (!n.ok() || *n != sizeof(g)) return;
+      detail::GrowReply r{};
+      r.magic = detail::kGrowMagic;
+      r.seq = g.seq;
+      r.bytes = g.bytes;
+      switch (k.answer) {
+        case Answer::kNone:
+          std::this_thread::sleep_for(std::chrono::milliseconds(600));  // past the client's wait
+          return;
+        case Answer::kHangUp:
+          return;
+        case Answer::kWrongSize:
+          r.bytes = g.bytes - 4096;  // less than asked
+          break;
+        case Answer::kMalformed:
+          r.magic = 0;
+          break;
+        case Answer::kRefused:
+          r.status_code = static_cast<int32_t>(StatusCode::kResourceExhausted);
+          detail::set_fixed_string(r.message, sizeof(r.message), "no room");
+          break;
+        case Answer::kStaleThenRight: {
+          detail::GrowReply stale = r;
+          stale.seq = g.seq - 1;
+          stale.bytes = 0;
+          EXPECT_TRUE(detail::send_message(fd, &stale, sizeof(stale), {}).ok());
+          break;
+        }
+      }
+      EXPECT_TRUE(detail::send_message(fd, &r, sizeof(r), {}).ok());
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    });
+    auto c = Client::connect(fake.path, {.connect_timeout = std::chrono::milliseconds(300)});
+    ASSERT_TRUE(c.ok()) << c.status().to_string();
+    auto b = c->alloc(size_t{2} << 20);  // needs the pool grown
+    EXPECT_EQ(b.status().code(), k.want) << b.status().to_string();
+    EXPECT_EQ(c->stats().client_pool_bytes, k.want == StatusCode::kOk ? size_t{2} << 20 : size_t{1} << 20);
+  }
 }
 
 }  // namespace

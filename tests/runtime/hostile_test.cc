@@ -1,5 +1,8 @@
 // Descriptors from a misbehaving client: every bad one fails that request (or
 // that session), never the server or another session.
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <cstring>
 #include <random>
 
@@ -259,6 +262,78 @@ TEST_F(Hostile, CompletionRingLeftFullStallsOnlyThatSession) {
     ASSERT_TRUE(raw_->pop(&c)) << j;
     EXPECT_EQ(c.job_id, j);
   }
+}
+
+// Requests to grow the client pool, from a client that may grow it to 4 MiB.
+class HostileGrowth : public Hostile {
+ protected:
+  void SetUp() override {
+    Hostile::SetUp();
+    raw_ = RawSession::open(srv_.path, detail::kProtocolVersion, nullptr, false, /*client_max=*/4 << 20);
+    ASSERT_NE(raw_, nullptr);
+    ASSERT_EQ(raw_->welcome->client_pool_max_bytes, 4u << 20);
+  }
+  // Sends a GrowRequest and returns the server's answer.
+  detail::GrowReply grow(uint64_t seq, uint64_t bytes) {
+    detail::GrowRequest g{detail::kGrowMagic, 0, seq, bytes};
+    EXPECT_TRUE(detail::send_message(raw_->sock, &g, sizeof(g), {}).ok());
+    detail::GrowReply reply{};
+    auto n = detail::recv_message(raw_->sock, &reply, sizeof(reply), nullptr, 0, std::chrono::milliseconds(5000));
+    EXPECT_TRUE(n.ok() && *n == sizeof(reply)) << (n.ok() ? std::to_string(*n) : n.status().to_string());
+    EXPECT_EQ(reply.magic, detail::kGrowMagic);
+    EXPECT_EQ(reply.seq, seq);
+    return reply;
+  }
+};
+
+TEST_F(HostileGrowth, RequestsReachOnlyAsFarAsTheServerGranted) {
+  const uint32_t echo = raw_->op("echo");
+  const uint64_t at = uint64_t{2} << 20;  // past the 1 MiB in use, within the 4 MiB most
+  std::memcpy(raw_->cpool.data() + at, "grown", 5);
+  expect_error(raw_request(echo, 1, at, 5), StatusCode::kInvalidArgument);  // not granted yet
+  for (uint64_t bad : {uint64_t{0}, (uint64_t{3} << 20) + 1, uint64_t{5} << 20, UINT64_MAX}) {
+    detail::GrowReply r = grow(bad & 0xffff, bad);  // nothing, not pages, past the most
+    EXPECT_EQ(r.status_code, static_cast<int32_t>(StatusCode::kInvalidArgument)) << bad;
+    EXPECT_EQ(r.bytes, uint64_t{1} << 20);
+  }
+  for (uint64_t granted : {uint64_t{1} << 20, uint64_t{512} << 10}) {  // already in use: said again, unchanged
+    detail::GrowReply r = grow(granted & 0xffff, granted);
+    EXPECT_EQ(r.status_code, 0);
+    EXPECT_EQ(r.bytes, uint64_t{1} << 20);
+  }
+  detail::GrowReply r = grow(7, uint64_t{3} << 20);
+  EXPECT_EQ(r.status_code, 0) << detail::fixed_string(r.message, sizeof(r.message));
+  EXPECT_EQ(r.bytes, uint64_t{3} << 20);
+  raw_->push(raw_request(echo, 2, at, 5));
+  detail::CompDesc c{};
+  ASSERT_TRUE(raw_->pop(&c));
+  EXPECT_EQ(c.status, 0);
+  EXPECT_EQ(c.offset, at);  // answered in place, from the grown part
+  expect_error(raw_request(echo, 3, uint64_t{3} << 20, 1), StatusCode::kInvalidArgument);  // past the grant
+  EXPECT_GE(srv_.server->stats().protocol_errors, 4u);
+  expect_bystander_ok();
+}
+
+TEST_F(HostileGrowth, AnythingElseOnTheSocketEndsOnlyThatSession) {
+  const char junk[24] = "not a grow request";
+  ASSERT_TRUE(detail::send_message(raw_->sock, junk, sizeof(junk), {}).ok());
+  ASSERT_TRUE(srv_.wait_sessions(1));
+  expect_bystander_ok();
+}
+
+// A client that asks and never reads the answers loses its session once its
+// socket is full, instead of stalling the dispatcher its bystander shares.
+TEST_F(HostileGrowth, AClientThatDoesNotReadTheAnswersLosesItsSession) {
+  detail::GrowRequest g{detail::kGrowMagic, 0, 1, 1};  // refused each time: cheap to ask
+  for (int i = 0; i < 1'000'000; ++i) {
+    g.seq = static_cast<uint64_t>(i);
+    if (::send(raw_->sock, &g, sizeof(g), MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+      if (errno != EAGAIN) break;  // the server closed the session
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  ASSERT_TRUE(srv_.wait_sessions(1));
+  expect_bystander_ok();
 }
 
 }  // namespace

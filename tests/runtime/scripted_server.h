@@ -65,6 +65,7 @@ struct ScriptedServer {
       w->version = detail::kProtocolVersion;
       w->session_id = 1;
       w->client_pool_bytes = w->server_pool_bytes = 1 << 20;
+      w->client_pool_max_bytes = w->server_pool_max_bytes = 1 << 20;
       w->sub_ring_entries = w->comp_ring_entries = 64;
       w->op_count = 1;
       w->ops[0].id = 0;

@@ -84,8 +84,9 @@ inline void register_test_ops(Server& server) {
 struct TestServer {
   explicit TestServer(ServerOptions o = {}) {
     if (o.socket_path.empty()) o.socket_path = unique_socket_path("srv");
-    if (o.default_client_pool_bytes == (size_t{192} << 20)) o.default_client_pool_bytes = 8 << 20;
-    if (o.default_server_pool_bytes == (size_t{192} << 20)) o.default_server_pool_bytes = 8 << 20;
+    // Small starting pools (they grow to max_pool_bytes on demand).
+    if (o.default_client_pool_bytes == ServerOptions{}.default_client_pool_bytes) o.default_client_pool_bytes = 8 << 20;
+    if (o.default_server_pool_bytes == ServerOptions{}.default_server_pool_bytes) o.default_server_pool_bytes = 8 << 20;
     o.spin = std::chrono::microseconds(20);
     path = o.socket_path;
     server = std::make_unique<Server>(o);
@@ -216,8 +217,10 @@ inline detail::SubDesc raw_request(uint32_t op, uint64_t job, uint64_t off, uint
 // Test double: a client that performs the handshake itself and exposes the
 // raw rings, so tests can send descriptors the real Client never would.
 struct RawSession {
+  // Both pools start at 1 MiB; the client pool may grow to `client_max`.
   static std::unique_ptr<RawSession> open(const std::string& path, uint32_t version = detail::kProtocolVersion,
-                                          Status* refused = nullptr, bool kernel = false) {
+                                          Status* refused = nullptr, bool kernel = false,
+                                          uint64_t client_max = 1 << 20) {
     auto fd = detail::connect_unix(path);
     if (!fd.ok()) return nullptr;
     auto s = std::make_unique<RawSession>();
@@ -228,6 +231,8 @@ struct RawSession {
     detail::set_fixed_string(h.tenant, sizeof(h.tenant), "raw");
     h.client_pool_bytes = 1 << 20;
     h.server_pool_bytes = 1 << 20;
+    h.client_pool_max_bytes = client_max;
+    h.server_pool_max_bytes = 1 << 20;
     h.sub_ring_entries = 64;
     h.comp_ring_entries = 64;
     static uint64_t token = 0x1234567890abcdefULL;
@@ -252,8 +257,8 @@ struct RawSession {
     shm::SegmentOptions rw{.prefault = false, .lock = false, .writable = true};
     auto control = shm::Segment::attach(fds[0], shm::SegmentKind::kControl,
                                         detail::control_data_bytes(64, 64), rw);
-    auto cpool = shm::Segment::attach(fds[1], shm::SegmentKind::kClientPool, s->welcome->client_pool_bytes, rw);
-    auto spool = shm::Segment::attach(fds[2], shm::SegmentKind::kServerPool, s->welcome->server_pool_bytes,
+    auto cpool = shm::Segment::attach(fds[1], shm::SegmentKind::kClientPool, s->welcome->client_pool_max_bytes, rw);
+    auto spool = shm::Segment::attach(fds[2], shm::SegmentKind::kServerPool, s->welcome->server_pool_max_bytes,
                                       {.prefault = false, .lock = false, .writable = false});
     s->wake_fd = fds[3];
     if (!control.ok() || !cpool.ok() || !spool.ok()) return nullptr;

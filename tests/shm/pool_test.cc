@@ -76,5 +76,31 @@ TEST(PoolAllocator, CoalescesBackToOneExtent) {
   EXPECT_TRUE(a.allocate(a.capacity()).ok());
 }
 
+TEST(PoolAllocator, GrowsIntoTheFreeSpaceAtItsEnd) {
+  PoolAllocator a(64 * 1024);
+  auto x = a.allocate(40 * 1024);  // page-aligned at 0; 24 KiB free at the end
+  ASSERT_TRUE(x.ok());
+  EXPECT_EQ(a.capacity_for(16 * 1024), a.capacity());              // fits now
+  EXPECT_EQ(a.capacity_for(100 * 1024), 40u * 1024 + 100 * 1024);  // the free tail counts
+  EXPECT_EQ(a.allocate(100 * 1024).status().code(), StatusCode::kInvalidArgument);
+  a.grow(a.capacity_for(100 * 1024));
+  EXPECT_EQ(a.capacity(), 140u * 1024);
+  auto y = a.allocate(100 * 1024);  // straddles the old end: the tail joined the new space
+  ASSERT_TRUE(y.ok()) << y.status().to_string();
+  EXPECT_EQ(*y, 40u * 1024);
+  a.grow(1000);  // smaller: nothing changes
+  EXPECT_EQ(a.capacity(), 140u * 1024);
+  ASSERT_TRUE(a.free(*x).ok());
+  ASSERT_TRUE(a.free(*y).ok());
+  EXPECT_EQ(a.largest_free(), a.capacity());  // one extent again
+  // A pool whose last block runs to its end grows by a separate extent.
+  PoolAllocator b(4096);
+  ASSERT_TRUE(b.allocate(4096).ok());
+  EXPECT_EQ(b.capacity_for(64), 4096u + 64);
+  b.grow(8192);
+  EXPECT_EQ(b.largest_free(), 4096u);
+  EXPECT_TRUE(b.allocate(4096).ok());
+}
+
 }  // namespace
 }  // namespace rocket::shm

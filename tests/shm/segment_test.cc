@@ -44,6 +44,32 @@ TEST(Segment, PrefaultFaultsInEveryPage) {
   EXPECT_EQ(missing, 0u) << "of " << pages << " pages";
 }
 
+size_t resident_pages(const Segment& s, size_t from, size_t to) {
+  std::vector<unsigned char> resident(s.total_bytes() / 4096);
+  if (::mincore(s.base(), s.total_bytes(), resident.data()) != 0) return SIZE_MAX;
+  size_t n = 0;
+  for (size_t i = from; i < to; ++i) n += resident[i] & 1;
+  return n;
+}
+
+TEST(Segment, PrefaultCanStopShortAndPopulateLater) {
+  // A pool mapped at its most, in use for its first 1 MiB: only the header
+  // page and that 1 MiB are in memory; populate() brings in more on demand.
+  const size_t bytes = size_t{64} << 20, used = size_t{1} << 20;
+  auto a = Segment::create("t", SegmentKind::kClientPool, bytes, 1, {.prefault = true, .prefault_data_bytes = used});
+  ASSERT_TRUE(a.ok()) << a.status().to_string();
+  const size_t head = kSegmentDataOffset / 4096, used_pages = used / 4096, all = a->total_bytes() / 4096;
+  EXPECT_EQ(resident_pages(*a, 0, head + used_pages), head + used_pages);
+  EXPECT_EQ(resident_pages(*a, head + used_pages, all), 0u);
+  a->populate(used + 100, 4 * 4096, /*writable=*/true);  // pages 1 MiB .. 1 MiB + 5 pages
+  EXPECT_EQ(resident_pages(*a, head + used_pages, head + used_pages + 5), 5u);
+  EXPECT_EQ(resident_pages(*a, head + used_pages + 5, all), 0u);
+  a->populate(bytes - 10, 1000, true);  // cut at the end: the last page
+  EXPECT_EQ(resident_pages(*a, all - 1, all), 1u);
+  a->populate(bytes, 4096, true);  // past the end: nothing
+  EXPECT_EQ(resident_pages(*a, head + used_pages + 5, all), 1u);
+}
+
 // kB of a mapping mapped with 2 MiB page-table entries, from /proc/self/smaps;
 // -1 where the mapping is not found.
 long pmd_mapped_kb(const void* addr) {

@@ -59,19 +59,24 @@ using JobId = uint64_t;
 
 struct ClientOptions {
   std::string tenant = "default";
-  // 0: the server's defaults. The largest request is bounded by the client
-  // pool, the largest response by the server pool.
+  // Each pool's starting size and its most; 0: the server's defaults (32 MiB
+  // growing to ServerOptions::max_pool_bytes, 2 GiB). The client pool holds
+  // requests and grows when a request or Buffer does not fit; the server pool
+  // holds responses and the server grows it when a response does not fit.
+  // The largest request and response are bounded by the pools' most. A most
+  // below the starting size keeps the pool at its starting size.
   size_t client_pool_bytes = 0;
   size_t server_pool_bytes = 0;
+  size_t max_client_pool_bytes = 0;
+  size_t max_server_pool_bytes = 0;
   uint32_t ring_entries = 0;
   // Spin this long for a response before sleeping on the futex.
   std::chrono::microseconds spin{50};
-  // How long to wait for the server's answer to the handshake. A server
-  // takes new sessions one at a time, and each costs faulting in its pools
-  // (two 192 MiB pools by default: ~0.3 s on a 2-core VM with 4 KiB pages,
-  // ~40 ms with 2 MiB pages; see ServerOptions::huge_pages), so a burst of
-  // clients queues; this bounds a server that does not answer at all, not a
-  // busy one.
+  // How long to wait for the server's answer to the handshake, and to a
+  // request to grow the client pool. A server takes new sessions one at a
+  // time, and each costs faulting in its pools' starting parts (two 32 MiB
+  // pools by default), so a burst of clients queues; this bounds a server
+  // that does not answer at all, not a busy one.
   std::chrono::milliseconds connect_timeout{30000};
   bool prefault = true;
   // Map the pools with 2 MiB pages where the server made them so (see
@@ -175,9 +180,11 @@ struct ClientStats {
   uint64_t inflight = 0;
   uint64_t futex_sleeps = 0;   // times a waiter slept in the kernel
   uint64_t server_wakeups = 0; // eventfd writes to wake the server
-  size_t client_pool_bytes = 0;
-  size_t client_pool_in_use = 0;
-  size_t server_pool_bytes = 0;
+  size_t client_pool_bytes = 0;      // the client pool's part in use now (it grows on demand)
+  size_t client_pool_in_use = 0;     // bytes of it held by requests and buffers
+  size_t client_pool_max_bytes = 0;  // the most it may grow to: the largest request
+  size_t server_pool_max_bytes = 0;  // the server pool's most: the largest response
+  uint64_t client_pool_grows = 0;
 };
 
 class Client {

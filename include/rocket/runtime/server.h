@@ -196,9 +196,14 @@ struct ServerOptions {
   // can reach the check; the directory must let them in too.
   std::vector<uid_t> allowed_uids;
   std::vector<gid_t> allowed_gids;
-  // Pool sizes for clients that do not ask, and the most a client may ask.
-  size_t default_client_pool_bytes = size_t{192} << 20;
-  size_t default_server_pool_bytes = size_t{192} << 20;
+  // Pools start at the client's ask, or these sizes, and grow on demand up
+  // to max_pool_bytes (or the client's lower ClientOptions::max_*): the
+  // server pool when a response does not fit, the client pool when the
+  // client asks. Each session's segments are mapped at their most but take
+  // memory, and count against max_mapped_bytes, only as far as they are in
+  // use. A pool never shrinks while its session lasts.
+  size_t default_client_pool_bytes = size_t{32} << 20;
+  size_t default_server_pool_bytes = size_t{32} << 20;
   size_t max_pool_bytes = size_t{2} << 30;
   uint32_t default_ring_entries = 1024;
   unsigned max_sessions = 256;
@@ -236,6 +241,7 @@ struct ServerStats {
   uint64_t protocol_errors = 0;  // corrupt rings, forged frees, garbage descriptors
   uint64_t bytes_mapped = 0;     // segments currently mapped for sessions
   uint64_t mapped_budget_bytes = 0;  // the most they may take (ServerOptions::max_mapped_bytes)
+  uint64_t pool_grows = 0;           // times a session's pool grew toward its most
   uint64_t gpu_handles_opened = 0;  // CUDA IPC handles of GPU payloads opened (once per session each)
   uint64_t gpu_responses_shared = 0;  // GPU responses handed over by reference
   uint64_t gpu_responses_copied = 0;  // GPU responses copied into the pool for callers that did not accept them

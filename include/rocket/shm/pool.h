@@ -37,6 +37,14 @@ class PoolAllocator {
   // Size of the live block at `offset`, or 0 if there is none.
   uint64_t block_size(uint64_t offset) const;
 
+  // Extends the pool to `capacity` bytes (the new space joins the free extent
+  // at the old end); a capacity not above the current one changes nothing.
+  void grow(uint64_t capacity);
+  // The capacity at which allocate(size) would succeed now, given the free
+  // space at the pool's end (alignment included); at most the current
+  // capacity when it already would.
+  uint64_t capacity_for(uint64_t size) const noexcept;
+
   uint64_t capacity() const noexcept { return capacity_; }
   uint64_t bytes_in_use() const noexcept { return in_use_; }
   size_t live_blocks() const noexcept { return live_.size(); }

@@ -66,6 +66,11 @@ struct SegmentOptions {
   // the data path takes no first-access costs; costs ~0.5 ms per MiB per
   // mapping on the CI VM, paid once per session.
   bool prefault = true;
+  // With `prefault`, how many data bytes (from the start of the data area) to
+  // populate; the rest of the mapping faults in on first touch, or when
+  // populate() is called. A pool that grows on demand is mapped at its most
+  // and populated as far as it is in use (SIZE_MAX: all of it).
+  size_t prefault_data_bytes = SIZE_MAX;
   bool lock = false;     // mlock (needs RLIMIT_MEMLOCK)
   bool writable = true;  // PROT_WRITE in this process
   HugePages huge_pages = HugePages::kSystem;
@@ -104,6 +109,12 @@ class Segment {
   std::byte* data() const noexcept { return base_ + kSegmentDataOffset; }
   size_t data_bytes() const noexcept { return total_ - kSegmentDataOffset; }
   const SegmentHeader& header() const noexcept { return *reinterpret_cast<const SegmentHeader*>(base_); }
+  // Populates and touches data bytes [offset, offset + bytes) of this
+  // mapping (whole pages around them), for writing where `writable`; a range
+  // past the data area is cut at its end. Pages not yet in the memfd are
+  // allocated, charged to this process's memory cgroup. `writable` needs a
+  // writable mapping.
+  void populate(size_t offset, size_t bytes, bool writable) const noexcept;
 
  private:
   Segment(int fd, std::byte* base, size_t total) noexcept : fd_(fd), base_(base), total_(total) {}
