@@ -286,7 +286,11 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
   }
   if (!n.ok()) return n.status();
   if (*n == 0) return unavailable("server closed the connection during the handshake");
-  if (*n < kWelcomeHeaderBytes || w->magic != kProtocolMagic) return data_loss("server sent a malformed handshake reply");
+  // Magic, version, status and message lead the reply in every protocol
+  // version: a server of another version is named as such.
+  if (*n < offsetof(Welcome, session_id) || w->magic != kProtocolMagic) {
+    return data_loss("server sent a malformed handshake reply");
+  }
   if (w->status_code != 0) {
     int32_t code = w->status_code;
     if (code < 0 || code > kMaxStatusCode) code = static_cast<int32_t>(StatusCode::kUnknown);
@@ -297,6 +301,7 @@ Result<std::shared_ptr<ClientCore>> ClientCore::connect(const std::string& path,
     return failed_precondition("server speaks protocol version " + std::to_string(w->version) + ", this client " +
                                std::to_string(kProtocolVersion));
   }
+  if (*n < kWelcomeHeaderBytes) return data_loss("server sent a malformed handshake reply");
   if (fds.size() != kHandshakeFds) return data_loss("server sent " + std::to_string(fds.size()) + " descriptors, expected 4");
   if (w->op_count > kMaxOps || *n != kWelcomeHeaderBytes + w->op_count * sizeof(OpEntry)) {
     return data_loss("server's op table is malformed");

@@ -1212,7 +1212,9 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
   detail::Hello hello{};
   auto n = detail::recv_message(fd, &hello, sizeof(hello), nullptr, 0, std::chrono::milliseconds(0));
   if (!n.ok()) return refuse(fd, n.status());
-  if (*n != sizeof(hello) || hello.magic != detail::kProtocolMagic) {
+  // Magic and version lead the hello in every protocol version: a client of
+  // another version is told so, whatever the size of its hello.
+  if (*n < offsetof(detail::Hello, tenant) || hello.magic != detail::kProtocolMagic) {
     return refuse(fd, invalid_argument("not a Rocket handshake"));
   }
   if (hello.version != detail::kProtocolVersion) {
@@ -1220,6 +1222,7 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
                                           " not supported; server speaks " +
                                           std::to_string(detail::kProtocolVersion)));
   }
+  if (*n != sizeof(hello)) return refuse(fd, invalid_argument("not a Rocket handshake"));
   bool allowed = cred.uid == ::geteuid() ||
                  std::find(opts.allowed_uids.begin(), opts.allowed_uids.end(), cred.uid) != opts.allowed_uids.end() ||
                  std::find(opts.allowed_gids.begin(), opts.allowed_gids.end(), cred.gid) != opts.allowed_gids.end();

@@ -22,6 +22,37 @@ TEST(Handshake, WrongVersionIsRefused) {
   EXPECT_TRUE(srv.connect().call("echo", bytes_of("x")).ok());  // others unaffected
 }
 
+// Peers of the previous protocol version, whose handshake messages are
+// shorter, are told that the versions differ, not that they sent garbage.
+TEST(Handshake, APeerOfTheOlderVersionIsToldSo) {
+  TestServer srv;
+  auto fd = detail::connect_unix(srv.path);
+  ASSERT_TRUE(fd.ok());
+  detail::Hello h{};
+  h.magic = detail::kProtocolMagic;
+  h.version = 1;
+  detail::set_fixed_string(h.tenant, sizeof(h.tenant), "old");
+  ASSERT_TRUE(detail::send_message(*fd, &h, sizeof(h) - 16, {}).ok());  // version 1 had no pool maxima
+  auto w = std::make_unique<detail::Welcome>();
+  auto n = detail::recv_message(*fd, w.get(), sizeof(*w), nullptr, 0, std::chrono::milliseconds(5000));
+  ASSERT_TRUE(n.ok()) << n.status().to_string();
+  EXPECT_EQ(w->status_code, static_cast<int32_t>(StatusCode::kFailedPrecondition));
+  EXPECT_NE(std::string(detail::fixed_string(w->message, sizeof(w->message))).find("protocol version 1"),
+            std::string::npos);
+  ::close(*fd);
+
+  FakeServer old([](int fd) {
+    auto ow = std::make_unique<detail::Welcome>();
+    std::memset(ow.get(), 0, sizeof(*ow));
+    ow->magic = detail::kProtocolMagic;
+    ow->version = 1;
+    EXPECT_TRUE(detail::send_message(fd, ow.get(), detail::kWelcomeHeaderBytes - 16, {}).ok());
+  });
+  auto c = Client::connect(old.path);
+  EXPECT_EQ(c.status().code(), StatusCode::kFailedPrecondition) << c.status().to_string();
+  EXPECT_NE(c.status().message().find("protocol version 1"), std::string::npos) << c.status().to_string();
+}
+
 TEST(Handshake, UidNotInAccessListIsRefused) {
   // A server always admits its own uid, so the refused client must run under
   // another uid than the server: a child drops to uid 65534 and serves with
