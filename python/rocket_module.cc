@@ -841,7 +841,9 @@ PYBIND11_MODULE(rocket, m) {
                        "A frontend's session with a Rocket server. Safe to share between threads. Policy keywords "
                        "of every call: mover ('auto', 'cpu', 'cpu_stream', 'threads', 'kernel', ...), cache "
                        "('auto', 'inject', 'bypass'), timeout (seconds or None), lend_millicpus, "
-                       "lend_memory_bytes.")
+                       "lend_memory_bytes. Pools start at client_pool_bytes / server_pool_bytes (0: the server's "
+                       "default, 32 MiB) and grow on demand up to max_client_pool_bytes / max_server_pool_bytes "
+                       "(0: the server's max_pool_bytes).")
       .def(py::init([](const std::string& path, const std::string& tenant, size_t client_pool_bytes,
                        size_t server_pool_bytes, size_t max_client_pool_bytes, size_t max_server_pool_bytes,
                        uint32_t ring_entries, double connect_timeout, bool allow_kernel_copy, const std::string& mover,
