@@ -441,8 +441,10 @@ Result<std::shared_ptr<PoolBlock>> ClientCore::alloc_block(size_t bytes) {
     // caller can collect those: wait for them rather than fail. Space held by
     // the caller's own buffers and jobs is theirs.
     if (grow_to != 0) {
-      ROCKET_RETURN_IF_ERROR(grow_pool(grow_to));
-      continue;
+      Status grown = grow_pool(grow_to);
+      if (grown.ok()) continue;
+      if (grown.code() != StatusCode::kResourceExhausted) return grown;
+      full = std::move(grown);  // the server's budget allows no more: says why
     }
     if (!reclaim_abandoned()) return full;
   }

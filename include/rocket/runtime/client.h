@@ -195,10 +195,12 @@ class Client {
   Client& operator=(Client&&) noexcept;
   ~Client();
 
-  // A buffer of `bytes` in the client pool. kResourceExhausted when the pool
-  // is full now (after waiting for the responses of dropped futures' jobs,
-  // whose requests hold pool space until they arrive); kInvalidArgument when
-  // it could never fit.
+  // A buffer of `bytes` in the client pool, which grows toward its most to
+  // make room (the server is asked; ClientOptions::max_client_pool_bytes).
+  // kResourceExhausted when the pool is at its most or the server's memory
+  // budget allows no more, and it is full now (after waiting for the
+  // responses of dropped futures' jobs, whose requests hold pool space until
+  // they arrive); kInvalidArgument when it could never fit.
   Result<Buffer> alloc(size_t bytes);
 
   // Synchronous call on a pool buffer (zero-copy) or on private bytes (copied
