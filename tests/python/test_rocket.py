@@ -731,5 +731,98 @@ class ServerProcess(unittest.TestCase):
             self.assertIn("served", out)
 
 
+def pybind_parameters(func):
+    """Parameter names of a pybind11 function from the signature line of its
+    docstring: ['self', 'op', '*', 'mover', ...] ('*' where keywords only
+    begin, '*args' for a catch-all)."""
+    line = (func.__doc__ or "").split("\n")[0]
+    inner = line[line.index("(") + 1 : line.rindex(")")]
+    names, depth, quote, token = [], 0, None, ""
+    for ch in inner + ",":
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            token = token.strip()
+            if token:
+                names.append(token.split(":")[0].split("=")[0].strip())
+            token = ""
+            continue
+        token += ch
+    return names
+
+
+def stub_parameters(node):
+    """The same list from a stub's function definition."""
+    a = node.args
+    names = [x.arg for x in a.posonlyargs + a.args]
+    if a.vararg:
+        names.append("*" + a.vararg.arg)
+    elif a.kwonlyargs:
+        names.append("*")
+    names += [x.arg for x in a.kwonlyargs]
+    return names
+
+
+class Stubs(unittest.TestCase):
+    """python/rocket.pyi describes the module as built: every public name,
+    every class's bases, methods and properties, and every parameter."""
+
+    @classmethod
+    def setUpClass(cls):
+        import ast
+
+        path = os.path.join(os.path.dirname(rocket.__file__), "rocket.pyi")
+        with open(path) as f:
+            cls.tree = ast.parse(f.read())
+        cls.classes = {n.name: n for n in cls.tree.body if isinstance(n, ast.ClassDef)}
+        cls.functions = {n.name: n for n in cls.tree.body if isinstance(n, ast.FunctionDef)}
+
+    def test_every_public_name_is_described_and_exists(self):
+        public = {n for n in dir(rocket) if not n.startswith("_")}
+        described = set(self.classes) | set(self.functions)
+        self.assertEqual(public, described)
+
+    def test_bases_match(self):
+        import ast
+
+        for name, node in self.classes.items():
+            want = [b.id for b in node.bases if isinstance(b, ast.Name)]
+            got = [b.__name__ for b in getattr(rocket, name).__bases__ if b.__name__ != "pybind11_object"]
+            self.assertEqual(got, want, name)
+
+    def test_methods_properties_and_parameters_match(self):
+        import ast
+
+        for name, node in self.classes.items():
+            cls = getattr(rocket, name)
+            if issubclass(cls, Exception):
+                continue
+            runtime = {m for m in vars(cls) if not m.startswith("_") or m in ("__init__", "__len__", "__enter__", "__exit__")}
+            if name in ("Buffer", "Reply", "Future", "Request", "Response"):
+                runtime.discard("__init__")  # made by the module only: pybind11's refusing constructor
+            stubbed = {f.name for f in node.body if isinstance(f, ast.FunctionDef) and f.name != "__buffer__"}
+            self.assertEqual(runtime, stubbed, name)
+            for f in node.body:
+                if not isinstance(f, ast.FunctionDef) or f.name == "__buffer__":
+                    continue
+                attr = vars(cls)[f.name]
+                is_property = any(isinstance(d, ast.Name) and d.id == "property" for d in f.decorator_list)
+                self.assertEqual(isinstance(attr, property), is_property, f"{name}.{f.name}")
+                if not is_property:
+                    self.assertEqual(pybind_parameters(attr), stub_parameters(f), f"{name}.{f.name}")
+        for name, f in self.functions.items():
+            self.assertEqual(pybind_parameters(getattr(rocket, name)), stub_parameters(f), name)
+
+    def test_pool_buffers_export_the_buffer_protocol(self):
+        for name in ("Buffer", "Reply"):
+            self.assertIn("__buffer__", [getattr(f, "name", None) for f in self.classes[name].body])
+
+
 if __name__ == "__main__":
     unittest.main()
