@@ -435,6 +435,14 @@ Result<std::shared_ptr<PoolBlock>> ClientCore::alloc_block(size_t bytes) {
       }
       full = r.status();
       grow_to = pool_growth_target(alloc_.capacity(), alloc_.capacity_for(bytes), cpool_.data_bytes());
+      if (full.code() == StatusCode::kInvalidArgument) {
+        // Larger than the part in use but within the most: no room now is
+        // what stops it, not its size.
+        full = resource_exhausted("the client pool has no room for a " + std::to_string(bytes) + "-byte request (" +
+                                  std::to_string(alloc_.bytes_in_use()) + " of " + std::to_string(alloc_.capacity()) +
+                                  " bytes held, most " + std::to_string(cpool_.data_bytes()) +
+                                  "); free buffers and replies");
+      }
     }
     // No room now. The pool grows while it may; past its most, requests of
     // dropped futures hold their blocks until their responses arrive, and no

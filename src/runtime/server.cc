@@ -291,9 +291,21 @@ namespace detail {
 Result<uint64_t> server_pool_allocate(ServerSession& s, uint64_t bytes) {
   Result<uint64_t> r = s.alloc.allocate(bytes);
   if (r.ok() || bytes == 0) return r;
-  const uint64_t in_use = s.alloc.capacity();
-  const uint64_t want = pool_growth_target(in_use, s.alloc.capacity_for(bytes), s.server_pool.data_bytes());
-  if (want == 0) return r;
+  const uint64_t in_use = s.alloc.capacity(), most = s.server_pool.data_bytes();
+  if (bytes > most) {
+    return invalid_argument("response of " + std::to_string(bytes) + " bytes exceeds the server pool's most of " +
+                            std::to_string(most) +
+                            " bytes (the client's ClientOptions::max_server_pool_bytes, at most the server's "
+                            "ServerOptions::max_pool_bytes)");
+  }
+  const uint64_t want = pool_growth_target(in_use, s.alloc.capacity_for(bytes), most);
+  if (want == 0) {
+    // It would fit the pool's most, but not beside what is held now.
+    return resource_exhausted("the server pool has no room for a " + std::to_string(bytes) + "-byte response now (" +
+                              std::to_string(s.alloc.bytes_in_use()) + " of " + std::to_string(in_use) +
+                              " bytes held, at its most of " + std::to_string(most) +
+                              "); the client frees replies as it drops them");
+  }
   if (!s.counters->reserve_mapped(want - in_use)) {
     return resource_exhausted("the server pool (" + std::to_string(in_use) + " bytes in use) cannot grow to " +
                               std::to_string(want) + " bytes for a " + std::to_string(bytes) +

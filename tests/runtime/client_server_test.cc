@@ -194,9 +194,24 @@ TEST(ClientServer, PoolsGrowNoFurtherThanTheirMost) {
   r = c.call("echo_copy", std::span<const std::byte>(mid));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().to_string();
+  EXPECT_NE(r.status().message().find("max_server_pool_bytes"), std::string::npos) << r.status().message();
   r = c.call("echo", std::span<const std::byte>(mid));  // answered in place
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_EQ(std::memcmp(r->data().data(), mid.data(), mid.size()), 0);
+}
+
+// A payload within a pool's most that cannot fit beside the blocks held now
+// is a matter of room (RESOURCE_EXHAUSTED), not of size.
+TEST(ClientServer, APayloadThatFitsOnlyAnEmptyPoolIsRefusedForRoom) {
+  TestServer srv;
+  Client c = srv.connect({.client_pool_bytes = 1 << 20, .max_client_pool_bytes = 4 << 20});
+  auto held = c.alloc(2 << 20);  // the pool grows to 4 MiB, its most
+  ASSERT_TRUE(held.ok()) << held.status().to_string();
+  auto whole = c.alloc(4 << 20);
+  ASSERT_FALSE(whole.ok());
+  EXPECT_EQ(whole.status().code(), StatusCode::kResourceExhausted) << whole.status().to_string();
+  held = Buffer();
+  EXPECT_TRUE(c.alloc(4 << 20).ok());
 }
 
 // Many threads outgrowing the pools at once: each grows it or finds it grown.
