@@ -507,14 +507,15 @@ Status ClientCore::grow_pool(uint64_t bytes) {
   // Ours to fault in (charged to this process): the data path then takes no
   // first-touch faults, as for the pool's starting part.
   if (opts_.prefault) cpool_.populate(from, bytes - from, /*writable=*/true);
-  {
-    std::lock_guard<std::mutex> lock(registered_mu_);
-    if (registered_with_ != nullptr && registered_client_bytes_ < bytes) {
-      std::byte* at = cpool_.data() + registered_client_bytes_;
-      if (registered_with_->register_memory(at, bytes - registered_client_bytes_, false).ok()) {
-        registered_starts_.push_back(at);
-        registered_client_bytes_ = bytes;
-      }
+  // An engine that needs registered memory gets the new part before any
+  // block can lie in it; ensure_registered() takes the same two locks in the
+  // same order, so it registers either before the growth or all of it.
+  std::lock_guard<std::mutex> reg(registered_mu_);
+  if (registered_with_ != nullptr && registered_client_bytes_ < bytes) {
+    std::byte* at = cpool_.data() + registered_client_bytes_;
+    if (registered_with_->register_memory(at, bytes - registered_client_bytes_, false).ok()) {
+      registered_starts_.push_back(at);
+      registered_client_bytes_ = bytes;
     }
   }
   std::lock_guard<std::mutex> lock(alloc_mu_);
