@@ -94,7 +94,8 @@ inline uint64_t pool_growth_target(uint64_t in_use, uint64_t need, uint64_t most
   constexpr uint64_t kUnit = uint64_t{2} << 20;
   if (need > most || in_use >= most) return 0;
   uint64_t want = need > in_use * 2 ? need : in_use * 2;
-  want = want > most - kUnit ? most : (want + kUnit - 1) / kUnit * kUnit;
+  if (want >= most) return most;
+  want = (want + kUnit - 1) / kUnit * kUnit;  // below the most (at most 2^40 here): no overflow
   return want < most ? want : most;
 }
 

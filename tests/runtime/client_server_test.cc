@@ -176,6 +176,18 @@ TEST(ClientServer, PoolsGrowForPayloadsLargerThanTheyStart) {
   EXPECT_EQ(srv.server->stats().bytes_mapped, before);
 }
 
+TEST(PoolGrowth, TargetDoublesInWholeHugePagesUpToTheMost) {
+  constexpr uint64_t MiB = uint64_t{1} << 20;
+  using detail::pool_growth_target;
+  EXPECT_EQ(pool_growth_target(8 * MiB, 9 * MiB, 2048 * MiB), 16 * MiB);       // at least double
+  EXPECT_EQ(pool_growth_target(8 * MiB, 40 * MiB + 5, 2048 * MiB), 42 * MiB);  // or what is needed, in 2 MiB units
+  EXPECT_EQ(pool_growth_target(1 * MiB, 1 * MiB + 1, 3 * MiB), 2 * MiB);
+  EXPECT_EQ(pool_growth_target(8 * MiB, 9 * MiB, 12 * MiB + 4096), 12 * MiB + 4096);  // capped at the most
+  EXPECT_EQ(pool_growth_target(8 * MiB, 13 * MiB, 12 * MiB), 0u);                     // cannot fit
+  EXPECT_EQ(pool_growth_target(12 * MiB, 12 * MiB, 12 * MiB), 0u);                    // already at its most
+  EXPECT_EQ(pool_growth_target(1 << 12, 1 << 13, 1 << 20), uint64_t{1} << 20);        // a most below 2 MiB
+}
+
 // Each pool grows only to its most: the client's own (ClientOptions::max_*)
 // or the server's max_pool_bytes.
 TEST(ClientServer, PoolsGrowNoFurtherThanTheirMost) {
