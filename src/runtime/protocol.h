@@ -81,9 +81,11 @@ enum WelcomeFlags : uint32_t {
 inline constexpr size_t kWelcomeHeaderBytes = offsetof(Welcome, ops);
 
 // After the handshake, client -> server on the session socket: let the
-// client pool's in-use part reach `bytes` (a multiple of 4096, above what it
-// is, at most the pool's most). The server answers with a GrowReply of the
-// same `seq`; until then the client uses nothing past the old end. Pages
+// client pool's in-use part reach `bytes` (a multiple of 4096, at most the
+// pool's most). The server answers with a GrowReply of the same `seq`,
+// saying the in-use size now (a request at or below it is granted again: its
+// first answer may have come after the client stopped waiting); until then
+// the client uses nothing past the old end. Pages
 // past that end are the client's to fault in: the server reads only what it
 // agreed to, so a client cannot make the server commit memory it was not
 // granted. Anything else a client sends on the socket ends its session.

@@ -1247,16 +1247,17 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
   }
   // Each pool starts at its size and may grow to its most: both are the
   // client's ask or the server's defaults, within max_pool_bytes.
-  const uint64_t cp = hello.client_pool_bytes != 0 ? hello.client_pool_bytes : opts.default_client_pool_bytes;
-  const uint64_t sp = hello.server_pool_bytes != 0 ? hello.server_pool_bytes : opts.default_server_pool_bytes;
-  if (cp > opts.max_pool_bytes || sp > opts.max_pool_bytes) {
+  const uint64_t cp_asked = hello.client_pool_bytes != 0 ? hello.client_pool_bytes : opts.default_client_pool_bytes;
+  const uint64_t sp_asked = hello.server_pool_bytes != 0 ? hello.server_pool_bytes : opts.default_server_pool_bytes;
+  if (cp_asked > opts.max_pool_bytes || sp_asked > opts.max_pool_bytes) {
     return refuse(fd, resource_exhausted("requested pool exceeds the server's limit of " +
                                          std::to_string(opts.max_pool_bytes) + " bytes"));
   }
+  // In whole pages, as the segments hold them: the part in use from the start.
+  const uint64_t cp = shm::segment_total_bytes(cp_asked) - shm::kSegmentDataOffset;
+  const uint64_t sp = shm::segment_total_bytes(sp_asked) - shm::kSegmentDataOffset;
   auto most = [&](uint64_t asked, uint64_t start) {
-    const uint64_t m =
-        asked == 0 ? std::max<uint64_t>(opts.max_pool_bytes, start) : std::min(asked, opts.max_pool_bytes);
-    return std::max(m, start);
+    return std::max(asked == 0 ? uint64_t{opts.max_pool_bytes} : std::min<uint64_t>(asked, opts.max_pool_bytes), start);
   };
   const uint64_t cp_max = most(hello.client_pool_max_bytes, cp), sp_max = most(hello.server_pool_max_bytes, sp);
   uint32_t sub_n = hello.sub_ring_entries != 0 ? hello.sub_ring_entries : opts.default_ring_entries;
@@ -1353,12 +1354,12 @@ void Server::Impl::handshake(int fd, const ucred& cred) {
   s->server_pool = std::move(*spool);
   s->mapped_bytes.store(std::exchange(reserved.bytes, 0), std::memory_order_relaxed);
   s->prefault = opts.prefault;
-  s->client_in_use.store(shm::segment_total_bytes(cp) - shm::kSegmentDataOffset, std::memory_order_relaxed);
+  s->client_in_use.store(cp, std::memory_order_relaxed);
   auto view = detail::control_view(s->control.data(), sub_n);
   s->cb = new (view.block) detail::ControlBlock();  // the memfd is zeroed; this starts the atomics' lifetime
   s->rx = shm::RingConsumer<detail::SubDesc>(&s->cb->sub, view.sub_slots, sub_n);
   s->tx = shm::RingProducer<detail::CompDesc>(&s->cb->comp, view.comp_slots, comp_n);
-  s->alloc = shm::PoolAllocator(shm::segment_total_bytes(sp) - shm::kSegmentDataOffset);
+  s->alloc = shm::PoolAllocator(sp);
 
   auto w = std::make_unique<detail::Welcome>();
   std::memset(w.get(), 0, sizeof(*w));

@@ -82,15 +82,20 @@ Status PoolAllocator::free(uint64_t offset) {
   return ok_status();
 }
 
+std::map<uint64_t, uint64_t>::const_iterator PoolAllocator::free_at_end() const noexcept {
+  if (free_by_offset_.empty()) return free_by_offset_.end();
+  auto last = std::prev(free_by_offset_.end());
+  return last->first + last->second == capacity_ ? last : free_by_offset_.end();
+}
+
 void PoolAllocator::grow(uint64_t capacity) {
   capacity = capacity / kMinAlign * kMinAlign;
   if (capacity <= capacity_) return;
   uint64_t off = capacity_, len = capacity - capacity_;
-  auto last = free_by_offset_.empty() ? free_by_offset_.end() : std::prev(free_by_offset_.end());
-  if (last != free_by_offset_.end() && last->first + last->second == capacity_) {
+  if (auto last = free_at_end(); last != free_by_offset_.end()) {
     off = last->first;
     len += last->second;
-    erase_free(last);
+    erase_free(free_by_offset_.find(off));
   }
   insert_free(off, len);
   capacity_ = capacity;
@@ -102,11 +107,8 @@ uint64_t PoolAllocator::capacity_for(uint64_t size) const noexcept {
   const uint64_t need = RoundUp(size, kMinAlign);
   if (largest_free() >= need + align - kMinAlign) return capacity_;
   // Where the free extent at the end starts (the end itself if none).
-  uint64_t tail = capacity_;
-  if (!free_by_offset_.empty()) {
-    auto last = std::prev(free_by_offset_.end());
-    if (last->first + last->second == capacity_) tail = last->first;
-  }
+  auto last = free_at_end();
+  const uint64_t tail = last != free_by_offset_.end() ? last->first : capacity_;
   return RoundUp(tail, align) + need;
 }
 

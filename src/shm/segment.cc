@@ -111,8 +111,9 @@ void* map_populated(size_t total, int prot, int fd, const SegmentOptions& opts) 
                           ? total
                           : kSegmentDataOffset + (opts.prefault_data_bytes + kPage - 1) / kPage * kPage;
   if (populate_parallel(p, want, writable, populate_threads(want))) return p;
-  // Old kernel: remap with MAP_POPULATE (read-populates; better than nothing).
-  // It populates the whole mapping: this kernel offers no range.
+  // Old kernel: remap, with MAP_POPULATE (read-populates; better than
+  // nothing) only where the whole mapping is wanted, since it takes no range;
+  // then touching faults in the part asked for.
   ::munmap(p, total);
   p = detail::os().mmap(nullptr, total, prot, MAP_SHARED | (want == total ? MAP_POPULATE : 0), fd, 0);
   if (p == MAP_FAILED) return p;

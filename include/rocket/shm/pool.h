@@ -53,6 +53,8 @@ class PoolAllocator {
 
  private:
   void insert_free(uint64_t off, uint64_t size);
+  // The free extent that ends where the pool ends, or free_by_offset_.end().
+  std::map<uint64_t, uint64_t>::const_iterator free_at_end() const noexcept;
   void erase_free(std::map<uint64_t, uint64_t>::iterator it);
 
   uint64_t capacity_;
