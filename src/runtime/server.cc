@@ -1564,20 +1564,13 @@ Status Server::start() {
   }
   int stop_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (stop_fd < 0) return errno_status("eventfd", errno);
-  auto lfd = detail::listen_unix(m.opts.socket_path, 128);
+  // The access list decides who gets in (SO_PEERCRED at the handshake); the
+  // socket file's mode must not keep out the accounts it names.
+  const bool listed = !m.opts.allowed_uids.empty() || !m.opts.allowed_gids.empty();
+  auto lfd = detail::listen_unix(m.opts.socket_path, 128, listed ? 0666 : 0);
   if (!lfd.ok()) {
     ::close(stop_fd);
     return lfd.status();
-  }
-  // The access list decides who gets in (SO_PEERCRED at the handshake); the
-  // socket file's mode must not keep out the accounts it names.
-  if ((!m.opts.allowed_uids.empty() || !m.opts.allowed_gids.empty()) &&
-      ::chmod(m.opts.socket_path.c_str(), 0666) != 0) {
-    const int err = errno;
-    ::close(*lfd);
-    ::close(stop_fd);
-    ::unlink(m.opts.socket_path.c_str());
-    return errno_status("chmod " + m.opts.socket_path, err);
   }
   m.listen_fd = *lfd;
   m.stop_fd = stop_fd;

@@ -2,11 +2,14 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <string>
 
 namespace rocket::detail {
 namespace {
@@ -24,35 +27,40 @@ Result<sockaddr_un> make_addr(const std::string& path) {
 
 }  // namespace
 
-Result<int> listen_unix(const std::string& path, int backlog) {
+Result<int> listen_unix(const std::string& path, int backlog, mode_t mode) {
   ROCKET_ASSIGN_OR_RETURN(sockaddr_un addr, make_addr(path));
-  int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  if (fd < 0) return errno_status("socket", errno);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    if (errno != EADDRINUSE) {
-      int err = errno;
-      ::close(fd);
-      return errno_status("bind " + path, err);
-    }
-    // A socket file exists. Replace it only if it is stale (nobody listening).
+  // A socket file there already: refused if a server answers on it, else
+  // stale and replaced.
+  if (::access(path.c_str(), F_OK) == 0) {
     auto probe = connect_unix(path);
     if (probe.ok()) {
       ::close(*probe);
-      ::close(fd);
       return unavailable("another server is listening on " + path);
     }
-    ::unlink(path.c_str());
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      int err = errno;
-      ::close(fd);
-      return errno_status("bind " + path, err);
-    }
   }
-  if (::listen(fd, backlog) != 0) {
-    int err = errno;
+  // Bound and listening under a private name in the same directory, then
+  // renamed into place: whoever sees the socket file can connect to it at
+  // once (bind makes the file, listen comes after it). A path too long for a
+  // private name beside it is bound in place.
+  static std::atomic<unsigned> serial{0};
+  const size_t slash = path.rfind('/');
+  const std::string aside = (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) + ".rocket-" +
+                            std::to_string(::getpid()) + "-" + std::to_string(serial.fetch_add(1)) + ".sock";
+  auto aside_addr = make_addr(aside);
+  const std::string& bound = aside_addr.ok() ? aside : path;
+  if (aside_addr.ok()) addr = *aside_addr;
+  int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno_status("socket", errno);
+  auto fail = [&](const std::string& what, int err) -> Result<int> {
     ::close(fd);
-    return errno_status("listen " + path, err);
-  }
+    if (aside_addr.ok()) ::unlink(aside.c_str());
+    return errno_status(what, err);
+  };
+  if (!aside_addr.ok()) ::unlink(path.c_str());  // stale (checked above)
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return fail("bind " + bound, errno);
+  if (::listen(fd, backlog) != 0) return fail("listen " + bound, errno);
+  if (mode != 0 && ::chmod(bound.c_str(), mode) != 0) return fail("chmod " + bound, errno);
+  if (aside_addr.ok() && ::rename(aside.c_str(), path.c_str()) != 0) return fail("rename to " + path, errno);
   return fd;
 }
 

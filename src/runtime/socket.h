@@ -15,8 +15,10 @@
 namespace rocket::detail {
 
 // A listening socket bound at `path` (an existing stale socket file there is
-// replaced only if nothing accepts on it).
-Result<int> listen_unix(const std::string& path, int backlog);
+// replaced only if nothing accepts on it). The file appears only once the
+// socket listens, with `mode` where it is not 0, so a peer that waits for the
+// file can connect as soon as it sees it.
+Result<int> listen_unix(const std::string& path, int backlog, mode_t mode = 0);
 Result<int> connect_unix(const std::string& path);
 
 // Sends one message with `fds` attached.

@@ -1,5 +1,8 @@
 #include <sys/socket.h>
+#include <sys/stat.h>
 
+#include <atomic>
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <thread>
@@ -51,6 +54,56 @@ TEST(Handshake, APeerOfTheOlderVersionIsToldSo) {
   auto c = Client::connect(old.path);
   EXPECT_EQ(c.status().code(), StatusCode::kFailedPrecondition) << c.status().to_string();
   EXPECT_NE(c.status().message().find("protocol version 1"), std::string::npos) << c.status().to_string();
+}
+
+// The socket file appears only once the server listens: a peer that waits
+// for the file and connects the moment it sees it is never refused. A stale
+// file is replaced, a live server is not, and nothing is left beside it.
+TEST(Handshake, TheSocketFileAppearsOnlyOnceItListens) {
+  const std::string path = unique_socket_path("listen");
+  std::atomic<bool> done{false};
+  std::atomic<int> refused{0}, seen{0};
+  std::thread watcher([&] {
+    while (!done.load()) {
+      if (::access(path.c_str(), F_OK) != 0) continue;
+      auto c = detail::connect_unix(path);
+      if (c.ok()) {
+        ::close(*c);
+        ++seen;
+      } else if (::access(path.c_str(), F_OK) == 0) {
+        ++refused;  // the file was there and nothing listened
+      }
+      while (!done.load() && ::access(path.c_str(), F_OK) == 0) {
+      }
+    }
+  });
+  for (int i = 0; i < 200; ++i) {
+    auto fd = detail::listen_unix(path, 4);
+    ASSERT_TRUE(fd.ok()) << fd.status().to_string();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    ::unlink(path.c_str());
+    ::close(*fd);
+  }
+  done = true;
+  watcher.join();
+  EXPECT_EQ(refused.load(), 0) << "of " << seen.load() + refused.load();
+  EXPECT_GT(seen.load(), 0);
+  auto live = detail::listen_unix(path, 4);
+  ASSERT_TRUE(live.ok());
+  EXPECT_EQ(detail::listen_unix(path, 4).status().code(), StatusCode::kUnavailable);  // a live server stays
+  ::close(*live);                                                                     // now a stale file
+  auto again = detail::listen_unix(path, 4, 0666);
+  ASSERT_TRUE(again.ok()) << again.status().to_string();
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0666u);
+  ::close(*again);
+  ::unlink(path.c_str());
+  const std::string dir = path.substr(0, path.rfind('/'));
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    EXPECT_EQ(e.path().filename().string().rfind(".rocket-" + std::to_string(::getpid()) + "-", 0), std::string::npos)
+        << e.path();
+  }
 }
 
 TEST(Handshake, UidNotInAccessListIsRefused) {
